@@ -1,0 +1,94 @@
+//! `InFlight`: one request from its start until its response body ends. Dropping it
+//! records the request once: metrics, the connection's activity, the access log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::listener::activity::ConnActivity;
+use crate::metrics::{DestinationMetrics, Direction};
+
+/// Counted in `breakwater_inflight_requests` from creation to drop. It rides on the
+/// response body, so a streamed response stays in flight until its last byte.
+pub struct InFlight {
+    metrics: Arc<DestinationMetrics>,
+    activity: Arc<ConnActivity>,
+    start: Instant,
+    status: u16,
+    access: Option<Box<AccessEntry>>,
+}
+
+/// What the access log line says about a request, captured only when it is on.
+pub struct AccessEntry {
+    pub direction: Direction,
+    pub method: http::Method,
+    pub authority: String,
+    pub path: String,
+    pub request_id: String,
+    pub reason: Option<&'static str>,
+    pub broken_body: bool,
+}
+
+impl InFlight {
+    pub fn start(
+        metrics: Arc<DestinationMetrics>,
+        activity: Arc<ConnActivity>,
+        start: Instant,
+    ) -> Self {
+        metrics.inflight.inc();
+        InFlight {
+            metrics,
+            activity,
+            start,
+            status: 0,
+            access: None,
+        }
+    }
+
+    pub fn metrics(&self) -> &DestinationMetrics {
+        &self.metrics
+    }
+
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    pub fn set_access(&mut self, entry: AccessEntry) {
+        self.access = Some(Box::new(entry));
+    }
+
+    pub fn access_mut(&mut self) -> Option<&mut AccessEntry> {
+        self.access.as_deref_mut()
+    }
+
+    /// Records that the response body broke off before its end.
+    pub fn broken_body(&mut self) {
+        if let Some(a) = self.access.as_deref_mut() {
+            a.broken_body = true;
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.metrics.inflight.dec();
+        self.metrics.count_response(self.status);
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        self.activity.request_finished();
+        if let Some(a) = self.access.take() {
+            tracing::info!(
+                target: "breakwater::access",
+                direction = a.direction.as_str(),
+                destination = self.metrics.label(),
+                method = %a.method,
+                authority = %a.authority,
+                path = %a.path,
+                status = self.status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %a.request_id,
+                reason = a.reason.unwrap_or(""),
+                broken_body = a.broken_body,
+            );
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `ProxyBody`, the one response body type: an upstream's streamed body or a short
+//! local answer, carrying the request's [`InFlight`] guard until the body ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::accounting::InFlight;
+
+pin_project! {
+    /// Streams frame by frame; nothing is buffered here.
+    pub struct ProxyBody {
+        #[pin]
+        kind: Kind,
+        in_flight: Option<InFlight>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Upstream { #[pin] body: Incoming },
+        Local { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream { body },
+            in_flight: None,
+        }
+    }
+
+    pub fn local(data: Bytes) -> Self {
+        let data = (!data.is_empty()).then_some(data);
+        ProxyBody {
+            kind: Kind::Local { data },
+            in_flight: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::local(Bytes::new())
+    }
+
+    /// Attaches the guard that records the request when this body ends or is dropped.
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = Some(in_flight);
+        self
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = match this.kind.project() {
+            KindProj::Upstream { body } => ready!(body.poll_frame(cx)),
+            KindProj::Local { data } => data.take().map(|d| Ok(Frame::data(d))),
+        };
+        match &frame {
+            Some(Ok(_)) => {}
+            // The end, or an upstream that broke off mid-body: the request is over.
+            None => drop(this.in_flight.take()),
+            Some(Err(_)) => {
+                if let Some(mut f) = this.in_flight.take() {
+                    f.broken_body();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Local { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { body } => body.size_hint(),
+            Kind::Local { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

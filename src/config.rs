@@ -1,0 +1,219 @@
+//! Validated configuration: raw flags ([`cli::RunArgs`]) become a [`Config`] once,
+//! at start-up, and every later stage reads only the validated form.
+
+pub mod cli;
+pub mod route;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use cli::LogFormat;
+pub use route::{Protocol, RouteOverride};
+
+/// Everything `breakwater run` needs, checked. Serialized as-is by `GET /config`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub inbound_addr: SocketAddr,
+    pub app_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    #[serde(with = "human")]
+    pub timeout: Duration,
+    #[serde(with = "human")]
+    pub connect_timeout: Duration,
+    #[serde(with = "human")]
+    pub drain_timeout: Duration,
+    pub routes: Vec<RouteOverride>,
+    pub threads: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub access_log: bool,
+    pub limits: Limits,
+    #[serde(with = "human")]
+    pub upstream_idle_timeout: Duration,
+    #[serde(with = "human")]
+    pub dns_ttl: Duration,
+    pub metrics_max_destinations: usize,
+}
+
+/// Limits that protect the proxy from its clients (slowloris, header floods, scans).
+#[derive(Clone, Debug, Serialize)]
+pub struct Limits {
+    pub max_request_header_bytes: usize,
+    pub max_request_headers: usize,
+    pub max_uri_bytes: usize,
+    #[serde(with = "human")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "human")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// A flag whose value parses but makes no sense; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+/// hyper's HTTP/1 read buffer cannot be smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+impl Config {
+    pub fn from_args(args: cli::RunArgs) -> Result<Self, ConfigError> {
+        let err = |flag, reason: &str| ConfigError {
+            flag,
+            reason: reason.to_string(),
+        };
+        let threads = match args.threads {
+            Some(0) => return Err(err("--threads", "must be at least 1")),
+            Some(n) => n,
+            None => available_cpus(),
+        };
+        if args.max_request_header_bytes < MIN_HEADER_BYTES {
+            return Err(err("--max-request-header-bytes", "must be at least 8KiB"));
+        }
+        if args.max_request_headers == 0 {
+            return Err(err("--max-request-headers", "must be at least 1"));
+        }
+        if args.max_uri_bytes < 64 {
+            return Err(err("--max-uri-bytes", "must be at least 64"));
+        }
+        if args.max_connections == 0 {
+            return Err(err("--max-connections", "must be at least 1"));
+        }
+        if args.app_addr == args.inbound_addr {
+            return Err(err(
+                "--app-addr",
+                "is the inbound listener itself; requests would loop",
+            ));
+        }
+        let distinct = [
+            ("--inbound-addr", args.inbound_addr),
+            ("--outbound-addr", args.outbound_addr),
+            ("--admin-addr", args.admin_addr),
+        ];
+        for (i, (flag, addr)) in distinct.iter().enumerate() {
+            if addr.port() != 0 && distinct[..i].iter().any(|(_, a)| a == addr) {
+                return Err(err(
+                    flag,
+                    &format!("{addr} is already used by another listener"),
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+            return Err(err("--log-level", &e.to_string()));
+        }
+        Ok(Config {
+            inbound_addr: args.inbound_addr,
+            app_addr: args.app_addr,
+            outbound_addr: args.outbound_addr,
+            admin_addr: args.admin_addr,
+            timeout: args.timeout,
+            connect_timeout: args.connect_timeout,
+            drain_timeout: args.drain_timeout,
+            routes: args.routes,
+            threads,
+            log_format: args.log_format,
+            log_level: args.log_level,
+            access_log: args.access_log,
+            limits: Limits {
+                max_request_header_bytes: args.max_request_header_bytes,
+                max_request_headers: args.max_request_headers,
+                max_uri_bytes: args.max_uri_bytes,
+                header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
+                max_connections: args.max_connections,
+            },
+            upstream_idle_timeout: args.upstream_idle_timeout,
+            dns_ttl: args.dns_ttl,
+            metrics_max_destinations: args.metrics_max_destinations,
+        })
+    }
+
+    /// The defaults of every flag, with all three listeners and the app on loopback
+    /// port 0: what tests and the demo start from.
+    pub fn loopback() -> Self {
+        use clap::Parser;
+        let cli = cli::Cli::parse_from([
+            "breakwater",
+            "run",
+            "--inbound-addr=127.0.0.1:0",
+            "--outbound-addr=127.0.0.1:0",
+            "--admin-addr=127.0.0.1:0",
+            "--app-addr=127.0.0.1:9",
+            "--threads=1",
+        ]);
+        let cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed a run command")
+        };
+        Config::from_args(*args).expect("defaults are valid")
+    }
+}
+
+/// The CPUs this process may use. Rust's `available_parallelism` honours the cgroup
+/// CPU quota (cpu.max) and affinity masks, which is what a container is given.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+mod human {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::units::format_duration(*d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["breakwater", "run"];
+        argv.extend_from_slice(extra);
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let cli::Command::Run(args) = cli.command else {
+            unreachable!()
+        };
+        Config::from_args(*args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:15006");
+        assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:15001");
+        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:15000");
+        assert_eq!(c.app_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.timeout, Duration::from_secs(15));
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert!(c.threads >= 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (&["--timeout", "soon"][..], "--timeout"),
+            (&["--connect-timeout", "0s"][..], "--connect-timeout"),
+            (&["--inbound-addr", "nowhere"][..], "--inbound-addr"),
+            (&["--threads", "0"][..], "--threads"),
+            (
+                &["--max-request-header-bytes", "1KiB"][..],
+                "--max-request-header-bytes",
+            ),
+            (&["--route", "a,retries=3"][..], "--route"),
+            (&["--log-level", "loud=[["][..], "--log-level"),
+            (&["--app-addr", "0.0.0.0:15006"][..], "--app-addr"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+}

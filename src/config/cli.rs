@@ -1,0 +1,156 @@
+//! The command line: clap definitions of every subcommand and flag.
+//!
+//! Flag names are a contract (see DESIGN.md): the Helm chart, the README and users
+//! rely on them. Each flag of `run` can also be set by `BREAKWATER_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::route::RouteOverride;
+use super::units::{parse_bytes, parse_duration, parse_positive_duration};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "breakwater",
+    version,
+    about = "A sidecar resilience proxy for HTTP."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Show breakwater in front of a flaky service, on loopback, in about ten seconds.
+    Demo(DemoArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Flags of `breakwater run`, as typed; [`super::Config`] is what they mean once validated.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Validate the flags, print the effective configuration and exit.
+    #[arg(long, env = "BREAKWATER_CHECK")]
+    pub check: bool,
+
+    /// Listener for traffic into the pod.
+    #[arg(long, env = "BREAKWATER_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+
+    /// The local application that inbound traffic is handed to.
+    #[arg(long, env = "BREAKWATER_APP_ADDR", default_value = "127.0.0.1:8080")]
+    pub app_addr: SocketAddr,
+
+    /// Listener for traffic out of the app (point HTTP_PROXY here).
+    #[arg(
+        long,
+        env = "BREAKWATER_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:15001"
+    )]
+    pub outbound_addr: SocketAddr,
+
+    /// Admin endpoint: /live, /ready, /metrics, /config.
+    #[arg(long, env = "BREAKWATER_ADMIN_ADDR", default_value = "0.0.0.0:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Overall deadline of a request, until the response headers arrive.
+    #[arg(long, env = "BREAKWATER_TIMEOUT", default_value = "15s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+
+    /// TCP connect timeout to an upstream (and to the app).
+    #[arg(long, env = "BREAKWATER_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// On SIGTERM or SIGINT: time given to in-flight requests to finish.
+    #[arg(long, env = "BREAKWATER_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Overrides for one destination: HOST[:PORT],key=value,... (repeatable; keys:
+    /// timeout, connect-timeout, protocol=auto|h1|h2). In the env var, separate routes with ';'.
+    #[arg(long = "route", env = "BREAKWATER_ROUTE", value_delimiter = ';', value_parser = RouteOverride::parse)]
+    pub routes: Vec<RouteOverride>,
+
+    /// Worker threads [default: the CPUs this container may use, cgroup quota included].
+    #[arg(long, env = "BREAKWATER_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "BREAKWATER_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(long, env = "BREAKWATER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log one line per request (target breakwater::access), with its trace or request id.
+    #[arg(long, env = "BREAKWATER_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Largest request head (request line and headers) a client may send; larger gets 431.
+    #[arg(long, env = "BREAKWATER_MAX_REQUEST_HEADER_BYTES", default_value = "60KiB", value_parser = parse_bytes)]
+    pub max_request_header_bytes: usize,
+
+    /// Most header fields in one request; more gets 431.
+    #[arg(long, env = "BREAKWATER_MAX_REQUEST_HEADERS", default_value_t = 100)]
+    pub max_request_headers: usize,
+
+    /// Longest request target (URI); longer gets 414.
+    #[arg(long, env = "BREAKWATER_MAX_URI_BYTES", default_value = "8KiB", value_parser = parse_bytes)]
+    pub max_uri_bytes: usize,
+
+    /// A client that started a request must finish sending its headers within this time.
+    #[arg(long, env = "BREAKWATER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A client connection with no request in flight is closed after this time.
+    #[arg(long, env = "BREAKWATER_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Client connections accepted at once, per listener; more are closed at accept.
+    #[arg(long, env = "BREAKWATER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Pooled upstream connections idle longer than this are closed.
+    #[arg(long, env = "BREAKWATER_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub upstream_idle_timeout: Duration,
+
+    /// How long a resolved DNS name is reused before it is looked up again.
+    #[arg(long, env = "BREAKWATER_DNS_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub dns_ttl: Duration,
+
+    /// Distinct `destination` label values in metrics; further destinations share "other".
+    #[arg(
+        long,
+        env = "BREAKWATER_METRICS_MAX_DESTINATIONS",
+        default_value_t = 100
+    )]
+    pub metrics_max_destinations: usize,
+}
+
+/// Flags of `breakwater demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Total load time, split between the direct run and the run through breakwater.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+
+    /// Concurrent client connections driving load.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}

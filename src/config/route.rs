@@ -1,0 +1,171 @@
+//! `--route HOST[:PORT],key=value,...`: per-destination overrides of the global flags.
+//!
+//! A route names a destination and overrides some of the policy flags for it; the
+//! first route that matches a destination wins. Keys are the flag names without `--`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::units::parse_positive_duration;
+use crate::destination::Destination;
+
+/// Which HTTP version breakwater speaks to an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The version the request arrived with: HTTP/2 stays HTTP/2 (gRPC keeps its trailers).
+    #[default]
+    Auto,
+    /// HTTP/1.1.
+    H1,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+}
+
+/// One `--route` flag, parsed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteOverride {
+    pub host: String,
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+impl RouteOverride {
+    /// Parses `HOST[:PORT],key=value,...`; errors name the offending key.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let target = parts.next().unwrap_or_default().trim();
+        if target.is_empty() {
+            return Err("a route starts with HOST[:PORT], e.g. payments:8080,timeout=2s".into());
+        }
+        let (host, port) = split_host_port(target)?;
+        let mut route = RouteOverride {
+            host,
+            port,
+            timeout: None,
+            connect_timeout: None,
+            protocol: None,
+        };
+        for pair in parts {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("'{pair}' is not key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            let bad = |e: String| format!("route key '{key}': {e}");
+            match key {
+                "timeout" => route.timeout = Some(parse_positive_duration(value).map_err(bad)?),
+                "connect-timeout" => {
+                    route.connect_timeout = Some(parse_positive_duration(value).map_err(bad)?)
+                }
+                "protocol" => {
+                    route.protocol = Some(
+                        <Protocol as clap::ValueEnum>::from_str(value, true)
+                            .map_err(|_| bad(format!("'{value}' is not one of auto, h1, h2")))?,
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "unknown route key '{other}' (known: timeout, connect-timeout, protocol)"
+                    ));
+                }
+            }
+        }
+        Ok(route)
+    }
+
+    /// Whether this route applies to `dest`: same host (case-insensitive) and, when the
+    /// route names a port, the same port.
+    pub fn matches(&self, dest: &Destination) -> bool {
+        self.host.eq_ignore_ascii_case(dest.host()) && self.port.is_none_or(|p| p == dest.port())
+    }
+}
+
+fn split_host_port(target: &str) -> Result<(String, Option<u16>), String> {
+    // Bracketed IPv6: [::1]:8080 or [::1].
+    if let Some(rest) = target.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("'{target}': unclosed '['"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(parse_port(p)?),
+            None if after.is_empty() => None,
+            None => return Err(format!("'{target}' is not HOST[:PORT]")),
+        };
+        return Ok((host.to_ascii_lowercase(), port));
+    }
+    match target.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            Ok((host.to_ascii_lowercase(), Some(parse_port(port)?)))
+        }
+        _ => Ok((target.to_ascii_lowercase(), None)),
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    p.parse()
+        .map_err(|_| format!("'{p}' is not a port (1-65535)"))
+        .and_then(|n: u16| {
+            if n == 0 {
+                Err("port 0 cannot be routed".into())
+            } else {
+                Ok(n)
+            }
+        })
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::super::units::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example_keys() {
+        let r = RouteOverride::parse("payments:8080,timeout=2s,protocol=h2").unwrap();
+        assert_eq!(r.host, "payments");
+        assert_eq!(r.port, Some(8080));
+        assert_eq!(r.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(r.protocol, Some(Protocol::H2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = RouteOverride::parse("payments,timeout=soon").unwrap_err();
+        assert!(e.contains("timeout"), "{e}");
+        let e = RouteOverride::parse("payments,colour=blue").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        assert!(RouteOverride::parse(",timeout=1s").is_err());
+        assert!(RouteOverride::parse("payments:http").is_err());
+    }
+
+    #[test]
+    fn matches_host_and_optional_port() {
+        let any_port = RouteOverride::parse("Payments").unwrap();
+        let one_port = RouteOverride::parse("payments:8080").unwrap();
+        let d80 = Destination::new("payments", 80);
+        let d8080 = Destination::new("payments", 8080);
+        assert!(any_port.matches(&d80) && any_port.matches(&d8080));
+        assert!(!one_port.matches(&d80) && one_port.matches(&d8080));
+        let v6 = RouteOverride::parse("[::1]:9000").unwrap();
+        assert!(v6.matches(&Destination::new("::1", 9000)));
+    }
+}

@@ -1,0 +1,155 @@
+//! Where an outbound request is going: the `Destination` newtype and the rule that
+//! finds it in a request (absolute-form target, else `Host`).
+
+use std::fmt;
+
+use http::uri::{Authority, Scheme};
+use http::{Request, header};
+
+use crate::error::ProxyError;
+
+/// A host and port an outbound request goes to, host lower-cased, as routes and
+/// metrics name it. IPv6 hosts are kept without brackets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    host: Box<str>,
+    port: u16,
+}
+
+impl Destination {
+    pub fn new(host: &str, port: u16) -> Self {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Destination {
+            host: host.to_ascii_lowercase().into_boxed_str(),
+            port,
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether this is `host:port` already, without allocating: the per-connection
+    /// cache compares every request's target with its last destination.
+    pub fn is(&self, host: &str, port: u16) -> bool {
+        self.port == port && self.host.eq_ignore_ascii_case(strip_brackets(host))
+    }
+
+    /// The `host:port` authority used in upstream URIs (brackets around IPv6).
+    pub fn authority(&self) -> Authority {
+        let text = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        // A Destination is only built from an authority that parsed, so this holds;
+        // the fallback keeps a surprise from becoming a panic.
+        Authority::try_from(text).unwrap_or_else(|_| Authority::from_static("invalid:0"))
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn strip_brackets(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The target of an outbound request, borrowed from it: `(host, port)`.
+///
+/// Order, as in DESIGN.md: an absolute-form target (`GET http://host/path`, what
+/// clients send to an HTTP proxy; HTTP/2's `:authority`), else the `Host` header.
+/// Original destinations of redirected connections come with transparent interception.
+pub fn target_of<B>(req: &Request<B>) -> Result<(&str, u16), ProxyError> {
+    if let Some(authority) = req.uri().authority() {
+        let scheme = req.uri().scheme();
+        if scheme == Some(&Scheme::HTTPS) && req.version() < http::Version::HTTP_2 {
+            return Err(ProxyError::BadRequest(
+                "https:// targets are tunnelled: send CONNECT host:443",
+            ));
+        }
+        let default = if scheme == Some(&Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        return Ok((authority.host(), authority.port_u16().unwrap_or(default)));
+    }
+    let host = req.headers().get(header::HOST).ok_or(ProxyError::NoRoute(
+        "the request has no absolute target and no Host header",
+    ))?;
+    let authority: Authority =
+        host.to_str()
+            .ok()
+            .and_then(|h| h.parse().ok())
+            .ok_or(ProxyError::BadRequest(
+                "the Host header is not a valid host[:port]",
+            ))?;
+    // `authority` borrows nothing from the request, so find the same text in it.
+    let text = host.to_str().unwrap_or_default();
+    let host_len = authority.host().len();
+    Ok((&text[..host_len], authority.port_u16().unwrap_or(80)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        b.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn absolute_form_wins_over_host() {
+        let r = req("http://payments:8080/pay", Some("ignored"));
+        assert_eq!(target_of(&r).ok(), Some(("payments", 8080)));
+    }
+
+    #[test]
+    fn host_header_with_default_port() {
+        let r = req("/pay", Some("Payments.svc"));
+        assert_eq!(target_of(&r).ok(), Some(("Payments.svc", 80)));
+        let r = req("/pay", Some("[::1]:9000"));
+        assert_eq!(target_of(&r).ok(), Some(("[::1]", 9000)));
+    }
+
+    #[test]
+    fn no_target_is_no_route_and_bad_host_is_bad_request() {
+        assert!(matches!(
+            target_of(&req("/", None)),
+            Err(ProxyError::NoRoute(_))
+        ));
+        assert!(matches!(
+            target_of(&req("/", Some("a b"))),
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            target_of(&req("https://x/", None)),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn destination_compares_without_allocating() {
+        let d = Destination::new("[::1]", 9000);
+        assert!(d.is("[::1]", 9000));
+        assert_eq!(d.to_string(), "[::1]:9000");
+        assert_eq!(d.authority().as_str(), "[::1]:9000");
+        assert!(Destination::new("Payments", 80).is("payments", 80));
+    }
+}

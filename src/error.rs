@@ -1,0 +1,102 @@
+//! `ProxyError`, every way breakwater can fail a request, and [`rescue`], the one
+//! place that turns a failure into the response the client sees.
+//!
+//! A response breakwater makes itself always carries `x-breakwater-reason` and a
+//! one-line plain-text body saying why; a response from the upstream never does.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+
+/// The header that marks a response breakwater made itself, and says why.
+pub const REASON_HEADER: &str = "x-breakwater-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream could not be reached: DNS, refused, unreachable, connect timeout.
+    #[error("could not connect to {dest}: {cause}")]
+    ConnectFailure { dest: String, cause: String },
+    /// The upstream broke the exchange before a complete response head.
+    #[error("{dest} closed or reset the connection before responding: {cause}")]
+    Reset { dest: String, cause: String },
+    /// The request's deadline passed before the response headers arrived.
+    #[error("no response from {dest} within {after}")]
+    Timeout { dest: String, after: String },
+    /// breakwater does not know where the request should go.
+    #[error("no route: {0}")]
+    NoRoute(&'static str),
+    /// The request cannot be proxied as sent.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request target is longer than `--max-uri-bytes`.
+    #[error("request target longer than {0} bytes (--max-uri-bytes)")]
+    UriTooLong(usize),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::ConnectFailure { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoRoute(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+        }
+    }
+
+    /// The `x-breakwater-reason` value, a stable token users alert and grep on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::ConnectFailure { .. } => "connect-failure",
+            ProxyError::Reset { .. } => "reset",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::UriTooLong(_) => "uri-too-long",
+        }
+    }
+}
+
+/// The response for a request breakwater could not complete.
+pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
+    let body = format!("breakwater: {err}\n");
+    let mut resp = Response::new(ProxyBody::local(body.into()));
+    *resp.status_mut() = err.status();
+    let headers = resp.headers_mut();
+    headers.insert(REASON_HEADER, HeaderValue::from_static(err.reason()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if err.status().is_client_error() {
+        // The client sent something we will not forward; do not trust the rest of
+        // its byte stream either.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_says_why_in_header_and_body() {
+        let err = ProxyError::ConnectFailure {
+            dest: "payments:8080".into(),
+            cause: "connection refused".into(),
+        };
+        let resp = rescue(&err);
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()[REASON_HEADER], "connect-failure");
+        let timeout = ProxyError::Timeout {
+            dest: "x:80".into(),
+            after: "2s".into(),
+        };
+        assert_eq!(rescue(&timeout).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            rescue(&ProxyError::NoRoute("none")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

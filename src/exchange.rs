@@ -1,0 +1,147 @@
+//! The part of proxying a request that both directions share: header hygiene,
+//! the upstream URI, the deadline, protocol upgrades, and turning the outcome into
+//! the client's response with its [`InFlight`] guard attached.
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tokio::time::Instant;
+
+use crate::accounting::{AccessEntry, InFlight};
+use crate::body::ProxyBody;
+use crate::destination::Destination;
+use crate::drain::DrainWatch;
+use crate::error::{ProxyError, rescue};
+use crate::forward::{Forwarder, headers};
+use crate::metrics::Direction;
+use crate::tunnel;
+use crate::upstream::RoutePolicy;
+
+/// Where one request goes and under which policy.
+pub struct Target<'a> {
+    pub authority: &'a Authority,
+    pub dest: &'a Destination,
+    pub policy: &'a RoutePolicy,
+}
+
+/// Strips hop-by-hop headers and, for an upgrade request, takes the client side of
+/// the upgrade before the request is handed on. Call before adding this hop's own
+/// headers, so a `Connection` list cannot remove them.
+pub fn prepare(req: &mut Request<Incoming>) -> Option<OnUpgrade> {
+    let upgrade = headers::is_upgrade(req);
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    upgrade.then(|| hyper::upgrade::on(req))
+}
+
+/// Starts the access-log entry for a request, when the access log is on.
+pub fn access_entry(
+    direction: Direction,
+    req: &Request<Incoming>,
+    id: &HeaderValue,
+) -> AccessEntry {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    AccessEntry {
+        direction,
+        method: req.method().clone(),
+        authority,
+        path: req.uri().path().to_string(),
+        request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+        reason: None,
+        broken_body: false,
+    }
+}
+
+/// Rejects a request target longer than `max` bytes (`--max-uri-bytes`).
+pub fn check_uri_length(req: &Request<Incoming>, max: usize) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    let len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if len > max {
+        return Err(ProxyError::UriTooLong(max));
+    }
+    Ok(())
+}
+
+/// Sends the request to `target` within its deadline and answers the client: the
+/// upstream's response as it came (less hop-by-hop headers), or why there is none.
+pub async fn send(
+    forwarder: &Forwarder,
+    target: Target<'_>,
+    mut req: Request<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    mut in_flight: InFlight,
+    started: Instant,
+    drain: &DrainWatch,
+) -> Response<ProxyBody> {
+    if let Err(e) = point_at(&mut req, target.authority) {
+        return fail(e, in_flight);
+    }
+    let deadline = started + target.policy.timeout;
+    let sent = forwarder.send(target.policy.protocol, req, target.dest);
+    let mut resp = match tokio::time::timeout_at(deadline, sent).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return fail(e, in_flight),
+        Err(_) => {
+            let after = crate::config::units::format_duration(target.policy.timeout);
+            let dest = target.dest.to_string();
+            return fail(ProxyError::Timeout { dest, after }, in_flight);
+        }
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client) = client_upgrade {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tunnel::relay_upgrade(client, upstream, drain.clone());
+    }
+    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    in_flight.set_status(resp.status().as_u16());
+    resp.map(|body| ProxyBody::upstream(body).with_in_flight(in_flight))
+}
+
+/// The answer for a request breakwater could not complete, counted as such.
+pub fn fail(err: ProxyError, mut in_flight: InFlight) -> Response<ProxyBody> {
+    tracing::debug!(reason = err.reason(), error = %err, "request failed");
+    in_flight.metrics().count_failure(err.reason());
+    in_flight.set_status(err.status().as_u16());
+    if let Some(a) = in_flight.access_mut() {
+        a.reason = Some(err.reason());
+    }
+    rescue(&err).map(|b| b.with_in_flight(in_flight))
+}
+
+/// Rewrites the URI to `http://authority/path?query`, what the pooled client needs
+/// to pick the connection; `Host` keeps the name the client used.
+fn point_at(req: &mut Request<Incoming>, authority: &Authority) -> Result<(), ProxyError> {
+    if !req.headers().contains_key(header::HOST) {
+        // HTTP/2 carries the host in :authority; an HTTP/1 upstream needs Host.
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path);
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be proxied"))?;
+    Ok(())
+}

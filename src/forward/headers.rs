@@ -1,0 +1,222 @@
+//! Header hygiene on the way through: hop-by-hop headers (RFC 9110 §7.6.1) stop
+//! here, `X-Forwarded-*` grow by one hop, and every request leaves with an id that
+//! logs on both sides can be joined on.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Hop-by-hop headers: they describe one connection, not the message.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+];
+
+/// Headers a `Connection` list may not remove: the message needs them to be routed
+/// and framed, and a client could otherwise strip them at will.
+static PROTECTED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3: HeaderName = HeaderName::from_static("b3");
+const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+
+/// Whether the request asks for a protocol switch (WebSocket and friends): HTTP/1.1
+/// with `Upgrade` and `Connection: upgrade`.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. With
+/// `upgrade`, `Upgrade` and `Connection: upgrade` are kept so the switch can pass
+/// end to end. `TE: trailers` is kept: gRPC needs it and it is valid on HTTP/2.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(PROTECTED.contains(n) || (upgrade && n == header::UPGRADE)))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends this hop to `X-Forwarded-For` (the client's address) and
+/// `X-Forwarded-Proto` (the scheme it used with us).
+pub fn append_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str) {
+    append(headers, X_FORWARDED_FOR, client_ip.clone());
+    append(headers, X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        header::Entry::Vacant(e) => {
+            e.insert(value);
+        }
+        header::Entry::Occupied(mut e) => {
+            // Fold earlier values into one list, oldest hop first.
+            let mut joined = Vec::new();
+            for v in e.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                e.insert(v);
+            }
+        }
+    }
+}
+
+/// The id that follows this request across services: the trace id of W3C
+/// `traceparent` or B3, else `x-request-id`. A request with none gets a fresh
+/// `x-request-id`. Tracing headers themselves pass through untouched.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = existing_id(headers) {
+        return id;
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+fn existing_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    if let Some(tp) = headers.get(&TRACEPARENT) {
+        // version-traceid-parentid-flags
+        if let Some(trace) = tp.as_bytes().split(|&b| b == b'-').nth(1) {
+            return HeaderValue::from_bytes(trace).ok();
+        }
+    }
+    if let Some(id) = headers.get(&X_B3_TRACEID) {
+        return Some(id.clone());
+    }
+    if let Some(b3) = headers.get(&B3)
+        && let Some(trace) = b3.as_bytes().split(|&b| b == b'-').next()
+        && trace.len() >= 16
+    {
+        return HeaderValue::from_bytes(trace).ok();
+    }
+    headers.get(&X_REQUEST_ID).cloned()
+}
+
+/// 128 random bits as 32 lower-case hex digits (the W3C trace-id shape).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                h.append(k, v);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret, host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("host", "payments"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(h["host"], "payments");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn upgrade_survives_when_switching_protocols() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended() {
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+        append_forwarded(&mut h, &HeaderValue::from_static("10.0.0.7"), "http");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn trace_ids_are_reused_and_missing_ones_generated() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = map(&[("traceparent", tp)]);
+        assert_eq!(request_id(&mut h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(!h.contains_key("x-request-id"), "trace context is enough");
+        let mut h = map(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
+        assert_eq!(request_id(&mut h), "80f198ee56343ba864fe8b2a57d3eff7");
+        let mut h = HeaderMap::new();
+        let id = request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id);
+        assert_ne!(request_id(&mut HeaderMap::new()), id);
+    }
+}

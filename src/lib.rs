@@ -1,0 +1,33 @@
+//! breakwater: a sidecar resilience proxy for HTTP.
+//!
+//! A request's path, outermost first (see README's lifecycle diagram):
+//! [`listener`] accepts and serves HTTP/1.1 and HTTP/2 → [`inbound`] or
+//! [`outbound`] decides where it goes and under which policy → [`exchange`] applies
+//! the deadline and header hygiene → [`forward`] sends one attempt over a pooled
+//! connection → [`body`] streams the answer back, carrying the request's
+//! [`accounting::InFlight`] guard until the last byte.
+
+#![forbid(unsafe_code)]
+
+pub mod accounting;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod connect;
+pub mod demo;
+pub mod destination;
+pub mod drain;
+pub mod error;
+pub mod exchange;
+pub mod forward;
+pub mod inbound;
+pub mod listener;
+pub mod metrics;
+pub mod outbound;
+pub mod telemetry;
+pub mod tunnel;
+pub mod upstream;
+
+pub use app::{BoundAddrs, Proxy, RunReport};
+pub use config::Config;

@@ -1,0 +1,208 @@
+//! Client-facing listeners: accept with a connection cap, serve HTTP/1.1 and HTTP/2
+//! (prior knowledge) on one port with request-head limits, close slow and idle
+//! connections, and wind down on drain.
+
+pub mod activity;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::body::ProxyBody;
+use crate::config::Limits;
+use crate::drain::DrainWatch;
+use crate::metrics::ListenerMetrics;
+use activity::{ActivityIo, ConnActivity, Expiry};
+
+/// Most concurrent HTTP/2 streams per client connection (Envoy's edge guidance: 100).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// What a listener hands each request to.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        conn: Arc<ClientConn>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
+}
+
+/// One accepted client connection, as its requests see it.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once for `X-Forwarded-For`.
+    pub peer_ip: http::HeaderValue,
+    pub activity: Arc<ConnActivity>,
+    /// The last destination this connection's requests went to; most connections
+    /// talk to one, so this spares the shared registry a lookup per request.
+    pub last_destination: std::sync::Mutex<Option<Arc<crate::upstream::DestinationState>>>,
+}
+
+/// A bound listener ready to serve.
+pub struct Listener<H> {
+    pub name: &'static str,
+    tcp: TcpListener,
+    handler: Arc<H>,
+    limits: Limits,
+    metrics: ListenerMetrics,
+}
+
+impl<H: Handler> Listener<H> {
+    pub fn new(
+        name: &'static str,
+        tcp: TcpListener,
+        handler: Arc<H>,
+        limits: Limits,
+        metrics: ListenerMetrics,
+    ) -> Self {
+        Listener {
+            name,
+            tcp,
+            handler,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Accepts until a drain starts, then drops the listening socket; each
+    /// connection keeps its own drain watch until it has finished.
+    pub async fn serve(self, mut drain: DrainWatch) {
+        let builder = Arc::new(http_builder(&self.limits));
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = drain.signaled() => break,
+                accepted = self.tcp.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(listener = self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.metrics.refused.inc();
+                debug!(listener = self.name, %peer, "connection refused: --max-connections reached");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            self.metrics.accepted.inc();
+            let conn = Connection {
+                stream,
+                peer,
+                builder: builder.clone(),
+                handler: self.handler.clone(),
+                limits: self.limits.clone(),
+                metrics: self.metrics.clone(),
+                drain: drain.clone(),
+            };
+            tokio::spawn(async move {
+                conn.serve().await;
+                drop(slot);
+            });
+        }
+        debug!(listener = self.name, "stopped accepting");
+    }
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Our own header timer starts at the first byte; see `activity`.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_request_header_bytes)
+        .max_headers(limits.max_request_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder
+}
+
+struct Connection<H> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: Arc<H>,
+    limits: Limits,
+    metrics: ListenerMetrics,
+    drain: DrainWatch,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn serve(self) {
+        let Connection {
+            stream,
+            peer,
+            builder,
+            handler,
+            limits,
+            metrics,
+            mut drain,
+        } = self;
+        metrics.active.inc();
+        let activity = Arc::new(ConnActivity::new());
+        let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        let client = Arc::new(ClientConn {
+            peer,
+            peer_ip,
+            activity: activity.clone(),
+            last_destination: std::sync::Mutex::new(None),
+        });
+        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+        let service = service_fn(move |req| {
+            client.activity.request_started();
+            let response = handler.clone().handle(client.clone(), req);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let watchdog = activity.expired(limits.header_read_timeout, limits.idle_timeout);
+        tokio::pin!(watchdog);
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    break;
+                }
+                _ = drain.signaled(), if !closing => {
+                    // HTTP/1: `Connection: close` on the current response, or close now
+                    // if idle. HTTP/2: GOAWAY, then in-flight streams finish.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                expiry = &mut watchdog, if !closing => {
+                    debug!(%peer, ?expiry, "closing client connection");
+                    if expiry == Expiry::HeaderRead {
+                        break; // a slow head gets no more of our time
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+        metrics.active.dec();
+    }
+}

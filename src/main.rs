@@ -1,0 +1,84 @@
+//! The `breakwater` binary: parse flags, start logging and the runtime, run.
+
+use std::process::ExitCode;
+
+use breakwater::config::cli::{Cli, Command, RunArgs};
+use breakwater::{Config, Proxy, demo, telemetry};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => run(*args),
+        Command::Demo(args) => demo::main(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let check = args.check;
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if check {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).unwrap_or_default()
+        );
+        eprintln!("breakwater: configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = telemetry::init(config.log_format, &config.log_level, config.access_log) {
+        return fail(&e);
+    }
+    let runtime = match build_runtime(config.threads) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let proxy = match Proxy::bind(config).await {
+            Ok(proxy) => proxy,
+            Err(e) => return fail(&e.to_string()),
+        };
+        let report = proxy.run(shutdown_signal()).await;
+        if report.abandoned > 0 {
+            tracing::warn!(abandoned = report.abandoned, "exiting with work abandoned");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// One worker runs on the current thread: no cross-thread wake-ups, the cheapest
+/// setup for a sidecar given one CPU.
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().thread_name("breakwater").build()
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal) starts the drain.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops breakwater");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("breakwater: {message}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,270 @@
+//! Prometheus metric families and the cached per-destination handles the data path
+//! updates. Label values are resolved once per destination, never per request.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Which way a request crosses the pod boundary; the `direction` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Latency buckets in seconds: sub-millisecond proxy overhead up to long polls.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Status codes whose counters are cached per destination; others are looked up.
+const COMMON_CODES: [u16; 19] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 408, 409, 429, 500, 502, 503, 504,
+];
+
+/// Why breakwater answered a request itself, for `x-breakwater-reason` and metrics.
+pub const FAILURE_REASONS: [&str; 3] = ["connect-failure", "reset", "timeout"];
+
+/// Every metric family breakwater exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    inflight: IntGaugeVec,
+    failures: IntCounterVec,
+    rejected: IntCounterVec,
+    connections: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connections_refused: IntCounterVec,
+    tunnels: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "breakwater_requests_total",
+                "Requests answered, by response status.",
+            ),
+            &["direction", "destination", "code"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "breakwater_request_duration_seconds",
+                "Time from request start to the end of the response body.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["direction", "destination"],
+        );
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "breakwater_inflight_requests",
+                "Requests whose response has not ended yet.",
+            ),
+            &["direction", "destination"],
+        );
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "breakwater_upstream_failures_total",
+                "Requests breakwater could not complete, by x-breakwater-reason.",
+            ),
+            &["direction", "destination", "reason"],
+        );
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "breakwater_rejected_total",
+                "Requests breakwater refused itself, by x-breakwater-reason.",
+            ),
+            &["direction", "reason"],
+        );
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "breakwater_connections_total",
+                "Client connections accepted.",
+            ),
+            &["listener"],
+        );
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "breakwater_connections_active",
+                "Client connections open now.",
+            ),
+            &["listener"],
+        );
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "breakwater_connections_refused_total",
+                "Client connections closed at accept because --max-connections was reached.",
+            ),
+            &["listener"],
+        );
+        let tunnels = IntCounterVec::new(
+            Opts::new(
+                "breakwater_tunnels_total",
+                "CONNECT tunnels and protocol upgrades relayed, by kind.",
+            ),
+            &["direction", "kind"],
+        );
+        let metrics = Metrics {
+            registry,
+            requests: requests.expect("static metric options are valid"),
+            duration: duration.expect("static metric options are valid"),
+            inflight: inflight.expect("static metric options are valid"),
+            failures: failures.expect("static metric options are valid"),
+            rejected: rejected.expect("static metric options are valid"),
+            connections: connections.expect("static metric options are valid"),
+            connections_active: connections_active.expect("static metric options are valid"),
+            connections_refused: connections_refused.expect("static metric options are valid"),
+            tunnels: tunnels.expect("static metric options are valid"),
+        };
+        for c in [
+            Box::new(metrics.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.duration.clone()),
+            Box::new(metrics.inflight.clone()),
+            Box::new(metrics.failures.clone()),
+            Box::new(metrics.rejected.clone()),
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.connections_active.clone()),
+            Box::new(metrics.connections_refused.clone()),
+            Box::new(metrics.tunnels.clone()),
+        ] {
+            // Names are distinct constants; a clash would be a programming error.
+            metrics
+                .registry
+                .register(c)
+                .expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// The handles for one destination label; built once per destination.
+    pub fn destination(&self, direction: Direction, label: &str) -> DestinationMetrics {
+        let d = direction.as_str();
+        DestinationMetrics {
+            requests: self.requests.clone(),
+            direction,
+            label: label.into(),
+            common: Default::default(),
+            inflight: self.inflight.with_label_values(&[d, label]),
+            duration: self.duration.with_label_values(&[d, label]),
+            failures: FAILURE_REASONS.map(|r| self.failures.with_label_values(&[d, label, r])),
+        }
+    }
+
+    pub fn listener(&self, name: &'static str) -> ListenerMetrics {
+        ListenerMetrics {
+            accepted: self.connections.with_label_values(&[name]),
+            active: self.connections_active.with_label_values(&[name]),
+            refused: self.connections_refused.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts a request refused before it had a destination (e.g. `no-route`).
+    pub fn rejected(&self, direction: Direction, reason: &str) {
+        self.rejected
+            .with_label_values(&[direction.as_str(), reason])
+            .inc();
+    }
+
+    pub fn tunnel(&self, direction: Direction, kind: &'static str) {
+        self.tunnels
+            .with_label_values(&[direction.as_str(), kind])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a metric with a bad name could,
+        // and would be a programming error, so an empty answer is the worst case.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Cached handles for one (direction, destination): the hot path touches only atomics.
+pub struct DestinationMetrics {
+    requests: IntCounterVec,
+    direction: Direction,
+    label: Box<str>,
+    common: [OnceLock<IntCounter>; COMMON_CODES.len()],
+    pub inflight: IntGauge,
+    pub duration: Histogram,
+    failures: [IntCounter; FAILURE_REASONS.len()],
+}
+
+impl DestinationMetrics {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn count_response(&self, code: u16) {
+        match COMMON_CODES.iter().position(|&c| c == code) {
+            Some(i) => self.common[i].get_or_init(|| self.counter_for(code)).inc(),
+            None => self.counter_for(code).inc(),
+        }
+    }
+
+    /// Counts a failure by its reason, one of [`FAILURE_REASONS`].
+    pub fn count_failure(&self, reason: &str) {
+        if let Some(i) = FAILURE_REASONS.iter().position(|&r| r == reason) {
+            self.failures[i].inc();
+        }
+    }
+
+    fn counter_for(&self, code: u16) -> IntCounter {
+        let mut buf = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[self.direction.as_str(), &self.label, buf.format(code)])
+    }
+}
+
+/// Handles for one listener's connection counters.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub accepted: IntCounter,
+    pub active: IntGauge,
+    pub refused: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_and_uncached_codes_land_in_the_same_family() {
+        let m = Metrics::new();
+        let d = m.destination(Direction::Outbound, "payments:80");
+        d.count_response(200);
+        d.count_response(200);
+        d.count_response(418);
+        d.count_failure("timeout");
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        assert!(text.contains(
+            r#"breakwater_requests_total{code="200",destination="payments:80",direction="outbound"} 2"#
+        ), "{text}");
+        assert!(text.contains(r#"code="418""#));
+        assert!(text.contains(
+            r#"breakwater_upstream_failures_total{destination="payments:80",direction="outbound",reason="timeout"} 1"#
+        ));
+    }
+}

@@ -1,0 +1,191 @@
+//! The outbound stack: traffic from the app to its dependencies. This is the
+//! pipeline, in order:
+//!
+//! 1. destination: absolute-form target, else `Host` (`destination::target_of`)
+//! 2. route policy: global flags, overridden by the first matching `--route`
+//! 3. deadline (`timeout`), until the response headers
+//! 4. forward over a pooled HTTP/1.1 or HTTP/2 connection
+//!
+//! `CONNECT host:port` skips the HTTP steps and becomes a TCP tunnel.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::accounting::InFlight;
+use crate::body::ProxyBody;
+use crate::config::Config;
+use crate::destination;
+use crate::drain::DrainWatch;
+use crate::error::ProxyError;
+use crate::exchange::{self, Target};
+use crate::forward::{Forwarder, headers};
+use crate::listener::{ClientConn, Handler};
+use crate::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::tunnel;
+use crate::upstream::{DestinationState, Registry};
+
+pub struct Outbound {
+    forwarder: Forwarder,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    /// Requests that never found a destination are counted under this label.
+    unrouted: Arc<DestinationMetrics>,
+    /// Our own listener: a request addressed to it would loop forever.
+    listen_addr: SocketAddr,
+    access_log: bool,
+    max_uri_bytes: usize,
+    drain: DrainWatch,
+}
+
+impl Outbound {
+    pub fn new(
+        config: &Config,
+        forwarder: Forwarder,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        listen_addr: SocketAddr,
+        drain: DrainWatch,
+    ) -> Self {
+        let unrouted = Arc::new(metrics.destination(Direction::Outbound, "none"));
+        Outbound {
+            forwarder,
+            registry,
+            metrics,
+            unrouted,
+            listen_addr,
+            access_log: config.access_log,
+            max_uri_bytes: config.limits.max_uri_bytes,
+            drain,
+        }
+    }
+
+    async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let destination = self.destination(conn, &req);
+        let metrics = match &destination {
+            Ok(state) => state.metrics.clone(),
+            Err(_) => self.unrouted.clone(),
+        };
+        let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started.into_std());
+        let id = headers::request_id(req.headers_mut());
+        if self.access_log {
+            in_flight.set_access(exchange::access_entry(Direction::Outbound, &req, &id));
+        }
+        let state = match destination {
+            Ok(state) => state,
+            Err(e) => {
+                self.metrics.rejected(Direction::Outbound, e.reason());
+                return exchange::fail(e, in_flight);
+            }
+        };
+        if let Err(e) = exchange::check_uri_length(&req, self.max_uri_bytes) {
+            return exchange::fail(e, in_flight);
+        }
+        if req.method() == Method::CONNECT {
+            return self.connect(&state, req, in_flight).await;
+        }
+        let upgrade = exchange::prepare(&mut req);
+        let target = Target {
+            authority: &state.authority,
+            dest: &state.dest,
+            policy: &state.policy,
+        };
+        exchange::send(
+            &self.forwarder,
+            target,
+            req,
+            upgrade,
+            in_flight,
+            started,
+            &self.drain,
+        )
+        .await
+    }
+
+    /// Finds the destination's state, from the connection's last one when it is the same.
+    fn destination(
+        &self,
+        conn: &ClientConn,
+        req: &Request<Incoming>,
+    ) -> Result<Arc<DestinationState>, ProxyError> {
+        let (host, port) = destination::target_of(req)?;
+        if self.is_own_listener(host, port) {
+            return Err(ProxyError::NoRoute(
+                "the destination is breakwater's own outbound listener",
+            ));
+        }
+        let mut last = conn
+            .last_destination
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = last.as_ref()
+            && state.dest.is(host, port)
+        {
+            return Ok(state.clone());
+        }
+        let state = self.registry.get(host, port);
+        *last = Some(state.clone());
+        Ok(state)
+    }
+
+    fn is_own_listener(&self, host: &str, port: u16) -> bool {
+        if port != self.listen_addr.port() {
+            return false;
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) => ip == self.listen_addr.ip() || ip.is_loopback() || ip.is_unspecified(),
+            Err(_) => host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
+    /// `CONNECT host:port`: connect first, so a failure is a proper 502; then answer
+    /// 200 and relay bytes once the client's connection is upgraded.
+    async fn connect(
+        &self,
+        state: &DestinationState,
+        mut req: Request<Incoming>,
+        mut in_flight: InFlight,
+    ) -> Response<ProxyBody> {
+        if req.uri().authority().and_then(|a| a.port_u16()).is_none() {
+            let e = ProxyError::BadRequest("CONNECT needs host:port");
+            return exchange::fail(e, in_flight);
+        }
+        let connector = self.forwarder.connector();
+        match connector
+            .connect(state.dest.host(), state.dest.port())
+            .await
+        {
+            Ok(upstream) => {
+                self.metrics.tunnel(Direction::Outbound, "connect");
+                let client = hyper::upgrade::on(&mut req);
+                tunnel::relay_connect(client, upstream, self.drain.clone());
+                in_flight.set_status(200);
+                let mut resp = Response::new(ProxyBody::empty().with_in_flight(in_flight));
+                *resp.status_mut() = StatusCode::OK;
+                resp
+            }
+            Err(e) => exchange::fail(
+                ProxyError::ConnectFailure {
+                    dest: state.dest.to_string(),
+                    cause: e.to_string(),
+                },
+                in_flight,
+            ),
+        }
+    }
+}
+
+impl Handler for Outbound {
+    async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ClientConn>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        self.serve(&conn, req).await
+    }
+}

@@ -1,0 +1,197 @@
+//! Per-destination state: the route policy that applies to a destination and its
+//! cached metric handles, in a registry capped so that a scan of many hosts cannot
+//! grow memory or metric cardinality without bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::config::{Config, Protocol, RouteOverride};
+use crate::destination::Destination;
+use crate::metrics::{DestinationMetrics, Direction, Metrics};
+
+/// The policy in force for one destination: the global flags, overridden by the
+/// first matching `--route`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePolicy {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub protocol: Protocol,
+}
+
+/// The `--route` flags in order, with the global defaults they override.
+pub struct RouteTable {
+    defaults: RoutePolicy,
+    routes: Vec<RouteOverride>,
+}
+
+impl RouteTable {
+    pub fn new(config: &Config) -> Self {
+        RouteTable {
+            defaults: RoutePolicy {
+                timeout: config.timeout,
+                connect_timeout: config.connect_timeout,
+                protocol: Protocol::Auto,
+            },
+            routes: config.routes.clone(),
+        }
+    }
+
+    pub fn defaults(&self) -> &RoutePolicy {
+        &self.defaults
+    }
+
+    pub fn policy_for(&self, dest: &Destination) -> RoutePolicy {
+        let mut policy = self.defaults.clone();
+        if let Some(route) = self.routes.iter().find(|r| r.matches(dest)) {
+            policy.timeout = route.timeout.unwrap_or(policy.timeout);
+            policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
+            policy.protocol = route.protocol.unwrap_or(policy.protocol);
+        }
+        policy
+    }
+
+    /// Only the connect timeout, for a connector that knows host and port.
+    pub fn connect_timeout_for(&self, host: &str, port: u16) -> Option<Duration> {
+        let dest = Destination::new(host, port);
+        self.routes
+            .iter()
+            .find(|r| r.matches(&dest))
+            .and_then(|r| r.connect_timeout)
+    }
+}
+
+/// Everything the outbound pipeline needs about one destination, built once.
+pub struct DestinationState {
+    pub dest: Destination,
+    pub authority: Authority,
+    pub policy: RoutePolicy,
+    pub metrics: Arc<DestinationMetrics>,
+}
+
+/// Destinations seen so far. The first `--metrics-max-destinations` get a state of
+/// their own; later ones are built per request and share the `other` label.
+pub struct Registry {
+    direction: Direction,
+    routes: Arc<RouteTable>,
+    metrics: Arc<Metrics>,
+    entries: RwLock<HashMap<Destination, Arc<DestinationState>>>,
+    max_entries: usize,
+    overflow: Arc<DestinationMetrics>,
+}
+
+impl Registry {
+    pub fn new(
+        direction: Direction,
+        routes: Arc<RouteTable>,
+        metrics: Arc<Metrics>,
+        max_entries: usize,
+    ) -> Self {
+        let overflow = Arc::new(metrics.destination(direction, "other"));
+        Registry {
+            direction,
+            routes,
+            metrics,
+            entries: RwLock::new(HashMap::new()),
+            max_entries,
+            overflow,
+        }
+    }
+
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// The state for `host:port`.
+    pub fn get(&self, host: &str, port: u16) -> Arc<DestinationState> {
+        let dest = Destination::new(host, port);
+        if let Some(found) = self.read().get(&dest) {
+            return found.clone();
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = entries.get(&dest) {
+            return found.clone();
+        }
+        let labeled = entries.len() < self.max_entries;
+        let metrics = if labeled {
+            Arc::new(self.metrics.destination(self.direction, &dest.to_string()))
+        } else {
+            self.overflow.clone()
+        };
+        let state = Arc::new(DestinationState {
+            authority: dest.authority(),
+            policy: self.routes.policy_for(&dest),
+            dest: dest.clone(),
+            metrics,
+        });
+        if labeled {
+            entries.insert(dest, state.clone());
+        }
+        state
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Destination, Arc<DestinationState>>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max: usize, routes: &[&str]) -> Registry {
+        let mut config = Config::loopback();
+        config.routes = routes
+            .iter()
+            .filter_map(|r| RouteOverride::parse(r).ok())
+            .collect();
+        Registry::new(
+            Direction::Outbound,
+            Arc::new(RouteTable::new(&config)),
+            Arc::new(Metrics::new()),
+            max,
+        )
+    }
+
+    #[test]
+    fn first_matching_route_overrides_the_defaults() {
+        let r = registry(
+            10,
+            &[
+                "payments:8080,timeout=2s",
+                "payments,timeout=3s,protocol=h2",
+            ],
+        );
+        assert_eq!(
+            r.get("payments", 8080).policy.timeout,
+            Duration::from_secs(2)
+        );
+        let other_port = r.get("PAYMENTS", 9090);
+        assert_eq!(other_port.policy.timeout, Duration::from_secs(3));
+        assert_eq!(other_port.policy.protocol, Protocol::H2);
+        assert_eq!(r.get("search", 80).policy.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_scan_of_hosts_is_capped() {
+        let r = registry(3, &[]);
+        for i in 0..1000 {
+            let state = r.get(&format!("host-{i}"), 80);
+            if i >= 3 {
+                assert_eq!(state.metrics.label(), "other");
+            }
+        }
+        assert_eq!(r.len(), 3);
+        assert!(Arc::ptr_eq(&r.get("host-1", 80), &r.get("host-1", 80)));
+    }
+}

@@ -1,0 +1,97 @@
+//! The admin endpoint: liveness, readiness, Prometheus metrics, configuration.
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_ready_and_config_answer() {
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |c| c.timeout = std::time::Duration::from_secs(7)).await;
+    let c = client();
+    let live = get(&c, &proxy.admin("/live")).await;
+    assert_eq!(live.status, 200);
+    let ready = get(&c, &proxy.admin("/ready")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let config = get(&c, &proxy.admin("/config")).await;
+    assert_eq!(config.status, 200);
+    assert_eq!(config.headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&config.body).expect("config is JSON");
+    assert_eq!(json["timeout"], "7s");
+    assert_eq!(json["app_addr"], app.addr.to_string());
+    let missing = get(&c, &proxy.admin("/nope")).await;
+    assert_eq!(missing.status, 404);
+}
+
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_direction_destination_and_code() {
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |_| {}).await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &proxy.inbound("/")).await.status, 200);
+    }
+    let _ = get_via(&c, &proxy, "127.0.0.1:1", "/").await;
+    let m = get(&c, &proxy.admin("/metrics")).await;
+    assert!(
+        m.headers["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/plain")
+    );
+    let app_label = app.addr.to_string();
+    let inbound_200 = format!(
+        r#"breakwater_requests_total{{code="200",destination="{app_label}",direction="inbound"}}"#
+    );
+    assert_eq!(sample(&m.body, &inbound_200), Some(3.0), "{}", m.body);
+    let outbound_502 =
+        r#"breakwater_requests_total{code="502",destination="127.0.0.1:1",direction="outbound"}"#;
+    assert_eq!(sample(&m.body, outbound_502), Some(1.0), "{}", m.body);
+    let failures = r#"breakwater_upstream_failures_total{destination="127.0.0.1:1",direction="outbound",reason="connect-failure"}"#;
+    assert_eq!(sample(&m.body, failures), Some(1.0));
+    let count = format!(
+        r#"breakwater_request_duration_seconds_count{{destination="{app_label}",direction="inbound"}}"#
+    );
+    assert_eq!(sample(&m.body, &count), Some(3.0));
+    let inflight =
+        format!(r#"breakwater_inflight_requests{{destination="{app_label}",direction="inbound"}}"#);
+    assert_eq!(
+        sample(&m.body, &inflight),
+        Some(0.0),
+        "nothing in flight after the bodies ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_hosts_cannot_grow_the_destination_labels() {
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |c| c.metrics_max_destinations = 5).await;
+    let c = client();
+    // Distinct destinations that all fail fast (nothing listens on port 1).
+    for i in 0..40 {
+        let host = format!("127.0.0.{}:1", i + 2);
+        let _ = get_via(&c, &proxy, &host, "/").await;
+    }
+    let m = get(&c, &proxy.admin("/metrics")).await;
+    let labels: std::collections::BTreeSet<&str> = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("breakwater_requests_total{"))
+        .filter(|l| l.contains(r#"direction="outbound""#))
+        .filter_map(|l| l.split("destination=\"").nth(1))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(
+        labels.len() <= 6,
+        "at most 5 destinations plus \"other\": {labels:?}"
+    );
+    assert!(labels.contains("other"), "{labels:?}");
+    let other = r#"breakwater_requests_total{code="502",destination="other",direction="outbound"}"#;
+    assert_eq!(sample(&m.body, other), Some(35.0), "{}", m.body);
+}

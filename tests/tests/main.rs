@@ -1,0 +1,13 @@
+//! breakwater's integration tests: one binary, a module per area. Every test starts
+//! real servers and the proxy on loopback ephemeral ports; nothing is mocked.
+
+mod support;
+
+mod admin;
+mod cli;
+mod faults;
+mod lifecycle;
+mod limits;
+mod proxying;
+mod streaming;
+mod tunnels;

@@ -1,0 +1,419 @@
+//! Shared helpers: upstream servers with scripted behaviour, the proxy in-process
+//! or as the real binary, and small clients.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use breakwater::{BoundAddrs, Config, Proxy, RunReport};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub type TestBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn text_response(status: u16, body: &str) -> Response<TestBody> {
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::IM_A_TEAPOT);
+    resp
+}
+
+/// A real HTTP server (HTTP/1.1 and h2c) run by the test, counting what it sees.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Requests the handler was called for.
+    pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an upstream whose every request is answered by `handler`.
+pub async fn spawn_upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let handler = Arc::new(handler);
+    let (h, c) = (hits.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let (handler, hits) = (handler.clone(), h.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        task,
+    }
+}
+
+/// An upstream that echoes what it saw: method, URI, version and headers as JSON-ish
+/// lines in the body, so tests can assert on the request as it arrived.
+pub async fn spawn_echo() -> Upstream {
+    spawn_upstream(|req: Request<Incoming>| async move {
+        let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (k, v) in req.headers() {
+            out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("<bytes>")));
+        }
+        text_response(200, &out)
+    })
+    .await
+}
+
+/// A TCP server whose every connection is handled by `f` on the raw stream: for
+/// faults that HTTP servers do not make (resets, silence, garbage).
+pub async fn spawn_raw<F, Fut>(f: F) -> Upstream
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw upstream");
+    let addr = listener.local_addr().expect("raw addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let c = connections.clone();
+    let f = Arc::new(f);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(f(stream));
+        }
+    });
+    Upstream {
+        addr,
+        hits: Arc::new(AtomicUsize::new(0)),
+        connections,
+        task,
+    }
+}
+
+/// Reads one request head from `stream` (up to the blank line).
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Closes with RST instead of FIN: SO_LINGER 0, then drop.
+pub fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+/// The proxy, in this process, on loopback ephemeral ports.
+pub struct TestProxy {
+    pub addrs: BoundAddrs,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<RunReport>>,
+}
+
+impl TestProxy {
+    pub fn inbound(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs.inbound, path)
+    }
+
+    pub fn outbound(&self) -> SocketAddr {
+        self.addrs.outbound
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs.admin, path)
+    }
+
+    /// Starts the drain and waits for the run to end.
+    pub async fn stop(mut self) -> RunReport {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("proxy task"),
+            None => RunReport { abandoned: 0 },
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the proxy with loopback defaults, the app at `app`, changed by `tune`.
+pub async fn spawn_proxy(app: SocketAddr, tune: impl FnOnce(&mut Config)) -> TestProxy {
+    let mut config = Config::loopback();
+    config.app_addr = app;
+    tune(&mut config);
+    let proxy = Proxy::bind(config).await.expect("bind proxy");
+    let addrs = proxy.addrs();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(proxy.run(async move {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        addrs,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// A route flag, parsed as the CLI would.
+pub fn route(spec: &str) -> breakwater::config::RouteOverride {
+    breakwater::config::RouteOverride::parse(spec).expect("valid route")
+}
+
+pub type HttpClient = Client<HttpConnector, TestBody>;
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// What a test looks at in a response.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+    pub version: http::Version,
+}
+
+impl Answer {
+    pub fn reason(&self) -> Option<&str> {
+        self.headers
+            .get("x-breakwater-reason")
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn answer(resp: Response<Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
+}
+
+pub async fn send(client: &HttpClient, req: Request<TestBody>) -> Answer {
+    let resp = client.request(req).await.expect("response from the proxy");
+    answer(resp).await
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Answer {
+    let req = Request::get(url).body(full("")).expect("request");
+    send(client, req).await
+}
+
+/// A GET sent to the outbound listener with `Host: host`, as an app with a plain
+/// HTTP client pointed at breakwater would.
+pub async fn get_via(client: &HttpClient, proxy: &TestProxy, host: &str, path: &str) -> Answer {
+    let req = Request::get(format!("http://{}{}", proxy.outbound(), path))
+        .header(http::header::HOST, host)
+        .body(full(""))
+        .expect("request");
+    send(client, req).await
+}
+
+/// Writes raw bytes to `addr` and reads until the server closes or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    read_until_close(&mut stream, wait).await
+}
+
+/// Reads until EOF (`true`) or until `wait` passes (`false`).
+pub async fn read_until_close(stream: &mut TcpStream, wait: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+/// The breakwater binary, started with `args`; killed on drop.
+pub struct BinaryProxy {
+    pub child: Child,
+    pub addrs: BoundAddrs,
+}
+
+impl Drop for BinaryProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_breakwater")
+}
+
+/// Picks three free loopback ports and starts `breakwater run` on them.
+pub async fn spawn_binary(app: SocketAddr, extra: &[&str]) -> BinaryProxy {
+    let ports = free_ports(3).await;
+    let addrs = BoundAddrs {
+        inbound: ports[0],
+        outbound: ports[1],
+        admin: ports[2],
+    };
+    let child = Command::new(binary())
+        .arg("run")
+        .arg(format!("--inbound-addr={}", addrs.inbound))
+        .arg(format!("--outbound-addr={}", addrs.outbound))
+        .arg(format!("--admin-addr={}", addrs.admin))
+        .arg(format!("--app-addr={app}"))
+        .arg("--log-level=warn")
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the breakwater binary");
+    let proxy = BinaryProxy { child, addrs };
+    wait_for_ready(&format!("http://{}/ready", addrs.admin)).await;
+    proxy
+}
+
+async fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(TcpListener::bind("127.0.0.1:0").await.expect("free port"));
+    }
+    held.iter().map(|l| l.local_addr().expect("addr")).collect()
+}
+
+pub async fn wait_for_ready(url: &str) {
+    let c = client();
+    for _ in 0..200 {
+        if let Ok(Ok(resp)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            c.request(Request::get(url).body(full("")).expect("request")),
+        )
+        .await
+            && resp.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// Peak resident memory (VmHWM) and current (VmRSS) of a process, in KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Sends one request over a fresh HTTP/2 (h2c) connection to `addr`, whatever the
+/// request URI's authority says: how an app speaks HTTP/2 to its sidecar.
+pub async fn h2_send_to(addr: SocketAddr, req: Request<TestBody>) -> Answer {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("h2 response");
+    answer(resp).await
+}
