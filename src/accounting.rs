@@ -7,6 +7,10 @@ use std::time::Instant;
 use crate::listener::activity::ConnActivity;
 use crate::metrics::{DestinationMetrics, Direction};
 
+/// The status recorded when the client went away before a response existed
+/// (nginx's convention, which dashboards already know).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// Counted in `breakwater_inflight_requests` from creation to drop. It rides on the
 /// response body, so a streamed response stays in flight until its last byte.
 pub struct InFlight {
@@ -35,11 +39,12 @@ impl InFlight {
         start: Instant,
     ) -> Self {
         metrics.inflight.inc();
+        activity.request_started();
         InFlight {
             metrics,
             activity,
             start,
-            status: 0,
+            status: CLIENT_CLOSED_REQUEST,
             access: None,
         }
     }

@@ -84,7 +84,7 @@ pub fn target_of<B>(req: &Request<B>) -> Result<(&str, u16), ProxyError> {
         } else {
             80
         };
-        return Ok((authority.host(), authority.port_u16().unwrap_or(default)));
+        return Ok((authority.host(), port_of(authority, default)?));
     }
     let host = req.headers().get(header::HOST).ok_or(ProxyError::NoRoute(
         "the request has no absolute target and no Host header",
@@ -99,7 +99,24 @@ pub fn target_of<B>(req: &Request<B>) -> Result<(&str, u16), ProxyError> {
     // `authority` borrows nothing from the request, so find the same text in it.
     let text = host.to_str().unwrap_or_default();
     let host_len = authority.host().len();
-    Ok((&text[..host_len], authority.port_u16().unwrap_or(80)))
+    Ok((&text[..host_len], port_of(&authority, 80)?))
+}
+
+/// The authority's port, `default` when it names none. A port that does not fit
+/// in 16 bits is an error, not the default: `host:99999` must not become `host:80`.
+fn port_of(authority: &Authority, default: u16) -> Result<u16, ProxyError> {
+    let text = authority.as_str();
+    let text = text.rsplit_once('@').map_or(text, |(_, hostport)| hostport);
+    // An IPv6 host has colons of its own: the port comes after its bracket.
+    let tail = text.rfind(']').map_or(text, |i| &text[i + 1..]);
+    let port = match tail.split_once(':') {
+        Some((_, p)) if !p.is_empty() => p,
+        _ => return Ok(default),
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ProxyError::BadRequest("the target's port is not 1-65535")),
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +124,7 @@ mod tests {
     use super::*;
 
     fn req(uri: &str, host: Option<&str>) -> Request<()> {
+        let uri: http::Uri = uri.parse().unwrap_or_default();
         let mut b = Request::builder().uri(uri);
         if let Some(h) = host {
             b = b.header(header::HOST, h);
@@ -140,6 +158,20 @@ mod tests {
         ));
         assert!(matches!(
             target_of(&req("https://x/", None)),
+            Err(ProxyError::BadRequest(_))
+        ));
+        for bad_port in ["x:99999", "x:0", "x:http"] {
+            assert!(matches!(
+                target_of(&req("/", Some(bad_port))),
+                Err(ProxyError::BadRequest(_))
+            ));
+        }
+        assert_eq!(
+            target_of(&req("/", Some("[::1]"))).ok(),
+            Some(("[::1]", 80))
+        );
+        assert!(matches!(
+            target_of(&req("http://x:99999/", None)),
             Err(ProxyError::BadRequest(_))
         ));
     }

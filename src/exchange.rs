@@ -62,8 +62,14 @@ pub fn access_entry(
     }
 }
 
-/// Rejects a request target longer than `max` bytes (`--max-uri-bytes`).
-pub fn check_uri_length(req: &Request<Incoming>, max: usize) -> Result<(), ProxyError> {
+/// Rejects what the HTTP parser lets through but a proxy must not forward: a
+/// request target longer than `max` bytes (`--max-uri-bytes`), and more than one
+/// `Host` (RFC 9112 §3.2: the app and breakwater could each pick another).
+pub fn check_request(req: &Request<Incoming>, max: usize) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
     let uri = req.uri();
     let len = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());

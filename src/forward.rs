@@ -31,7 +31,8 @@ impl Forwarder {
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout);
+            .pool_idle_timeout(idle_timeout)
+            .http2_adaptive_window(true);
         let h1 = builder.build(HttpConnector(connector.clone()));
         let h2 = builder
             .http2_only(true)

@@ -67,7 +67,7 @@ impl Inbound {
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Inbound, &req, &id));
         }
-        if let Err(e) = exchange::check_uri_length(&req, self.max_uri_bytes) {
+        if let Err(e) = exchange::check_request(&req, self.max_uri_bytes) {
             return exchange::fail(e, in_flight);
         }
         if req.method() == Method::CONNECT {

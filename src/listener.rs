@@ -133,7 +133,8 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .adaptive_window(true);
     builder
 }
 
@@ -170,7 +171,6 @@ impl<H: Handler> Connection<H> {
         });
         let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
         let service = service_fn(move |req| {
-            client.activity.request_started();
             let response = handler.clone().handle(client.clone(), req);
             async move { Ok::<_, Infallible>(response.await) }
         });

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -54,100 +55,99 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "breakwater_requests_total",
-                "Requests answered, by response status.",
+        let r = &registry;
+        let dest = &["direction", "destination"];
+        Metrics {
+            requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_requests_total",
+                        "Requests answered, by response status.",
+                    ),
+                    &["direction", "destination", "code"],
+                ),
             ),
-            &["direction", "destination", "code"],
-        );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "breakwater_request_duration_seconds",
-                "Time from request start to the end of the response body.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["direction", "destination"],
-        );
-        let inflight = IntGaugeVec::new(
-            Opts::new(
-                "breakwater_inflight_requests",
-                "Requests whose response has not ended yet.",
+            duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "breakwater_request_duration_seconds",
+                        "Time from request start to the end of the response body.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    dest,
+                ),
             ),
-            &["direction", "destination"],
-        );
-        let failures = IntCounterVec::new(
-            Opts::new(
-                "breakwater_upstream_failures_total",
-                "Requests breakwater could not complete, by x-breakwater-reason.",
+            inflight: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breakwater_inflight_requests",
+                        "Requests whose response has not ended yet.",
+                    ),
+                    dest,
+                ),
             ),
-            &["direction", "destination", "reason"],
-        );
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "breakwater_rejected_total",
-                "Requests breakwater refused itself, by x-breakwater-reason.",
+            failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_upstream_failures_total",
+                        "Requests breakwater could not complete, by x-breakwater-reason.",
+                    ),
+                    &["direction", "destination", "reason"],
+                ),
             ),
-            &["direction", "reason"],
-        );
-        let connections = IntCounterVec::new(
-            Opts::new(
-                "breakwater_connections_total",
-                "Client connections accepted.",
+            rejected: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_rejected_total",
+                        "Requests breakwater refused itself, by x-breakwater-reason.",
+                    ),
+                    &["direction", "reason"],
+                ),
             ),
-            &["listener"],
-        );
-        let connections_active = IntGaugeVec::new(
-            Opts::new(
-                "breakwater_connections_active",
-                "Client connections open now.",
+            connections: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_connections_total",
+                        "Client connections accepted.",
+                    ),
+                    &["listener"],
+                ),
             ),
-            &["listener"],
-        );
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
-                "breakwater_connections_refused_total",
-                "Client connections closed at accept because --max-connections was reached.",
+            connections_active: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breakwater_connections_active",
+                        "Client connections open now.",
+                    ),
+                    &["listener"],
+                ),
             ),
-            &["listener"],
-        );
-        let tunnels = IntCounterVec::new(
-            Opts::new(
-                "breakwater_tunnels_total",
-                "CONNECT tunnels and protocol upgrades relayed, by kind.",
+            connections_refused: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_connections_refused_total",
+                        "Client connections closed at accept because --max-connections was reached.",
+                    ),
+                    &["listener"],
+                ),
             ),
-            &["direction", "kind"],
-        );
-        let metrics = Metrics {
+            tunnels: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("breakwater_tunnels_total", "CONNECT tunnels opened."),
+                    &["direction", "kind"],
+                ),
+            ),
             registry,
-            requests: requests.expect("static metric options are valid"),
-            duration: duration.expect("static metric options are valid"),
-            inflight: inflight.expect("static metric options are valid"),
-            failures: failures.expect("static metric options are valid"),
-            rejected: rejected.expect("static metric options are valid"),
-            connections: connections.expect("static metric options are valid"),
-            connections_active: connections_active.expect("static metric options are valid"),
-            connections_refused: connections_refused.expect("static metric options are valid"),
-            tunnels: tunnels.expect("static metric options are valid"),
-        };
-        for c in [
-            Box::new(metrics.requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(metrics.duration.clone()),
-            Box::new(metrics.inflight.clone()),
-            Box::new(metrics.failures.clone()),
-            Box::new(metrics.rejected.clone()),
-            Box::new(metrics.connections.clone()),
-            Box::new(metrics.connections_active.clone()),
-            Box::new(metrics.connections_refused.clone()),
-            Box::new(metrics.tunnels.clone()),
-        ] {
-            // Names are distinct constants; a clash would be a programming error.
-            metrics
-                .registry
-                .register(c)
-                .expect("metric names are unique");
         }
-        metrics
     }
 
     /// The handles for one destination label; built once per destination.
@@ -193,6 +193,20 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// Registers a metric family built from constant options. Either step failing is a
+/// programming error (a bad name, a duplicate), caught by every test that starts
+/// the proxy, so it may panic.
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = metric.expect("metric options are valid constants");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl Default for Metrics {

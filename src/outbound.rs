@@ -65,7 +65,8 @@ impl Outbound {
 
     async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let destination = self.destination(conn, &req);
+        let destination = exchange::check_request(&req, self.max_uri_bytes)
+            .and_then(|()| self.destination(conn, &req));
         let metrics = match &destination {
             Ok(state) => state.metrics.clone(),
             Err(_) => self.unrouted.clone(),
@@ -82,9 +83,6 @@ impl Outbound {
                 return exchange::fail(e, in_flight);
             }
         };
-        if let Err(e) = exchange::check_uri_length(&req, self.max_uri_bytes) {
-            return exchange::fail(e, in_flight);
-        }
         if req.method() == Method::CONNECT {
             return self.connect(&state, req, in_flight).await;
         }

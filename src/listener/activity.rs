@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,6 +27,9 @@ pub struct ConnActivity {
     idle_since: AtomicU64,
     head_started: AtomicU64,
     http2: AtomicBool,
+    /// Wakes the watchdog when a request head starts: its timer may be armed for
+    /// the (much later) idle deadline.
+    head_began: Notify,
 }
 
 /// Why the watchdog wants a connection closed.
@@ -45,6 +49,7 @@ impl ConnActivity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             http2: AtomicBool::new(false),
+            head_began: Notify::new(),
         }
     }
 
@@ -79,6 +84,7 @@ impl ConnActivity {
             && self.head_started.load(Relaxed) == NONE
         {
             self.head_started.store(self.now_ms(), Relaxed);
+            self.head_began.notify_one();
         }
     }
 
@@ -103,7 +109,11 @@ impl ConnActivity {
                 .flatten()
                 .min()
                 .unwrap_or(now + header_ms.min(idle_ms));
-            tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
+            let wait = Duration::from_millis(next.saturating_sub(now).max(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.head_began.notified() => {}
+            }
         }
     }
 }
@@ -190,18 +200,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn header_timer_starts_at_first_byte_not_at_idle() {
-        let a = ConnActivity::new();
+        let a = std::sync::Arc::new(ConnActivity::new());
         let (hdr, idle) = (Duration::from_secs(10), Duration::from_secs(300));
-        // Idle keep-alive: only the idle timer runs.
         let started = tokio::time::Instant::now();
-        let expiry = tokio::time::timeout(Duration::from_secs(60), a.expired(hdr, idle)).await;
+        let watchdog = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(hdr, idle).await }
+        });
+        // Idle keep-alive: only the idle timer runs.
+        tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(
-            expiry.is_err(),
+            !watchdog.is_finished(),
             "idle for 60s must not trip the header timer"
         );
+        // A head starts while the watchdog sleeps towards the idle deadline.
         a.on_read(true, b"GET / HT");
-        assert_eq!(a.expired(hdr, idle).await, Expiry::HeaderRead);
-        assert!(started.elapsed() >= Duration::from_secs(60));
+        assert_eq!(watchdog.await.ok(), Some(Expiry::HeaderRead));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(70) && took < Duration::from_secs(71),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,1 +1,353 @@
+//! The binary's command line: `run --check`, bad values that must fail at start-up
+//! naming their flag, the `BREAKWATER_*` environment form, and the README's flag
+//! table kept in step with `breakwater run --help`.
 
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support;
+
+/// What one run of the binary left behind.
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn succeeded(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// `breakwater ARGS` with no `BREAKWATER_*` variable inherited from the caller.
+fn breakwater(args: &[&str]) -> Command {
+    let mut cmd = Command::new(support::binary());
+    cmd.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BREAKWATER_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Runs `cmd` to completion; kills it and fails the test if it is still running
+/// after `limit` (a bad flag that is accepted would otherwise start serving).
+fn finish(mut cmd: Command, limit: Duration) -> Outcome {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the breakwater binary");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("poll the binary").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect the killed binary");
+            panic!(
+                "breakwater was still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child
+        .wait_with_output()
+        .expect("collect the binary's output");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run(args: &[&str]) -> Outcome {
+    finish(breakwater(args), Duration::from_secs(20))
+}
+
+/// The effective configuration `run --check` prints, parsed.
+fn checked_config(outcome: &Outcome) -> serde_json::Value {
+    assert!(outcome.succeeded(), "--check failed: {}", outcome.stderr);
+    serde_json::from_str(&outcome.stdout)
+        .unwrap_or_else(|e| panic!("--check did not print JSON ({e}):\n{}", outcome.stdout))
+}
+
+/// Asserts the binary refused to start and said which flag was wrong.
+fn assert_fails_naming(outcome: &Outcome, flag: &str, what: &str) {
+    assert!(
+        !outcome.succeeded(),
+        "{what}: exited 0; stdout:\n{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.code.is_some(),
+        "{what}: killed by a signal (a panic abort?)"
+    );
+    assert!(
+        outcome.stderr.contains(flag),
+        "{what}: the error does not name {flag}:\n{}",
+        outcome.stderr
+    );
+    assert!(
+        !outcome.stderr.contains("panicked"),
+        "{what}: panicked:\n{}",
+        outcome.stderr
+    );
+}
+
+/// The `--flags` in a clap help text (`--help`/`--version` left out), each with the
+/// text of its description joined onto one line.
+fn flags_in_help(help: &str) -> Vec<(String, String)> {
+    let mut flags: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        // Flag lines are indented by 2 (`-h, --help`) or 6 (`--check`); their
+        // descriptions by more.
+        let is_flag_line = trimmed.starts_with('-') && line.len() - trimmed.len() <= 6;
+        match trimmed.find("--").filter(|_| is_flag_line) {
+            Some(at) => {
+                let name: String = trimmed[at + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                flags.push((name, String::new()));
+            }
+            None => {
+                if let Some((_, text)) = flags.last_mut() {
+                    text.push(' ');
+                    text.push_str(trimmed);
+                }
+            }
+        }
+    }
+    flags.retain(|(name, _)| name != "help" && name != "version");
+    flags
+}
+
+fn help_of(args: &[&str]) -> String {
+    let outcome = run(args);
+    assert!(outcome.succeeded(), "{args:?} failed: {}", outcome.stderr);
+    outcome.stdout
+}
+
+/// The subcommands `breakwater --help` lists (not `help` itself).
+fn subcommands() -> Vec<String> {
+    let help = help_of(&["--help"]);
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn check_with_defaults_prints_the_effective_config_and_exits_0() {
+    let outcome = run(&["run", "--check"]);
+    let config = checked_config(&outcome);
+    assert_eq!(config["timeout"], "15s");
+    assert_eq!(config["connect_timeout"], "1s");
+    assert_eq!(config["drain_timeout"], "30s");
+    assert_eq!(config["inbound_addr"], "0.0.0.0:15006");
+    assert_eq!(config["outbound_addr"], "127.0.0.1:15001");
+    assert_eq!(config["admin_addr"], "0.0.0.0:15000");
+    assert_eq!(config["app_addr"], "127.0.0.1:8080");
+    assert!(
+        config["threads"].as_u64().is_some_and(|n| n >= 1),
+        "threads: {}",
+        config["threads"]
+    );
+}
+
+#[test]
+fn check_reflects_the_flags_given() {
+    let outcome = run(&[
+        "run",
+        "--check",
+        "--timeout=4s",
+        "--app-addr=127.0.0.1:9000",
+        "--route=payments:8080,timeout=2s",
+        "--threads=3",
+    ]);
+    let config = checked_config(&outcome);
+    assert_eq!(config["timeout"], "4s");
+    assert_eq!(config["app_addr"], "127.0.0.1:9000");
+    assert_eq!(config["threads"], 3);
+    assert_eq!(config["routes"][0]["host"], "payments");
+    assert_eq!(config["routes"][0]["port"], 8080);
+    assert_eq!(config["routes"][0]["timeout"], "2s");
+}
+
+#[test]
+fn bad_flag_values_fail_at_start_up_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--timeout", "soon"], "--timeout"),
+        (&["--timeout", "0s"], "--timeout"),
+        (&["--connect-timeout", "0ms"], "--connect-timeout"),
+        (&["--inbound-addr", "nowhere"], "--inbound-addr"),
+        (&["--admin-addr", "127.0.0.1:99999"], "--admin-addr"),
+        (&["--route", "a,retries=x"], "--route"),
+        (&["--route", "a,timeout=soon"], "--route"),
+        (
+            &["--max-request-header-bytes", "10"],
+            "--max-request-header-bytes",
+        ),
+        (&["--max-request-headers", "0"], "--max-request-headers"),
+        (&["--max-connections", "0"], "--max-connections"),
+        (&["--threads", "0"], "--threads"),
+        (&["--threads", "many"], "--threads"),
+        (&["--log-format", "xml"], "--log-format"),
+        (
+            &[
+                "--app-addr",
+                "127.0.0.1:15006",
+                "--inbound-addr",
+                "127.0.0.1:15006",
+            ],
+            "--app-addr",
+        ),
+        (
+            &[
+                "--admin-addr",
+                "127.0.0.1:15001",
+                "--outbound-addr",
+                "127.0.0.1:15001",
+            ],
+            "--admin-addr",
+        ),
+    ];
+    for (flags, named) in cases {
+        for check in [true, false] {
+            let mut args = vec!["run"];
+            if check {
+                args.push("--check");
+            } else {
+                // If the bad value were accepted, serve on free ports, not the defaults.
+                for listener in ["--inbound-addr", "--outbound-addr", "--admin-addr"] {
+                    if !flags.contains(&listener) {
+                        args.extend([listener, "127.0.0.1:0"]);
+                    }
+                }
+            }
+            args.extend_from_slice(flags);
+            let outcome = run(&args);
+            assert_fails_naming(&outcome, named, &format!("{args:?}"));
+        }
+    }
+}
+
+#[test]
+fn env_vars_set_flags() {
+    let mut cmd = breakwater(&["run", "--check"]);
+    cmd.env("BREAKWATER_TIMEOUT", "2s")
+        .env("BREAKWATER_MAX_CONNECTIONS", "7")
+        .env("BREAKWATER_ROUTE", "a:81,timeout=1s;b,protocol=h2");
+    let config = checked_config(&finish(cmd, Duration::from_secs(20)));
+    assert_eq!(config["timeout"], "2s");
+    assert_eq!(config["limits"]["max_connections"], 7);
+    assert_eq!(config["routes"][0]["host"], "a");
+    assert_eq!(config["routes"][1]["protocol"], "h2");
+}
+
+#[test]
+fn a_flag_beats_its_env_var() {
+    let mut cmd = breakwater(&["run", "--check", "--timeout=3s"]);
+    cmd.env("BREAKWATER_TIMEOUT", "2s");
+    let config = checked_config(&finish(cmd, Duration::from_secs(20)));
+    assert_eq!(config["timeout"], "3s");
+}
+
+#[test]
+fn a_bad_env_var_fails_naming_its_flag() {
+    for (var, value, flag) in [
+        ("BREAKWATER_CONNECT_TIMEOUT", "never", "--connect-timeout"),
+        ("BREAKWATER_THREADS", "0", "--threads"),
+        ("BREAKWATER_ROUTE", "a,colour=blue", "--route"),
+    ] {
+        let mut cmd = breakwater(&["run", "--check"]);
+        cmd.env(var, value);
+        let outcome = finish(cmd, Duration::from_secs(20));
+        assert_fails_naming(&outcome, flag, &format!("{var}={value}"));
+    }
+}
+
+#[test]
+fn every_run_flag_has_its_breakwater_env_var() {
+    let help = help_of(&["run", "--help"]);
+    let flags = flags_in_help(&help);
+    assert!(
+        flags.len() >= 10,
+        "too few flags parsed from run --help:\n{help}"
+    );
+    for (name, text) in flags {
+        let var = format!("BREAKWATER_{}", name.to_ascii_uppercase().replace('-', "_"));
+        assert!(
+            text.contains(&format!("[env: {var}=")),
+            "--{name} does not document {var}: {text}"
+        );
+    }
+}
+
+#[test]
+fn an_address_in_use_fails_naming_its_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to occupy");
+    let addr = taken.local_addr().expect("occupied address").to_string();
+    let outcome = run(&[
+        "run",
+        "--inbound-addr=127.0.0.1:0",
+        "--outbound-addr=127.0.0.1:0",
+        "--app-addr=127.0.0.1:9",
+        "--log-level=warn",
+        "--admin-addr",
+        &addr,
+    ]);
+    assert_fails_naming(&outcome, "--admin-addr", "admin address in use");
+    assert!(
+        outcome.stderr.contains(&addr),
+        "the error does not say which address:\n{}",
+        outcome.stderr
+    );
+    drop(taken);
+}
+
+#[test]
+fn readme_flag_table_matches_run_help() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} must document every flag: {e}", path.display()));
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("| `--"))
+        .filter_map(|rest| rest.split_once("` |").map(|(name, _)| name.to_string()))
+        .collect();
+
+    let run_flags: BTreeSet<String> = flags_in_help(&help_of(&["run", "--help"]))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let missing: Vec<_> = run_flags.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "flags of `breakwater run` with no \"| `--flag` |\" row in README.md: {missing:?}"
+    );
+
+    // A README row may document another subcommand's flag, but it must be real.
+    let mut real = run_flags;
+    for sub in subcommands() {
+        real.extend(
+            flags_in_help(&help_of(&[&sub, "--help"]))
+                .into_iter()
+                .map(|(name, _)| name),
+        );
+    }
+    let unknown: Vec<_> = documented.difference(&real).collect();
+    assert!(
+        unknown.is_empty(),
+        "README.md documents flags the binary does not have: {unknown:?}"
+    );
+}
