@@ -44,6 +44,16 @@ pub struct RunReport {
     pub abandoned: usize,
 }
 
+/// The effective configuration as JSON, for `/config` and `run --check`: the
+/// flags, and under `policies` the policy each `--route` results in.
+pub fn describe(config: &Config) -> String {
+    let mut described = serde_json::to_value(config).unwrap_or_default();
+    if let Some(map) = described.as_object_mut() {
+        map.insert("policies".into(), RouteTable::new(config).describe());
+    }
+    serde_json::to_string_pretty(&described).unwrap_or_default()
+}
+
 /// A proxy with its listeners bound, ready to [`run`](Proxy::run).
 pub struct Proxy {
     config: Config,
@@ -105,7 +115,7 @@ impl Proxy {
             Forwarder::new(Arc::new(out_connector), config.upstream_idle_timeout),
             Registry::new(
                 Direction::Outbound,
-                routes,
+                routes.clone(),
                 metrics.clone(),
                 config.metrics_max_destinations,
             ),
@@ -139,7 +149,7 @@ impl Proxy {
         tokio::spawn(outbound.serve(watch.clone()));
         tokio::spawn(inbound.serve(watch));
 
-        let config_json = serde_json::to_string_pretty(&config).unwrap_or_default();
+        let config_json = describe(&config);
         let admin_endpoint = Arc::new(Admin::new(metrics, state.clone(), config_json));
         let admin_task = tokio::spawn(admin_endpoint.serve(admin));
         state.set_listening();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::policy::retry::RetryPolicy;
 pub use cli::LogFormat;
 pub use route::{Protocol, RouteOverride};
 
@@ -20,21 +21,22 @@ pub struct Config {
     pub app_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub timeout: Duration,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub connect_timeout: Duration,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub drain_timeout: Duration,
+    pub retry: RetryPolicy,
     pub routes: Vec<RouteOverride>,
     pub threads: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     pub access_log: bool,
     pub limits: Limits,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub upstream_idle_timeout: Duration,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub dns_ttl: Duration,
     pub metrics_max_destinations: usize,
 }
@@ -45,9 +47,9 @@ pub struct Limits {
     pub max_request_header_bytes: usize,
     pub max_request_headers: usize,
     pub max_uri_bytes: usize,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub header_read_timeout: Duration,
-    #[serde(with = "human")]
+    #[serde(serialize_with = "units::serialize_duration")]
     pub idle_timeout: Duration,
     pub max_connections: usize,
 }
@@ -105,6 +107,29 @@ impl Config {
                 ));
             }
         }
+        let retry = RetryPolicy {
+            retries: args.retries,
+            retry_on: args.retry_on,
+            backoff: args.retry_backoff,
+            backoff_max: args.retry_backoff_max,
+            per_try_timeout: args.per_try_timeout,
+            budget_percent: args.retry_budget,
+            budget_min_per_sec: args.retry_budget_min,
+            body_limit: args.retry_body_limit,
+        };
+        if retry.backoff_max < retry.backoff {
+            return Err(err("--retry-backoff-max", "is below --retry-backoff"));
+        }
+        for route in &args.routes {
+            let mut merged = retry.clone();
+            route.apply(&mut merged);
+            if merged.backoff_max < merged.backoff {
+                return Err(err(
+                    "--route",
+                    &format!("{}: retry-backoff-max is below retry-backoff", route.host),
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             return Err(err("--log-level", &e.to_string()));
         }
@@ -116,6 +141,7 @@ impl Config {
             timeout: args.timeout,
             connect_timeout: args.connect_timeout,
             drain_timeout: args.drain_timeout,
+            retry,
             routes: args.routes,
             threads,
             log_format: args.log_format,
@@ -161,14 +187,6 @@ pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-mod human {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::units::format_duration(*d))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,9 +226,13 @@ mod tests {
                 &["--max-request-header-bytes", "1KiB"][..],
                 "--max-request-header-bytes",
             ),
-            (&["--route", "a,retries=3"][..], "--route"),
+            (&["--route", "a,retries=many"][..], "--route"),
             (&["--log-level", "loud=[["][..], "--log-level"),
             (&["--app-addr", "0.0.0.0:15006"][..], "--app-addr"),
+            (&["--retry-on", "sometimes"][..], "--retry-on"),
+            (&["--retry-budget", "-5"][..], "--retry-budget"),
+            (&["--retry-backoff", "1s"][..], "--retry-backoff-max"),
+            (&["--route", "x,retry-backoff=2s"][..], "--route"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");

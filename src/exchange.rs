@@ -9,21 +9,15 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::accounting::{AccessEntry, InFlight};
+use crate::attempts;
 use crate::body::ProxyBody;
-use crate::destination::Destination;
 use crate::drain::DrainWatch;
 use crate::error::{ProxyError, rescue};
 use crate::forward::{Forwarder, headers};
 use crate::metrics::Direction;
+use crate::policy::deadline;
 use crate::tunnel;
-use crate::upstream::RoutePolicy;
-
-/// Where one request goes and under which policy.
-pub struct Target<'a> {
-    pub authority: &'a Authority,
-    pub dest: &'a Destination,
-    pub policy: &'a RoutePolicy,
-}
+use crate::upstream::DestinationState;
 
 /// Strips hop-by-hop headers and, for an upgrade request, takes the client side of
 /// the upgrade before the request is handed on. Call before adding this hop's own
@@ -79,30 +73,31 @@ pub fn check_request(req: &Request<Incoming>, max: usize) -> Result<(), ProxyErr
     Ok(())
 }
 
-/// Sends the request to `target` within its deadline and answers the client: the
-/// upstream's response as it came (less hop-by-hop headers), or why there is none.
+/// Sends the request to `state`'s destination within its deadline, retrying as
+/// its policy allows, and answers the client: the upstream's response as it came
+/// (less hop-by-hop headers), or why there is none.
 pub async fn send(
     forwarder: &Forwarder,
-    target: Target<'_>,
+    state: &DestinationState,
     mut req: Request<Incoming>,
     client_upgrade: Option<OnUpgrade>,
     mut in_flight: InFlight,
     started: Instant,
     drain: &DrainWatch,
 ) -> Response<ProxyBody> {
-    if let Err(e) = point_at(&mut req, target.authority) {
+    if let Err(e) = point_at(&mut req, &state.authority) {
         return fail(e, in_flight);
     }
-    let deadline = started + target.policy.timeout;
-    let sent = forwarder.send(target.policy.protocol, req, target.dest);
-    let mut resp = match tokio::time::timeout_at(deadline, sent).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return fail(e, in_flight),
-        Err(_) => {
-            let after = crate::config::units::format_duration(target.policy.timeout);
-            let dest = target.dest.to_string();
-            return fail(ProxyError::Timeout { dest, after }, in_flight);
-        }
+    // A caller that announced a shorter deadline will not wait for ours.
+    let budget = match deadline::incoming(req.headers()) {
+        Some(theirs) => theirs.min(state.policy.timeout),
+        None => state.policy.timeout,
+    };
+    let (parts, body) = req.into_parts();
+    let sent = attempts::send(forwarder, state, parts, body, started, started + budget).await;
+    let mut resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => return fail(e, in_flight),
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client) = client_upgrade {

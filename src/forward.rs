@@ -2,6 +2,7 @@
 //! classify what went wrong in the terms of `x-breakwater-reason`.
 
 pub mod headers;
+pub mod replay;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -16,12 +17,13 @@ use crate::config::Protocol;
 use crate::connect::{Connector, HttpConnector};
 use crate::destination::Destination;
 use crate::error::ProxyError;
+use replay::ReplayBody;
 
 /// Pooled keep-alive clients: one speaking HTTP/1.1, one HTTP/2 (prior knowledge).
 /// Each pools per `scheme://authority`, so per destination.
 pub struct Forwarder {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
+    h1: Client<HttpConnector, ReplayBody>,
+    h2: Client<HttpConnector, ReplayBody>,
     connector: Arc<Connector>,
 }
 
@@ -49,7 +51,7 @@ impl Forwarder {
     pub async fn send(
         &self,
         protocol: Protocol,
-        mut req: Request<Incoming>,
+        mut req: Request<ReplayBody>,
         dest: &Destination,
     ) -> Result<Response<Incoming>, ProxyError> {
         let use_h2 = match protocol {

@@ -12,10 +12,11 @@ use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
-use crate::exchange::{self, Target};
+use crate::exchange;
 use crate::forward::{Forwarder, headers};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
+use crate::policy::retry::RetryOn;
 use crate::upstream::{DestinationState, RoutePolicy};
 
 pub struct Inbound {
@@ -37,16 +38,22 @@ impl Inbound {
             &config.app_addr.ip().to_string(),
             config.app_addr.port(),
         );
-        let app = DestinationState {
-            authority: app.authority(),
-            policy: RoutePolicy {
-                timeout: config.timeout,
-                connect_timeout: config.connect_timeout,
-                protocol: crate::config::Protocol::Auto,
-            },
-            metrics: Arc::new(metrics.destination(Direction::Inbound, &app.to_string())),
-            dest: app,
+        // Inbound retries only what never reached the app: a connect failure while
+        // it restarts. Anything else may have had effects.
+        let mut retry = config.retry.clone();
+        retry.retry_on = RetryOn {
+            connect_failure: true,
+            ..RetryOn::default()
         };
+        retry.per_try_timeout = None;
+        let policy = RoutePolicy {
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            protocol: crate::config::Protocol::Auto,
+            retry,
+        };
+        let metrics = Arc::new(metrics.destination(Direction::Inbound, &app.to_string()));
+        let app = DestinationState::new(app, policy, metrics);
         Inbound {
             forwarder,
             app,
@@ -76,14 +83,9 @@ impl Inbound {
         }
         let upgrade = exchange::prepare(&mut req);
         headers::append_forwarded(req.headers_mut(), &conn.peer_ip, "http");
-        let target = Target {
-            authority: &self.app.authority,
-            dest: &self.app.dest,
-            policy: &self.app.policy,
-        };
         exchange::send(
             &self.forwarder,
-            target,
+            &self.app,
             req,
             upgrade,
             in_flight,

@@ -12,6 +12,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod app;
+pub mod attempts;
 pub mod body;
 pub mod config;
 pub mod connect;
@@ -25,6 +26,7 @@ pub mod inbound;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;

@@ -20,10 +20,7 @@ fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     if check {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&config).unwrap_or_default()
-        );
+        println!("{}", breakwater::app::describe(&config));
         eprintln!("breakwater: configuration ok");
         return ExitCode::SUCCESS;
     }

@@ -38,6 +38,21 @@ const COMMON_CODES: [u16; 19] = [
 /// Why breakwater answered a request itself, for `x-breakwater-reason` and metrics.
 pub const FAILURE_REASONS: [&str; 3] = ["connect-failure", "reset", "timeout"];
 
+/// Why an attempt was retried: the `--retry-on` condition it met.
+pub const RETRY_REASONS: [&str; 8] = [
+    "connect-failure",
+    "reset",
+    "per-try-timeout",
+    "gateway-error",
+    "5xx",
+    "429",
+    "status",
+    "unavailable",
+];
+
+/// Why a retry-worthy attempt was not retried.
+pub const SKIP_REASONS: [&str; 2] = ["budget-exhausted", "body-too-large"];
+
 /// Every metric family breakwater exports, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +65,8 @@ pub struct Metrics {
     connections_active: IntGaugeVec,
     connections_refused: IntCounterVec,
     tunnels: IntCounterVec,
+    retries: IntCounterVec,
+    retries_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -146,6 +163,26 @@ impl Metrics {
                     &["direction", "kind"],
                 ),
             ),
+            retries: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_retries_total",
+                        "Retries made, by the --retry-on condition the failed attempt met.",
+                    ),
+                    &["direction", "destination", "reason"],
+                ),
+            ),
+            retries_skipped: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_retries_skipped_total",
+                        "Retry-worthy failures returned as they were: budget spent, body too large to replay.",
+                    ),
+                    &["direction", "destination", "reason"],
+                ),
+            ),
             registry,
         }
     }
@@ -161,6 +198,9 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&[d, label]),
             duration: self.duration.with_label_values(&[d, label]),
             failures: FAILURE_REASONS.map(|r| self.failures.with_label_values(&[d, label, r])),
+            retries: RETRY_REASONS.map(|r| self.retries.with_label_values(&[d, label, r])),
+            retries_skipped: SKIP_REASONS
+                .map(|r| self.retries_skipped.with_label_values(&[d, label, r])),
         }
     }
 
@@ -224,6 +264,8 @@ pub struct DestinationMetrics {
     pub inflight: IntGauge,
     pub duration: Histogram,
     failures: [IntCounter; FAILURE_REASONS.len()],
+    retries: [IntCounter; RETRY_REASONS.len()],
+    retries_skipped: [IntCounter; SKIP_REASONS.len()],
 }
 
 impl DestinationMetrics {
@@ -240,15 +282,30 @@ impl DestinationMetrics {
 
     /// Counts a failure by its reason, one of [`FAILURE_REASONS`].
     pub fn count_failure(&self, reason: &str) {
-        if let Some(i) = FAILURE_REASONS.iter().position(|&r| r == reason) {
-            self.failures[i].inc();
-        }
+        count_by(&self.failures, &FAILURE_REASONS, reason);
+    }
+
+    /// Counts a retry by its reason, one of [`RETRY_REASONS`].
+    pub fn count_retry(&self, reason: &str) {
+        count_by(&self.retries, &RETRY_REASONS, reason);
+    }
+
+    /// Counts a retry not made, one of [`SKIP_REASONS`].
+    pub fn count_retry_skipped(&self, reason: &str) {
+        count_by(&self.retries_skipped, &SKIP_REASONS, reason);
     }
 
     fn counter_for(&self, code: u16) -> IntCounter {
         let mut buf = itoa::Buffer::new();
         self.requests
             .with_label_values(&[self.direction.as_str(), &self.label, buf.format(code)])
+    }
+}
+
+/// Increments the counter whose label is `reason`, among cached ones.
+fn count_by(counters: &[IntCounter], reasons: &[&str], reason: &str) {
+    if let Some(i) = reasons.iter().position(|&r| r == reason) {
+        counters[i].inc();
     }
 }
 

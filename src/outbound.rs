@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::destination;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
-use crate::exchange::{self, Target};
+use crate::exchange;
 use crate::forward::{Forwarder, headers};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
@@ -87,14 +87,9 @@ impl Outbound {
             return self.connect(&state, req, in_flight).await;
         }
         let upgrade = exchange::prepare(&mut req);
-        let target = Target {
-            authority: &state.authority,
-            dest: &state.dest,
-            policy: &state.policy,
-        };
         exchange::send(
             &self.forwarder,
-            target,
+            &state,
             req,
             upgrade,
             in_flight,

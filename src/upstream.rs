@@ -8,17 +8,21 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::config::{Config, Protocol, RouteOverride};
+use crate::config::{Config, Protocol, RetryPolicy, RouteOverride};
 use crate::destination::Destination;
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::policy::budget::RetryBudget;
 
 /// The policy in force for one destination: the global flags, overridden by the
 /// first matching `--route`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RoutePolicy {
+    #[serde(serialize_with = "crate::config::units::serialize_duration")]
     pub timeout: Duration,
+    #[serde(serialize_with = "crate::config::units::serialize_duration")]
     pub connect_timeout: Duration,
     pub protocol: Protocol,
+    pub retry: RetryPolicy,
 }
 
 /// The `--route` flags in order, with the global defaults they override.
@@ -34,6 +38,7 @@ impl RouteTable {
                 timeout: config.timeout,
                 connect_timeout: config.connect_timeout,
                 protocol: Protocol::Auto,
+                retry: config.retry.clone(),
             },
             routes: config.routes.clone(),
         }
@@ -43,12 +48,37 @@ impl RouteTable {
         &self.defaults
     }
 
+    /// Each `--route` with the policy it results in, for `/config`.
+    pub fn describe(&self) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let dest = Destination::new(&r.host, r.port.unwrap_or(80));
+                let mut policy = self.defaults.clone();
+                if let Some(first) = self.routes.iter().find(|other| other.matches(&dest)) {
+                    // An earlier route with the same host shadows this one.
+                    if std::ptr::eq(first, r) {
+                        policy = self.policy_for(&dest);
+                    }
+                }
+                let target = match r.port {
+                    Some(p) => format!("{}:{p}", r.host),
+                    None => r.host.clone(),
+                };
+                serde_json::json!({ "route": target, "policy": policy })
+            })
+            .collect();
+        serde_json::json!({ "default": self.defaults, "routes": routes })
+    }
+
     pub fn policy_for(&self, dest: &Destination) -> RoutePolicy {
         let mut policy = self.defaults.clone();
         if let Some(route) = self.routes.iter().find(|r| r.matches(dest)) {
             policy.timeout = route.timeout.unwrap_or(policy.timeout);
             policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
             policy.protocol = route.protocol.unwrap_or(policy.protocol);
+            route.apply(&mut policy.retry);
         }
         policy
     }
@@ -69,6 +99,20 @@ pub struct DestinationState {
     pub authority: Authority,
     pub policy: RoutePolicy,
     pub metrics: Arc<DestinationMetrics>,
+    pub budget: Arc<RetryBudget>,
+}
+
+impl DestinationState {
+    pub fn new(dest: Destination, policy: RoutePolicy, metrics: Arc<DestinationMetrics>) -> Self {
+        let budget = RetryBudget::new(policy.retry.budget_percent, policy.retry.budget_min_per_sec);
+        DestinationState {
+            authority: dest.authority(),
+            dest,
+            policy,
+            metrics,
+            budget: Arc::new(budget),
+        }
+    }
 }
 
 /// Destinations seen so far. The first `--metrics-max-destinations` get a state of
@@ -120,12 +164,8 @@ impl Registry {
         } else {
             self.overflow.clone()
         };
-        let state = Arc::new(DestinationState {
-            authority: dest.authority(),
-            policy: self.routes.policy_for(&dest),
-            dest: dest.clone(),
-            metrics,
-        });
+        let policy = self.routes.policy_for(&dest);
+        let state = Arc::new(DestinationState::new(dest.clone(), policy, metrics));
         if labeled {
             entries.insert(dest, state.clone());
         }

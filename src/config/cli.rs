@@ -9,7 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::route::RouteOverride;
-use super::units::{parse_bytes, parse_duration, parse_positive_duration};
+use super::units::{
+    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
+};
+use crate::policy::retry::RetryOn;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,13 +79,54 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Overrides for one destination: HOST[:PORT],key=value,... (repeatable; keys:
-    /// timeout, connect-timeout, protocol=auto|h1|h2). In the env var, separate routes with ';'.
+    /// Retries after the first attempt (0 turns retries off).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_RETRIES",
+        default_value_t = 2
+    )]
+    pub retries: u32,
+
+    /// What is worth a retry: connect-failure, reset, gateway-error (502, 503, 504), 5xx,
+    /// 429, unavailable (gRPC status 14), or status codes; a comma list.
+    #[arg(long, env = "BREAKWATER_RETRY_ON", default_value = "connect-failure,reset,gateway-error", value_parser = RetryOn::parse)]
+    pub retry_on: RetryOn,
+
+    /// Base of the exponential backoff between attempts (full jitter).
+    #[arg(long, env = "BREAKWATER_RETRY_BACKOFF", default_value = "25ms", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest backoff between attempts.
+    #[arg(long, env = "BREAKWATER_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = parse_duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Deadline of one attempt; a per-try timeout counts as a retryable failure [default: none].
+    #[arg(long, env = "BREAKWATER_PER_TRY_TIMEOUT", value_parser = parse_positive_duration)]
+    pub per_try_timeout: Option<Duration>,
+
+    /// Retries allowed as a percentage of requests, per destination, over 10 s.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_RETRY_BUDGET", default_value = "20", value_parser = parse_percent)]
+    pub retry_budget: f32,
+
+    /// Retries per second always allowed, per destination.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_RETRY_BUDGET_MIN", default_value = "10", value_parser = parse_per_second)]
+    pub retry_budget_min: u32,
+
+    /// Largest request body kept for replay; a larger body is not retried once sent.
+    #[arg(long, env = "BREAKWATER_RETRY_BODY_LIMIT", default_value = "64KiB", value_parser = parse_bytes)]
+    pub retry_body_limit: usize,
+
+    /// Overrides for one destination: HOST[:PORT],key=value,... (repeatable). Keys are the
+    /// flag names without `--`: timeout, connect-timeout, protocol=auto|h1|h2, retries,
+    /// retry-on (conditions joined by '+'), retry-backoff, retry-backoff-max,
+    /// per-try-timeout, retry-budget, retry-budget-min, retry-body-limit. In the env var,
+    /// separate routes with ';'.
     #[arg(long = "route", env = "BREAKWATER_ROUTE", value_delimiter = ';', value_parser = RouteOverride::parse)]
     pub routes: Vec<RouteOverride>,
 
     /// Worker threads [default: the CPUs this container may use, cgroup quota included].
-    #[arg(long, env = "BREAKWATER_THREADS")]
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_THREADS")]
     pub threads: Option<usize>,
 
     /// Log line format.
@@ -107,7 +151,12 @@ pub struct RunArgs {
     pub max_request_header_bytes: usize,
 
     /// Most header fields in one request; more gets 431.
-    #[arg(long, env = "BREAKWATER_MAX_REQUEST_HEADERS", default_value_t = 100)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_MAX_REQUEST_HEADERS",
+        default_value_t = 100
+    )]
     pub max_request_headers: usize,
 
     /// Longest request target (URI); longer gets 414.
@@ -123,7 +172,12 @@ pub struct RunArgs {
     pub idle_timeout: Duration,
 
     /// Client connections accepted at once, per listener; more are closed at accept.
-    #[arg(long, env = "BREAKWATER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
     pub max_connections: usize,
 
     /// Pooled upstream connections idle longer than this are closed.
@@ -137,6 +191,7 @@ pub struct RunArgs {
     /// Distinct `destination` label values in metrics; further destinations share "other".
     #[arg(
         long,
+        allow_negative_numbers = true,
         env = "BREAKWATER_METRICS_MAX_DESTINATIONS",
         default_value_t = 100
     )]

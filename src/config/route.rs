@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::units::parse_positive_duration;
+use super::units::{
+    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
+    serialize_opt_duration,
+};
 use crate::destination::Destination;
+use crate::policy::retry::{RetryOn, RetryPolicy};
 
 /// Which HTTP version breakwater speaks to an upstream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -23,18 +27,54 @@ pub enum Protocol {
     H2,
 }
 
-/// One `--route` flag, parsed.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One `--route` flag, parsed: every key it names overrides that flag.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RouteOverride {
     pub host: String,
     pub port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
     pub timeout: Option<Duration>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
     pub connect_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<RetryOn>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub retry_backoff: Option<Duration>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub retry_backoff_max: Option<Duration>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget_min: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_body_limit: Option<usize>,
 }
+
+/// The keys a route may set, for error messages.
+const KEYS: &str = "timeout, connect-timeout, protocol, retries, retry-on, retry-backoff, \
+                    retry-backoff-max, per-try-timeout, retry-budget, retry-budget-min, \
+                    retry-body-limit";
 
 impl RouteOverride {
     /// Parses `HOST[:PORT],key=value,...`; errors name the offending key.
@@ -48,9 +88,7 @@ impl RouteOverride {
         let mut route = RouteOverride {
             host,
             port,
-            timeout: None,
-            connect_timeout: None,
-            protocol: None,
+            ..RouteOverride::default()
         };
         for pair in parts {
             let pair = pair.trim();
@@ -61,26 +99,55 @@ impl RouteOverride {
                 .split_once('=')
                 .ok_or_else(|| format!("'{pair}' is not key=value"))?;
             let (key, value) = (key.trim(), value.trim());
-            let bad = |e: String| format!("route key '{key}': {e}");
-            match key {
-                "timeout" => route.timeout = Some(parse_positive_duration(value).map_err(bad)?),
-                "connect-timeout" => {
-                    route.connect_timeout = Some(parse_positive_duration(value).map_err(bad)?)
-                }
-                "protocol" => {
-                    route.protocol = Some(
-                        <Protocol as clap::ValueEnum>::from_str(value, true)
-                            .map_err(|_| bad(format!("'{value}' is not one of auto, h1, h2")))?,
-                    )
-                }
-                other => {
-                    return Err(format!(
-                        "unknown route key '{other}' (known: timeout, connect-timeout, protocol)"
-                    ));
-                }
-            }
+            route
+                .set(key, value)
+                .map_err(|e| format!("route key '{key}': {e}"))?;
         }
         Ok(route)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "timeout" => self.timeout = Some(parse_positive_duration(value)?),
+            "connect-timeout" => self.connect_timeout = Some(parse_positive_duration(value)?),
+            "protocol" => {
+                self.protocol = Some(
+                    <Protocol as clap::ValueEnum>::from_str(value, true)
+                        .map_err(|_| format!("'{value}' is not one of auto, h1, h2"))?,
+                )
+            }
+            "retries" => {
+                self.retries = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("'{value}' is not a count"))?,
+                )
+            }
+            // A comma list inside a comma list: route values use '+' between conditions.
+            "retry-on" => self.retry_on = Some(RetryOn::parse(&value.replace('+', ","))?),
+            "retry-backoff" => self.retry_backoff = Some(parse_duration(value)?),
+            "retry-backoff-max" => self.retry_backoff_max = Some(parse_duration(value)?),
+            "per-try-timeout" => self.per_try_timeout = Some(parse_positive_duration(value)?),
+            "retry-budget" => self.retry_budget = Some(parse_percent(value)?),
+            "retry-budget-min" => self.retry_budget_min = Some(parse_per_second(value)?),
+            "retry-body-limit" => self.retry_body_limit = Some(parse_bytes(value)?),
+            _ => return Err(format!("unknown key (known: {KEYS})")),
+        }
+        Ok(())
+    }
+
+    /// This route's overrides applied to `policy`.
+    pub fn apply(&self, policy: &mut RetryPolicy) {
+        policy.retries = self.retries.unwrap_or(policy.retries);
+        if let Some(on) = &self.retry_on {
+            policy.retry_on = on.clone();
+        }
+        policy.backoff = self.retry_backoff.unwrap_or(policy.backoff);
+        policy.backoff_max = self.retry_backoff_max.unwrap_or(policy.backoff_max);
+        policy.per_try_timeout = self.per_try_timeout.or(policy.per_try_timeout);
+        policy.budget_percent = self.retry_budget.unwrap_or(policy.budget_percent);
+        policy.budget_min_per_sec = self.retry_budget_min.unwrap_or(policy.budget_min_per_sec);
+        policy.body_limit = self.retry_body_limit.unwrap_or(policy.body_limit);
     }
 
     /// Whether this route applies to `dest`: same host (case-insensitive) and, when the
@@ -123,17 +190,6 @@ fn parse_port(p: &str) -> Result<u16, String> {
         })
 }
 
-mod opt_duration {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&super::super::units::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +201,14 @@ mod tests {
         assert_eq!(r.port, Some(8080));
         assert_eq!(r.timeout, Some(Duration::from_secs(2)));
         assert_eq!(r.protocol, Some(Protocol::H2));
+        let r = RouteOverride::parse("payments,retries=0,retry-on=5xx+429,per-try-timeout=300ms")
+            .unwrap();
+        assert_eq!(r.retries, Some(0));
+        assert_eq!(
+            r.retry_on.map(|o| o.to_string()).as_deref(),
+            Some("5xx,429")
+        );
+        assert_eq!(r.per_try_timeout, Some(Duration::from_millis(300)));
     }
 
     #[test]
@@ -153,6 +217,10 @@ mod tests {
         assert!(e.contains("timeout"), "{e}");
         let e = RouteOverride::parse("payments,colour=blue").unwrap_err();
         assert!(e.contains("colour"), "{e}");
+        let e = RouteOverride::parse("payments,retry-on=sometimes").unwrap_err();
+        assert!(e.contains("retry-on"), "{e}");
+        let e = RouteOverride::parse("payments,retry-budget=-5").unwrap_err();
+        assert!(e.contains("retry-budget"), "{e}");
         assert!(RouteOverride::parse(",timeout=1s").is_err());
         assert!(RouteOverride::parse("payments:http").is_err());
     }

@@ -34,6 +34,47 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// Serializes a duration as the flags take it (`250ms`), for `/config`.
+pub fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// [`serialize_duration`] for an optional duration (`null` when unset).
+pub fn serialize_opt_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A percentage from 0 to 1000 (a retry budget may allow more retries than requests).
+pub fn parse_percent(s: &str) -> Result<f32, String> {
+    let p: f32 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a percentage"))?;
+    if !(0.0..=1000.0).contains(&p) {
+        return Err("must be between 0 and 1000".into());
+    }
+    Ok(p)
+}
+
+/// A count of retries per second, below what the budget's arithmetic can hold.
+pub fn parse_per_second(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number >= 0"))?;
+    if n >= 1_000_000 {
+        return Err("must be below 1000000".into());
+    }
+    Ok(n)
+}
+
 /// Formats a duration the way the flags take it, for `/config` and logs.
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()

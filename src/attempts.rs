@@ -1,0 +1,144 @@
+//! One request, several attempts: the retry loop.
+//!
+//! Each attempt gets what is left of the deadline (capped by `--per-try-timeout`),
+//! carries `x-breakwater-attempt` and the time left, and its outcome is judged by
+//! the destination's retry policy. A retry happens only when the outcome meets a
+//! `--retry-on` condition, the request is safe to repeat (idempotent, or it never
+//! reached the upstream), its body can be replayed, the wait fits the deadline, and
+//! the destination's budget has a retry to spare — checked in that order, so a
+//! retry that would not happen never spends budget.
+
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::config::units::format_duration;
+use crate::error::ProxyError;
+use crate::forward::Forwarder;
+use crate::forward::replay::ReplayBody;
+use crate::policy::deadline;
+use crate::policy::retry::{self, Outcome};
+use crate::upstream::DestinationState;
+
+/// Which attempt this is, on every request sent upstream (1 for the first).
+pub const ATTEMPT_HEADER: &str = "x-breakwater-attempt";
+
+/// Sends the request until an attempt's outcome is final or nothing allows
+/// another; returns the last outcome.
+pub async fn send(
+    forwarder: &Forwarder,
+    state: &DestinationState,
+    parts: Parts,
+    body: Incoming,
+    started: Instant,
+    deadline: Instant,
+) -> Result<Response<Incoming>, ProxyError> {
+    let policy = &state.policy.retry;
+    let idempotent = retry::is_idempotent(&parts.method, &parts.headers);
+    let mut body = if policy.retries == 0 {
+        ReplayBody::once(body)
+    } else {
+        // A request that is not safe to repeat keeps nothing: only a body that was
+        // never sent (a connect failure) goes out again.
+        ReplayBody::replayable(body, if idempotent { policy.body_limit } else { 0 })
+    };
+    state.budget.deposit();
+    let mut attempt: u32 = 1;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timeout(state, deadline - started));
+        }
+        let per_try = policy.per_try_timeout.map_or(left, |t| t.min(left));
+        let next_body = (attempt <= policy.retries)
+            .then(|| body.try_clone())
+            .flatten();
+        let mut req = request(&parts, body);
+        req.headers_mut()
+            .insert(ATTEMPT_HEADER, attempt_value(attempt));
+        deadline::announce(req.headers_mut(), left);
+        let sent = forwarder.send(state.policy.protocol, req, &state.dest);
+        let result = match tokio::time::timeout(per_try, sent).await {
+            Ok(result) => result,
+            Err(_) => Err(timeout(
+                state,
+                if per_try < left {
+                    per_try
+                } else {
+                    deadline - started
+                },
+            )),
+        };
+
+        let outcome = match &result {
+            Ok(resp) => Outcome::Answered {
+                status: resp.status(),
+                grpc_status: retry::grpc_status(resp.headers()),
+            },
+            Err(e) => Outcome::Failed(e),
+        };
+        let Some(reason) = policy.reason(&outcome) else {
+            return result;
+        };
+        if attempt > policy.retries || !(reason.unsent || idempotent) {
+            return result;
+        }
+        let next = match next_body {
+            Some(b) if b.too_large() => {
+                state.metrics.count_retry_skipped("body-too-large");
+                return result;
+            }
+            Some(b) => b,
+            None => return result,
+        };
+        let wait = match &result {
+            Ok(resp) => retry::retry_after(resp.status(), resp.headers()),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| policy.backoff(attempt, fastrand::f64()));
+        if Instant::now() + wait >= deadline {
+            // The caller would be gone before the retry answered.
+            return result;
+        }
+        if !state.budget.withdraw() {
+            state.metrics.count_retry_skipped("budget-exhausted");
+            debug!(dest = %state.dest, reason = reason.label, "retry budget exhausted");
+            return result;
+        }
+        state.metrics.count_retry(reason.label);
+        debug!(dest = %state.dest, attempt, reason = reason.label, wait_ms = wait.as_millis() as u64, "retrying");
+        drop(result);
+        tokio::time::sleep(wait).await;
+        body = next;
+        attempt += 1;
+    }
+}
+
+fn timeout(state: &DestinationState, after: Duration) -> ProxyError {
+    ProxyError::Timeout {
+        dest: state.dest.to_string(),
+        after: format_duration(after),
+    }
+}
+
+/// The request for one attempt: the same head, a fresh copy of the body.
+fn request(parts: &Parts, body: ReplayBody) -> Request<ReplayBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+fn attempt_value(attempt: u32) -> HeaderValue {
+    const SMALL: [&str; 4] = ["1", "2", "3", "4"];
+    match SMALL.get(attempt as usize - 1) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(attempt),
+    }
+}
