@@ -10,8 +10,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
@@ -27,6 +30,17 @@ use crate::upstream::DestinationState;
 /// Which attempt this is, on every request sent upstream (1 for the first).
 pub const ATTEMPT_HEADER: &str = "x-breakwater-attempt";
 
+/// How long a gRPC response's first body frame is awaited to see whether it is
+/// the trailers (a failing server sends headers, then trailers at once). Longer
+/// would hold up streaming responses whose first message is slow.
+const GRPC_PEEK: Duration = Duration::from_millis(10);
+
+/// The final attempt's response, and the first body frame if it was peeked at.
+pub struct Answer {
+    pub response: Response<Incoming>,
+    pub first_frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+}
+
 /// Sends the request until an attempt's outcome is final or nothing allows
 /// another; returns the last outcome.
 pub async fn send(
@@ -36,7 +50,7 @@ pub async fn send(
     body: Incoming,
     started: Instant,
     deadline: Instant,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let policy = &state.policy.retry;
     let idempotent = retry::is_idempotent(&parts.method, &parts.headers);
     let mut body = if policy.retries == 0 {
@@ -62,22 +76,21 @@ pub async fn send(
             .insert(ATTEMPT_HEADER, attempt_value(attempt));
         deadline::announce(req.headers_mut(), left);
         let sent = forwarder.send(state.policy.protocol, req, &state.dest);
+        let per_try_ended = if per_try < left {
+            per_try
+        } else {
+            deadline - started
+        };
         let result = match tokio::time::timeout(per_try, sent).await {
-            Ok(result) => result,
-            Err(_) => Err(timeout(
-                state,
-                if per_try < left {
-                    per_try
-                } else {
-                    deadline - started
-                },
-            )),
+            Ok(Ok(response)) => Ok(peek_grpc_trailers(response, policy.retry_on.unavailable).await),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timeout(state, per_try_ended)),
         };
 
         let outcome = match &result {
-            Ok(resp) => Outcome::Answered {
-                status: resp.status(),
-                grpc_status: retry::grpc_status(resp.headers()),
+            Ok(answer) => Outcome::Answered {
+                status: answer.response.status(),
+                grpc_status: answer.grpc_status(),
             },
             Err(e) => Outcome::Failed(e),
         };
@@ -96,7 +109,7 @@ pub async fn send(
             None => return result,
         };
         let wait = match &result {
-            Ok(resp) => retry::retry_after(resp.status(), resp.headers()),
+            Ok(a) => retry::retry_after(a.response.status(), a.response.headers()),
             Err(_) => None,
         }
         .unwrap_or_else(|| policy.backoff(attempt, fastrand::f64()));
@@ -115,6 +128,46 @@ pub async fn send(
         tokio::time::sleep(wait).await;
         body = next;
         attempt += 1;
+    }
+}
+
+impl Answer {
+    /// `grpc-status` from the headers (trailers-only) or from peeked trailers.
+    fn grpc_status(&self) -> Option<u32> {
+        retry::grpc_status(self.response.headers()).or_else(|| {
+            self.first_frame
+                .as_ref()
+                .and_then(|f| f.as_ref().ok())
+                .and_then(Frame::trailers_ref)
+                .and_then(retry::grpc_status)
+        })
+    }
+}
+
+/// For a gRPC response without a status in its headers, reads the first body
+/// frame if it comes within [`GRPC_PEEK`]: when it is the trailers, their
+/// `grpc-status` can still make the attempt retryable. Envoy cannot do this
+/// (envoyproxy/envoy#11049); linkerd2-proxy does.
+async fn peek_grpc_trailers(mut response: Response<Incoming>, wanted: bool) -> Answer {
+    let is_grpc = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !wanted || !is_grpc || response.headers().contains_key("grpc-status") {
+        return Answer {
+            response,
+            first_frame: None,
+        };
+    }
+    let first_frame = match tokio::time::timeout(GRPC_PEEK, response.body_mut().frame()).await {
+        // A frame or an error, handed on to the client as they came.
+        Ok(Some(frame)) => Some(frame),
+        // The end, or nothing yet: the body goes on as it is.
+        Ok(None) | Err(_) => None,
+    };
+    Answer {
+        response,
+        first_frame,
     }
 }
 

@@ -23,15 +23,16 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Incoming },
+        Upstream { first: Option<Result<Frame<Bytes>, hyper::Error>>, #[pin] body: Incoming },
         Local { data: Option<Bytes> },
     }
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming) -> Self {
+    /// An upstream's body; `first` is a frame already read from it (a peek).
+    pub fn upstream(body: Incoming, first: Option<Result<Frame<Bytes>, hyper::Error>>) -> Self {
         ProxyBody {
-            kind: Kind::Upstream { body },
+            kind: Kind::Upstream { first, body },
             in_flight: None,
         }
     }
@@ -65,7 +66,10 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let frame = match this.kind.project() {
-            KindProj::Upstream { body } => ready!(body.poll_frame(cx)),
+            KindProj::Upstream { first, body } => match first.take() {
+                Some(frame) => Some(frame),
+                None => ready!(body.poll_frame(cx)),
+            },
             KindProj::Local { data } => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &frame {
@@ -83,14 +87,16 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Upstream { first, body } => first.is_none() && body.is_end_stream(),
             Kind::Local { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { body } => body.size_hint(),
+            Kind::Upstream { first: None, body } => body.size_hint(),
+            // A peeked frame was taken out of the body's own count.
+            Kind::Upstream { .. } => SizeHint::default(),
             Kind::Local { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

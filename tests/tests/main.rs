@@ -9,5 +9,6 @@ mod faults;
 mod lifecycle;
 mod limits;
 mod proxying;
+mod retries;
 mod streaming;
 mod tunnels;
