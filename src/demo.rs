@@ -52,6 +52,7 @@ async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.app_addr = service;
     let proxy = Proxy::bind(config.clone()).await?;
     let outbound = proxy.addrs().outbound;
+    let admin = proxy.addrs().admin;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let proxy_task = tokio::spawn(proxy.run(async move {
         let _ = stopped.await;
@@ -84,9 +85,16 @@ async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         half,
     )
     .await;
+    let metrics = load::fetch(admin, "/metrics").await.unwrap_or_default();
     let _ = stop.send(());
     let _ = proxy_task.await;
     print_table(&direct, &through);
+    let retried = sum_of(&metrics, "breakwater_retries_total{");
+    let skipped = sum_of(&metrics, "breakwater_retries_skipped_total{");
+    println!(
+        "breakwater retried {retried:.0} attempts (retry budget {}% + {}/s); {skipped:.0} retries were skipped.",
+        config.retry.budget_percent, config.retry.budget_min_per_sec
+    );
     Ok(())
 }
 
@@ -102,6 +110,15 @@ async fn phase(name: &str, route: Route, concurrency: usize, duration: Duration)
     .await;
     eprintln!();
     results
+}
+
+/// Sums every sample of one metric family in Prometheus text.
+fn sum_of(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn print_table(direct: &Results, through: &Results) {

@@ -55,6 +55,15 @@ impl Results {
     }
 }
 
+/// A GET's body as text, for reading the admin endpoint.
+pub async fn fetch(addr: SocketAddr, path: &str) -> Option<String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri = format!("http://{addr}{path}");
+    let resp = client.get(uri.parse().ok()?).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Drives `concurrency` clients against `route` for `duration`, calling
 /// `progress(elapsed, requests)` about twice a second.
 pub async fn run(

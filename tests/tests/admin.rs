@@ -95,3 +95,58 @@ async fn a_scan_of_hosts_cannot_grow_the_destination_labels() {
     let other = r#"breakwater_requests_total{code="502",destination="other",direction="outbound"}"#;
     assert_eq!(sample(&m.body, other), Some(35.0), "{}", m.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_carries_the_trace_or_request_id() {
+    use std::io::BufRead;
+    let app = spawn_echo().await;
+    let mut proxy = spawn_binary_with(
+        app.addr,
+        &["--access-log", "--log-format=json"],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let stdout = proxy.child.stdout.take().expect("piped stdout");
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("breakwater::access"))
+            .take(2)
+            .collect::<Vec<String>>()
+    });
+    let c = client();
+    let traced = http::Request::get(format!("http://{}/traced", proxy.addrs.inbound))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(full(""))
+        .expect("request");
+    assert_eq!(send(&c, traced).await.status, 200);
+    let untraced = get(&c, &format!("http://{}/untraced", proxy.addrs.inbound)).await;
+    let generated = untraced
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("a generated request id reached the app")
+        .to_string();
+    let lines = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || lines.join()),
+    )
+    .await
+    .expect("two access log lines within 10 s")
+    .expect("join")
+    .expect("reader");
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("access log lines are JSON"))
+        .collect();
+    assert_eq!(entries[0]["path"], "/traced");
+    assert_eq!(entries[0]["request_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(entries[0]["status"], 200);
+    assert_eq!(entries[0]["direction"], "inbound");
+    assert_eq!(entries[1]["path"], "/untraced");
+    assert_eq!(entries[1]["request_id"], generated.as_str());
+}

@@ -343,6 +343,11 @@ pub fn binary() -> &'static str {
 
 /// Picks three free loopback ports and starts `breakwater run` on them.
 pub async fn spawn_binary(app: SocketAddr, extra: &[&str]) -> BinaryProxy {
+    spawn_binary_with(app, extra, Stdio::null()).await
+}
+
+/// [`spawn_binary`] with the binary's stdout (its logs) sent to `stdout`.
+pub async fn spawn_binary_with(app: SocketAddr, extra: &[&str], stdout: Stdio) -> BinaryProxy {
     let ports = free_ports(3).await;
     let addrs = BoundAddrs {
         inbound: ports[0],
@@ -357,7 +362,7 @@ pub async fn spawn_binary(app: SocketAddr, extra: &[&str]) -> BinaryProxy {
         .arg(format!("--app-addr={app}"))
         .arg("--log-level=warn")
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the breakwater binary");
