@@ -102,12 +102,13 @@ async fn proxy(
     config.drain_timeout = Duration::from_secs(1);
     let proxy = Proxy::bind(config).await.expect("bind proxy");
     let inbound = proxy.addrs().inbound;
+    let shutdown = proxy.shutdown_handle();
+    tokio::spawn(async move {
+        let _ = stop.await;
+        shutdown.request();
+    });
     let run = async move {
-        proxy
-            .run(async move {
-                let _ = stop.await;
-            })
-            .await;
+        proxy.run().await;
     };
     (inbound, run)
 }

@@ -16,6 +16,9 @@
 #     the harness counts 1 + retries = 4); Envoy with retry_on
 #     5xx,reset,connect-failure num_retries 3 at its default circuit breakers
 #     (max_retries = 3 retries in flight) and with max_retries 1000000.
+#     One more breakwater row sends PACED_RATE req/s for PACED_SECS s (h2load
+#     --rps), longer than the budget's 10 s window: the steady state, where the
+#     budget allows 20 % of requests + 10/s, i.e. about 1.2 + 10/rate.
 # (2) Transient failures: FLAKY_N GETs to the flaky upstream, direct (baseline),
 #     through breakwater at its defaults (--retries 2) and Envoy with num_retries 2
 #     (default breakers and max_retries 1000000). Success = 2xx at the client.
@@ -32,6 +35,8 @@
 #   -n N               client requests per outage run              N=4000
 #   --flaky-n N        client requests per flaky run               FLAKY_N=10000
 #   -c C               client connections (concurrency)            CONC=20
+#   --paced-rate R     req/s of the paced outage row (0 = skip)    PACED_RATE=200
+#   --paced-secs S     seconds of the paced outage row             PACED_SECS=20
 #   -r, --reps R       runs per row (fresh proxy each)             REPS=3
 #   --no-build         skip cargo build --release --locked         BUILD=1
 #   -o, --out FILE     also write the report to FILE               OUT=
@@ -56,6 +61,8 @@ BASE_PORT=${BASE_PORT:-28080}
 N=${N:-4000}
 FLAKY_N=${FLAKY_N:-10000}
 CONC=${CONC:-20}
+PACED_RATE=${PACED_RATE:-200}
+PACED_SECS=${PACED_SECS:-20}
 REPS=${REPS:-3}
 BUILD=${BUILD:-1}
 OUT=${OUT:-}
@@ -70,6 +77,7 @@ WORK=""
 declare -a STARTED=()
 declare -A ROW_OF=()            # row key -> "section|label"
 declare -a ROWS=()
+declare -a LOAD_ARGS=()         # extra h2load arguments of the current row (pacing)
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -81,6 +89,8 @@ parse_args() {
       -n) N=$2; shift ;;
       --flaky-n) FLAKY_N=$2; shift ;;
       -c) CONC=$2; shift ;;
+      --paced-rate) PACED_RATE=$2; shift ;;
+      --paced-secs) PACED_SECS=$2; shift ;;
       -r|--reps) REPS=$2; shift ;;
       --no-build) BUILD=0 ;;
       -o|--out) OUT=$2; shift ;;
@@ -94,6 +104,9 @@ parse_args() {
   for v in N FLAKY_N CONC REPS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
   done
+  [[ $PACED_RATE =~ ^[0-9]+$ && $PACED_SECS =~ ^[1-9][0-9]*$ ]] || die "--paced-rate and --paced-secs are whole numbers"
+  (( PACED_RATE % CONC == 0 )) || die "PACED_RATE ($PACED_RATE) must be a multiple of the concurrency ($CONC)"
+  (( PACED_SECS <= 120 )) || die "PACED_SECS <= 120"
   (( N <= 100000 && FLAKY_N <= 100000 && REPS <= 20 && CONC <= 1000 )) || die "N, FLAKY_N <= 100000, REPS <= 20, C <= 1000"
 }
 
@@ -291,7 +304,7 @@ run_load() {
   sleep 0.2
   before=$(log_lines "$upl")
   t0=$(date +%s.%N)
-  out=$(timeout 120 "$H2LOAD" --h1 -n "$n" -c "$CONC" -t 1 -H ":authority: $HOST:$(upstream_port "$up")" \
+  out=$(timeout $((PACED_SECS + 120)) "$H2LOAD" --h1 -n "$n" -c "$CONC" -t 1 "${LOAD_ARGS[@]}" -H ":authority: $HOST:$(upstream_port "$up")" \
         --log-file "$hlog" "http://$HOST:$port/" 2>&1)
   t1=$(date +%s.%N)
   sleep 0.3   # the last access-log lines
@@ -369,10 +382,10 @@ report() {
     for k in "${ROWS[@]}"; do
       IFS='|' read -r s label up <<<"${ROW_OF[$k]}"
       [[ $s == "$sec" ]] || continue
-      amp=$(median $(ratios "$k")); ampr=$(ratios "$k" | range)
-      succ=$(median $(success "$k")); succr=$(success "$k" | range)
+      amp=$(printf '%.3f' "$(median $(ratios "$k"))"); ampr=$(ratios "$k" | range)
+      succ=$(printf '%.3f' "$(median $(success "$k"))"); succr=$(success "$k" | range)
       fails=$(awk -F'\t' -v r="$k" '$1 == r {f += $4 - $5; n += $4} END {printf "%d / %d", f, n}' "$WORK/raw.tsv")
-      rt=$(median $(col "$k" 7)); sk=$(median $(col "$k" 8)); ov=$(median $(col "$k" 9))
+      rt=$(printf '%.0f' "$(median $(col "$k" 7))"); sk=$(printf '%.0f' "$(median $(col "$k" 8))"); ov=$(printf '%.0f' "$(median $(col "$k" 9))")
       [[ $k == *envoy* ]] && sk=$ov
       [[ $k == direct* ]] && { rt="-"; sk="-"; }
       p50=$(median $(col "$k" 10)); p99=$(median $(col "$k" 11)); secs=$(median $(col "$k" 12))
@@ -387,10 +400,16 @@ report() {
   echo
   awk -F'\t' '{printf "- %s #%s: %s done, %s 2xx, upstream %s (x%.3f), retries %s, skipped %s, overflow %s, %ss\n", $1, $2, $4, $5, $6, ($4 ? $6 / $4 : 0), $7, $8, $9, $12}' "$WORK/raw.tsv"
   echo
-  local bw_amp; bw_amp=$(median $(ratios bw-outage))
-  local bw_ok; bw_ok=$(median $(success bw-flaky))
+  local bw_amp bw_paced bw_ok
+  bw_amp=$(printf '%.3f' "$(median $(ratios bw-outage))")
+  bw_paced=$(median $(ratios bw-outage-paced))
+  bw_ok=$(printf '%.3f' "$(median $(success bw-flaky))")
   echo "Targets: outage amplification <= 1.25: $(awk -v a="$bw_amp" 'BEGIN {print (a <= 1.25) ? "met" : "NOT met"}') ($bw_amp);" \
        "flaky success >= 99.9 %: $(awk -v a="$bw_ok" 'BEGIN {print (a >= 99.9) ? "met" : "NOT met"}') ($bw_ok %, median of $REPS)"
+  [[ -n $bw_paced ]] && echo "Paced outage ($PACED_RATE req/s, $PACED_SECS s): amplification $(printf '%.3f' "$bw_paced");" \
+       "budget model 1 + 0.2 + 10/s x max(run s, 10) / requests = $(awk -v r="$PACED_RATE" -v s="$PACED_SECS" 'BEGIN {t = (s > 10) ? s : 10; printf "%.3f", 1.2 + 10 * t / (r * s)}')"
+  echo
+  echo "Budget model for a burst inside one 10 s window: upstream = N + min(3N, 0.2 N + 100) (N = $N: $(awk -v n="$N" 'BEGIN {r = 0.2 * n + 100; if (r > 3 * n) r = 3 * n; printf "%.3f", (n + r) / n}'))."
 }
 
 # --------------------------------------------------------------------- main --
@@ -402,7 +421,7 @@ main() {
   ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: [0-9a-f]*\/\([0-9.]*\)\/.*/\1/p' | head -1)
   if [[ $BUILD == 1 ]]; then
     log "cargo build --release --locked"
-    (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed"
+    (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed (--no-build measures the binary already in target/release)"
   fi
   [[ -x $BIN ]] || die "no binary at $BIN"
   LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -416,6 +435,12 @@ main() {
 
   row bw-outage outage "breakwater, --retries 3, default budget (20 %, 10/s)" outage "$N" bw 3
   row bw-outage-nobudget outage "breakwater, --retries 3, --retry-budget 1000 (budget out of the way)" outage "$N" bw 3 --retry-budget 1000
+  if (( PACED_RATE > 0 )); then
+    LOAD_ARGS=(--rps $((PACED_RATE / CONC)))
+    row bw-outage-paced outage "breakwater, --retries 3, default budget, paced $PACED_RATE req/s for $PACED_SECS s" outage \
+      $((PACED_RATE * PACED_SECS)) bw 3
+    LOAD_ARGS=()
+  fi
   row envoy-outage outage "Envoy, num_retries 3, default breakers (max_retries 3)" outage "$N" envoy 3 default
   row envoy-outage-nocb outage "Envoy, num_retries 3, max_retries 1000000" outage "$N" envoy 3 1000000
 

@@ -1,22 +1,30 @@
-//! The admin endpoint: liveness, readiness, Prometheus metrics and the effective
-//! configuration. Kept off the data path: its own listener and plain HTTP/1.1.
+//! The admin endpoint: liveness, readiness, Prometheus metrics, the effective
+//! configuration, a probe of the app, and the two mutating calls (`POST
+//! /shutdown`, `PUT /log-level`), which answer loopback callers only. Kept off
+//! the data path: its own listener and plain HTTP/1.1.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::body::ProxyBody;
+use crate::drain::ShutdownHandle;
+use crate::health::{AppHealth, HealthState, Prober};
 use crate::metrics::Metrics;
+use crate::telemetry;
 
-/// What `/ready` reports on: set by the app as listeners come up and drain starts.
+/// What `/ready` reports on besides the app: set by the app as listeners come up
+/// and drain starts.
 #[derive(Default)]
 pub struct ProxyState {
     listening: AtomicBool,
@@ -32,37 +40,32 @@ impl ProxyState {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// `None` when ready, else what is missing.
-    pub fn not_ready(&self) -> Option<&'static str> {
-        if self.draining.load(Ordering::Acquire) {
-            Some("draining")
-        } else if !self.listening.load(Ordering::Acquire) {
-            Some("listeners not bound yet")
-        } else {
-            None
-        }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 }
 
+/// The largest body `PUT /log-level` reads.
+const MAX_LOG_FILTER: usize = 4096;
+
 pub struct Admin {
-    metrics: Arc<Metrics>,
-    state: Arc<ProxyState>,
-    config_json: Bytes,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<ProxyState>,
+    pub health: Arc<AppHealth>,
+    pub prober: Arc<Prober>,
+    pub shutdown: ShutdownHandle,
+    pub config_json: Bytes,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, state: Arc<ProxyState>, config_json: String) -> Self {
-        Admin {
-            metrics,
-            state,
-            config_json: Bytes::from(config_json + "\n"),
-        }
-    }
-
     /// Serves until the task is dropped; the app stops it last, after the drain.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(pair) => pair,
                 Err(e) => {
                     debug!(error = %e, "admin accept failed");
@@ -73,8 +76,8 @@ impl Admin {
             let admin = self.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let resp = admin.route(&req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(peer, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -85,50 +88,183 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
-        let path = req.uri().path();
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-        }
-        match path {
-            "/live" => text(StatusCode::OK, "live\n"),
-            "/ready" => match self.state.not_ready() {
-                None => text(StatusCode::OK, "ready\n"),
-                Some(why) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("not ready: {why}\n"),
-                ),
-            },
-            "/metrics" => {
-                let mut resp = Response::new(ProxyBody::local(self.metrics.encode().into()));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                resp
+    async fn route(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
+        match (req.uri().path(), read) {
+            ("/live", true) => text(StatusCode::OK, "live\n"),
+            ("/ready", true) => {
+                let verbose = req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+                self.ready(verbose)
             }
-            "/config" => {
-                let mut resp = Response::new(ProxyBody::local(self.config_json.clone()));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp
+            ("/metrics", true) => with_type(
+                Response::new(ProxyBody::local(self.metrics.encode().into())),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            ("/config", true) => with_type(
+                Response::new(ProxyBody::local(self.config_json.clone())),
+                "application/json",
+            ),
+            ("/app-health", true) => self.app_health().await,
+            ("/shutdown", _) if req.method() == Method::POST => {
+                if !is_loopback(peer.ip()) {
+                    return forbidden(peer);
+                }
+                info!(%peer, "shutdown requested on the admin endpoint");
+                self.shutdown.request();
+                text(StatusCode::ACCEPTED, "draining\n")
             }
+            ("/log-level", _) if req.method() == Method::PUT => {
+                if !is_loopback(peer.ip()) {
+                    return forbidden(peer);
+                }
+                self.set_log_level(req).await
+            }
+            ("/live" | "/ready" | "/metrics" | "/config" | "/app-health", false)
+            | ("/shutdown" | "/log-level", _) => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: GET for reads, POST /shutdown, PUT /log-level\n",
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /config\n",
+                "not found: try /live, /ready, /metrics, /config, /app-health\n",
             ),
+        }
+    }
+
+    /// 200 when the listeners are bound, the app is healthy and no drain has
+    /// started; otherwise 503 and what is missing.
+    fn ready(&self, verbose: bool) -> Response<ProxyBody> {
+        let listening = self.state.is_listening();
+        let draining = self.state.is_draining();
+        let app = self.health.state();
+        let mut missing = Vec::new();
+        if !listening {
+            missing.push("listeners not bound yet".to_string());
+        }
+        if draining {
+            missing.push("draining".to_string());
+        }
+        if app != HealthState::Healthy {
+            missing.push(format!("app {}", app.as_str()));
+        }
+        let status = if missing.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        if verbose {
+            let body = serde_json::json!({
+                "ready": missing.is_empty(),
+                "listening": listening,
+                "draining": draining,
+                "app": { "state": app, "last_probe": self.health.last_probe() },
+                "missing": missing,
+            });
+            let mut resp = with_type(
+                Response::new(ProxyBody::local(Bytes::from(body.to_string() + "\n"))),
+                "application/json",
+            );
+            *resp.status_mut() = status;
+            return resp;
+        }
+        if missing.is_empty() {
+            text(status, "ready\n")
+        } else {
+            text(status, &format!("not ready: {}\n", missing.join(", ")))
+        }
+    }
+
+    /// One probe of the app now, answered with the app's own status when it gave
+    /// one: a kubelet probe can reach the app through breakwater.
+    async fn app_health(&self) -> Response<ProxyBody> {
+        let probe = self.prober.probe().await;
+        let status = match probe.status {
+            Some(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+            None if probe.ok => StatusCode::OK,
+            None => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = probe.detail;
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        text(status, &body)
+    }
+
+    async fn set_log_level(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let body = match Limited::new(req.into_body(), MAX_LOG_FILTER)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "log filter too long\n"),
+        };
+        let filter = String::from_utf8_lossy(&body).trim().to_string();
+        match telemetry::set_filter(&filter) {
+            Ok(()) => {
+                info!(filter = %filter, "log filter changed on the admin endpoint");
+                text(StatusCode::OK, &format!("log filter: {filter}\n"))
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
         }
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::local(Bytes::copy_from_slice(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+/// Mutating calls come from inside the pod only.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn forbidden(peer: SocketAddr) -> Response<ProxyBody> {
+    debug!(%peer, "mutating admin call refused: not loopback");
+    text(
+        StatusCode::FORBIDDEN,
+        "forbidden: only loopback callers may do this\n",
+    )
+}
+
+fn with_type(mut resp: Response<ProxyBody>, content_type: &'static str) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut resp = with_type(
+        Response::new(ProxyBody::local(Bytes::copy_from_slice(body.as_bytes()))),
+        "text/plain; charset=utf-8",
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_may_mutate() {
+        assert!(is_loopback(
+            "127.0.0.1".parse().unwrap_or(IpAddr::from([0; 4]))
+        ));
+        assert!(is_loopback("::1".parse().unwrap_or(IpAddr::from([0; 4]))));
+        assert!(is_loopback(
+            "::ffff:127.0.0.1".parse().unwrap_or(IpAddr::from([0; 4]))
+        ));
+        assert!(!is_loopback(
+            "198.18.0.2".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        ));
+        assert!(!is_loopback(
+            "::ffff:10.0.0.1"
+                .parse()
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        ));
+    }
 }

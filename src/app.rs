@@ -1,19 +1,21 @@
 //! Wiring: binds the listeners, builds the inbound and outbound stacks around
 //! shared state, serves until told to stop, then drains.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, ProxyState};
 use crate::config::Config;
 use crate::connect::Connector;
-use crate::drain::Drain;
+use crate::drain::{Drain, ShutdownHandle, ShutdownRequests, shutdown_channel};
 use crate::forward::Forwarder;
+use crate::health::{AppHealth, Prober};
 use crate::inbound::Inbound;
 use crate::listener::Listener;
 use crate::metrics::{Direction, Metrics};
@@ -40,7 +42,7 @@ pub struct BoundAddrs {
 /// How a run ended.
 #[derive(Debug)]
 pub struct RunReport {
-    /// Connections and tunnels still open when `--drain-timeout` ran out.
+    /// Requests still in flight when the drain was cut short.
     pub abandoned: usize,
 }
 
@@ -61,6 +63,8 @@ pub struct Proxy {
     outbound: TcpListener,
     admin: TcpListener,
     metrics: Arc<Metrics>,
+    shutdown: ShutdownHandle,
+    requests: ShutdownRequests,
 }
 
 impl Proxy {
@@ -70,16 +74,21 @@ impl Proxy {
                 .await
                 .map_err(|source| BindError { flag, addr, source })
         };
-        // Outbound first: the app must never start before its proxy accepts.
+        // Outbound first, admin last: the kernel accepts on a bound listener
+        // before its accept loop runs, so by the time /live answers, the app's
+        // outbound calls are already taken.
         let outbound = bind("--outbound-addr", config.outbound_addr).await?;
         let inbound = bind("--inbound-addr", config.inbound_addr).await?;
         let admin = bind("--admin-addr", config.admin_addr).await?;
+        let (shutdown, requests) = shutdown_channel();
         Ok(Proxy {
             config,
             inbound,
             outbound,
             admin,
             metrics: Arc::new(Metrics::new()),
+            shutdown,
+            requests,
         })
     }
 
@@ -92,10 +101,25 @@ impl Proxy {
         }
     }
 
-    /// Serves until `shutdown` resolves, then drains: `/ready` turns 503, listeners
-    /// stop accepting, open connections finish their requests (HTTP/1 answers with
-    /// `Connection: close`, HTTP/2 gets a GOAWAY), all within `--drain-timeout`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> RunReport {
+    /// Starts a drain when requested (SIGTERM, SIGINT, `POST /shutdown`); a
+    /// second request ends it at once.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves until a shutdown is requested, then drains in Kubernetes order:
+    ///
+    /// 1. `/ready` turns 503 at once;
+    /// 2. listeners keep accepting for `--drain-delay`, while endpoint
+    ///    controllers and kube-proxy stop sending;
+    /// 3. inbound stops accepting; its HTTP/1 connections close after their
+    ///    current response, HTTP/2 ones get a GOAWAY;
+    /// 4. outbound keeps serving until the app's connections to it have closed
+    ///    (the app's own shutdown calls succeed), then stops;
+    ///
+    /// all within `--drain-timeout` of the request. A second request, or the
+    /// deadline, ends it with the abandoned requests counted.
+    pub async fn run(self) -> RunReport {
         let addrs = self.addrs();
         let Proxy {
             config,
@@ -103,9 +127,13 @@ impl Proxy {
             outbound,
             admin,
             metrics,
+            shutdown,
+            mut requests,
         } = self;
-        let (drain, watch) = Drain::new();
+        let (inbound_drain, inbound_watch) = Drain::new();
+        let (outbound_drain, outbound_watch) = Drain::new();
         let state = Arc::new(ProxyState::default());
+        let health = Arc::new(AppHealth::new());
 
         let routes = Arc::new(RouteTable::new(&config));
         let out_connector =
@@ -115,29 +143,31 @@ impl Proxy {
             Forwarder::new(Arc::new(out_connector), config.upstream_idle_timeout),
             Registry::new(
                 Direction::Outbound,
-                routes.clone(),
+                routes,
                 metrics.clone(),
                 config.metrics_max_destinations,
             ),
             metrics.clone(),
             addrs.outbound,
-            watch.clone(),
+            outbound_watch.clone(),
         ));
         let in_connector = Connector::new(config.dns_ttl, config.connect_timeout, None);
         let in_stack = Arc::new(Inbound::new(
             &config,
             Forwarder::new(Arc::new(in_connector), config.upstream_idle_timeout),
             &metrics,
-            watch.clone(),
+            health.clone(),
+            inbound_watch.clone(),
         ));
 
         let limits = config.limits.clone();
+        let outbound_metrics = metrics.listener("outbound");
         let outbound = Listener::new(
             "outbound",
             outbound,
             out_stack,
             limits.clone(),
-            metrics.listener("outbound"),
+            outbound_metrics.clone(),
         );
         let inbound = Listener::new(
             "inbound",
@@ -146,11 +176,19 @@ impl Proxy {
             limits,
             metrics.listener("inbound"),
         );
-        tokio::spawn(outbound.serve(watch.clone()));
-        tokio::spawn(inbound.serve(watch));
+        tokio::spawn(outbound.serve(outbound_watch));
+        tokio::spawn(inbound.serve(inbound_watch));
 
-        let config_json = describe(&config);
-        let admin_endpoint = Arc::new(Admin::new(metrics, state.clone(), config_json));
+        let prober = Prober::new(config.app_health.clone(), config.app_addr);
+        let probing = tokio::spawn(prober.run(health.clone(), metrics.app_health()));
+        let admin_endpoint = Arc::new(Admin {
+            metrics: metrics.clone(),
+            state: state.clone(),
+            health,
+            prober: Arc::new(Prober::new(config.app_health.clone(), config.app_addr)),
+            shutdown,
+            config_json: describe(&config).into(),
+        });
         let admin_task = tokio::spawn(admin_endpoint.serve(admin));
         state.set_listening();
         info!(
@@ -161,18 +199,45 @@ impl Proxy {
             "breakwater is serving"
         );
 
-        shutdown.await;
+        requests.next().await;
+        let deadline = Instant::now() + config.drain_timeout;
         state.set_draining();
-        drain.start();
-        info!(open = drain.remaining(), timeout = ?config.drain_timeout, "draining");
-        let abandoned = if drain.finished(config.drain_timeout).await {
-            info!("drained");
-            0
-        } else {
-            let abandoned = drain.remaining();
-            warn!(abandoned, "drain timeout: closing what is still open");
-            abandoned
+        metrics.draining.set(1);
+        info!(
+            delay = ?config.drain_delay,
+            timeout = ?config.drain_timeout,
+            inflight = metrics.inflight_total(),
+            "drain started: /ready is 503"
+        );
+        let ended = async {
+            tokio::time::sleep(config.drain_delay).await;
+            inbound_drain.start();
+            info!("inbound stopped accepting");
+            inbound_drain.finished().await;
+            // The app's connections to outbound close when it exits or lets go.
+            while outbound_metrics.active.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            outbound_drain.start();
+            outbound_drain.finished().await;
         };
+        let abandoned = tokio::select! {
+            _ = ended => 0,
+            _ = tokio::time::sleep_until(deadline) => {
+                let abandoned = metrics.inflight_total().max(0) as usize;
+                warn!(abandoned, open_outbound = outbound_metrics.active.get(), "drain timeout: abandoning what is still open");
+                abandoned
+            }
+            _ = requests.next() => {
+                let abandoned = metrics.inflight_total().max(0) as usize;
+                warn!(abandoned, "second shutdown request: exiting now");
+                abandoned
+            }
+        };
+        if abandoned == 0 {
+            info!("drained");
+        }
+        probing.abort();
         admin_task.abort();
         RunReport { abandoned }
     }

@@ -27,6 +27,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     #[serde(serialize_with = "units::serialize_duration")]
     pub drain_timeout: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub drain_delay: Duration,
+    pub app_health: AppHealthConfig,
     pub retry: RetryPolicy,
     pub routes: Vec<RouteOverride>,
     pub threads: usize,
@@ -39,6 +42,19 @@ pub struct Config {
     #[serde(serialize_with = "units::serialize_duration")]
     pub dns_ttl: Duration,
     pub metrics_max_destinations: usize,
+}
+
+/// How the app's health is probed.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppHealthConfig {
+    /// `None`: a TCP connect.
+    pub path: Option<String>,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
 }
 
 /// Limits that protect the proxy from its clients (slowloris, header floods, scans).
@@ -117,6 +133,9 @@ impl Config {
             budget_min_per_sec: args.retry_budget_min,
             body_limit: args.retry_body_limit,
         };
+        if args.drain_delay > args.drain_timeout {
+            return Err(err("--drain-delay", "is longer than --drain-timeout"));
+        }
         if retry.backoff_max < retry.backoff {
             return Err(err("--retry-backoff-max", "is below --retry-backoff"));
         }
@@ -141,6 +160,14 @@ impl Config {
             timeout: args.timeout,
             connect_timeout: args.connect_timeout,
             drain_timeout: args.drain_timeout,
+            drain_delay: args.drain_delay,
+            app_health: AppHealthConfig {
+                path: args.app_health_path,
+                interval: args.app_health_interval,
+                timeout: args.app_health_timeout,
+                healthy_threshold: args.app_health_healthy_threshold,
+                unhealthy_threshold: args.app_health_unhealthy_threshold,
+            },
             retry,
             routes: args.routes,
             threads,
@@ -173,6 +200,8 @@ impl Config {
             "--admin-addr=127.0.0.1:0",
             "--app-addr=127.0.0.1:9",
             "--threads=1",
+            // Nothing routes to a loopback proxy through endpoints: no delay.
+            "--drain-delay=0s",
         ]);
         let cli::Command::Run(args) = cli.command else {
             unreachable!("parsed a run command")
@@ -233,6 +262,12 @@ mod tests {
             (&["--retry-budget", "-5"][..], "--retry-budget"),
             (&["--retry-backoff", "1s"][..], "--retry-backoff-max"),
             (&["--route", "x,retry-backoff=2s"][..], "--route"),
+            (&["--app-health-path", "healthz"][..], "--app-health-path"),
+            (
+                &["--app-health-unhealthy-threshold", "0"][..],
+                "--app-health-unhealthy-threshold",
+            ),
+            (&["--drain-delay", "1m"][..], "--drain-delay"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");

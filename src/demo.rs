@@ -53,10 +53,8 @@ async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let proxy = Proxy::bind(config.clone()).await?;
     let outbound = proxy.addrs().outbound;
     let admin = proxy.addrs().admin;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy_task = tokio::spawn(proxy.run(async move {
-        let _ = stopped.await;
-    }));
+    let stop = proxy.shutdown_handle();
+    let proxy_task = tokio::spawn(proxy.run());
     println!(
         "service on {service}, breakwater outbound on {outbound} (timeout {}, connect-timeout {})",
         format_duration(config.timeout),
@@ -86,7 +84,7 @@ async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     )
     .await;
     let metrics = load::fetch(admin, "/metrics").await.unwrap_or_default();
-    let _ = stop.send(());
+    stop.request();
     let _ = proxy_task.await;
     print_table(&direct, &through);
     let retried = sum_of(&metrics, "breakwater_retries_total{");

@@ -1,9 +1,7 @@
 //! The drain signal: one sender held by the app, one watch held by every listener,
 //! connection and tunnel. Draining ends when every watch has been dropped.
 
-use std::time::Duration;
-
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Starts a drain and waits for it to finish.
 pub struct Drain {
@@ -28,12 +26,9 @@ impl Drain {
         self.tx.send_replace(true);
     }
 
-    /// Waits until every [`DrainWatch`] is dropped, or `timeout`. Returns whether
-    /// everything finished in time.
-    pub async fn finished(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.tx.closed())
-            .await
-            .is_ok()
+    /// Resolves once every [`DrainWatch`] has been dropped.
+    pub async fn finished(&self) {
+        self.tx.closed().await;
     }
 
     /// How many watches (connections, tunnels, listeners) are still alive.
@@ -54,8 +49,44 @@ impl DrainWatch {
     }
 }
 
+/// Asks the proxy to drain: SIGTERM, SIGINT and `POST /shutdown` all end here.
+/// A second request ends a drain that is under way at once.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    tx: mpsc::Sender<()>,
+}
+
+/// The proxy's side of [`ShutdownHandle`].
+pub struct ShutdownRequests {
+    rx: mpsc::Receiver<()>,
+}
+
+pub fn shutdown_channel() -> (ShutdownHandle, ShutdownRequests) {
+    let (tx, rx) = mpsc::channel(4);
+    (ShutdownHandle { tx }, ShutdownRequests { rx })
+}
+
+impl ShutdownHandle {
+    pub fn request(&self) {
+        // A full channel already holds enough requests to end everything.
+        let _ = self.tx.try_send(());
+    }
+}
+
+impl ShutdownRequests {
+    /// Resolves at the next request. With every handle gone no request can come,
+    /// so this never resolves.
+    pub async fn next(&mut self) {
+        if self.rx.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -69,8 +100,9 @@ mod tests {
             drop(held);
         });
         drain.start();
-        assert!(!drain.finished(Duration::from_secs(1)).await);
-        assert!(drain.finished(Duration::from_secs(5)).await);
+        let finished = |secs| tokio::time::timeout(Duration::from_secs(secs), drain.finished());
+        assert!(finished(1).await.is_err());
+        assert!(finished(5).await.is_ok());
         assert_eq!(drain.remaining(), 0);
         let _ = task.await;
     }

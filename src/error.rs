@@ -22,6 +22,9 @@ pub enum ProxyError {
     /// The request's deadline passed before the response headers arrived.
     #[error("no response from {dest} within {after}")]
     Timeout { dest: String, after: String },
+    /// The app fails its health probes: inbound requests are refused at once.
+    #[error("the app at {0} is failing its health probes")]
+    AppNotReady(std::net::SocketAddr),
     /// breakwater does not know where the request should go.
     #[error("no route: {0}")]
     NoRoute(&'static str),
@@ -38,7 +41,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailure { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoRoute(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute(_) | ProxyError::AppNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
@@ -51,6 +54,7 @@ impl ProxyError {
             ProxyError::Reset { .. } => "reset",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::NoRoute(_) => "no-route",
+            ProxyError::AppNotReady(_) => "app-not-ready",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::UriTooLong(_) => "uri-too-long",
         }

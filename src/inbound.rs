@@ -14,6 +14,7 @@ use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
 use crate::forward::{Forwarder, headers};
+use crate::health::{AppHealth, HealthState};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::policy::retry::RetryOn;
@@ -25,6 +26,8 @@ pub struct Inbound {
     access_log: bool,
     max_uri_bytes: usize,
     drain: DrainWatch,
+    health: Arc<AppHealth>,
+    app_addr: std::net::SocketAddr,
 }
 
 impl Inbound {
@@ -32,6 +35,7 @@ impl Inbound {
         config: &Config,
         forwarder: Forwarder,
         metrics: &Metrics,
+        health: Arc<AppHealth>,
         drain: DrainWatch,
     ) -> Self {
         let app = crate::destination::Destination::new(
@@ -60,6 +64,8 @@ impl Inbound {
             access_log: config.access_log,
             max_uri_bytes: config.limits.max_uri_bytes,
             drain,
+            health,
+            app_addr: config.app_addr,
         }
     }
 
@@ -76,6 +82,11 @@ impl Inbound {
         }
         if let Err(e) = exchange::check_request(&req, self.max_uri_bytes) {
             return exchange::fail(e, in_flight);
+        }
+        if self.health.state() == HealthState::Unhealthy {
+            // Kubernetes takes the pod out of rotation soon; until then a quick
+            // answer beats queueing for an app that cannot serve.
+            return exchange::fail(ProxyError::AppNotReady(self.app_addr), in_flight);
         }
         if req.method() == Method::CONNECT {
             let e = ProxyError::BadRequest("CONNECT is served on the outbound listener");

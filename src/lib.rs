@@ -22,6 +22,7 @@ pub mod drain;
 pub mod error;
 pub mod exchange;
 pub mod forward;
+pub mod health;
 pub mod inbound;
 pub mod listener;
 pub mod metrics;

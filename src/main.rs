@@ -36,7 +36,14 @@ fn run(args: RunArgs) -> ExitCode {
             Ok(proxy) => proxy,
             Err(e) => return fail(&e.to_string()),
         };
-        let report = proxy.run(shutdown_signal()).await;
+        let shutdown = proxy.shutdown_handle();
+        tokio::spawn(async move {
+            loop {
+                shutdown_signal().await;
+                shutdown.request();
+            }
+        });
+        let report = proxy.run().await;
         if report.abandoned > 0 {
             tracing::warn!(abandoned = report.abandoned, "exiting with work abandoned");
         }

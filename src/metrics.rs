@@ -67,6 +67,11 @@ pub struct Metrics {
     tunnels: IntCounterVec,
     retries: IntCounterVec,
     retries_skipped: IntCounterVec,
+    app_healthy: IntGauge,
+    app_health_transitions: IntCounterVec,
+    app_probes: IntCounterVec,
+    app_probe_duration: Histogram,
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -183,8 +188,73 @@ impl Metrics {
                     &["direction", "destination", "reason"],
                 ),
             ),
+            app_healthy: register(
+                r,
+                IntGauge::new(
+                    "breakwater_app_healthy",
+                    "1 while the app passes its health probes.",
+                ),
+            ),
+            app_health_transitions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_app_health_transitions_total",
+                        "Changes of the app's health state, by the state entered.",
+                    ),
+                    &["to"],
+                ),
+            ),
+            app_probes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_app_probes_total",
+                        "App health probes, by result.",
+                    ),
+                    &["result"],
+                ),
+            ),
+            app_probe_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "breakwater_app_probe_duration_seconds",
+                        "Time an app health probe took.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                ),
+            ),
+            draining: register(
+                r,
+                IntGauge::new(
+                    "breakwater_draining",
+                    "1 from SIGTERM or POST /shutdown until exit.",
+                ),
+            ),
             registry,
         }
+    }
+
+    pub fn app_health(&self) -> AppHealthMetrics {
+        AppHealthMetrics {
+            healthy: self.app_healthy.clone(),
+            transitions: self.app_health_transitions.clone(),
+            ok: self.app_probes.with_label_values(&["ok"]),
+            failed: self.app_probes.with_label_values(&["failed"]),
+            duration: self.app_probe_duration.clone(),
+        }
+    }
+
+    /// Requests whose response has not ended, over every destination: what a
+    /// drain that runs out of time abandons.
+    pub fn inflight_total(&self) -> i64 {
+        self.inflight
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
     }
 
     /// The handles for one destination label; built once per destination.
@@ -306,6 +376,27 @@ impl DestinationMetrics {
 fn count_by(counters: &[IntCounter], reasons: &[&str], reason: &str) {
     if let Some(i) = reasons.iter().position(|&r| r == reason) {
         counters[i].inc();
+    }
+}
+
+/// Handles the app health prober updates.
+pub struct AppHealthMetrics {
+    healthy: IntGauge,
+    transitions: IntCounterVec,
+    ok: IntCounter,
+    failed: IntCounter,
+    duration: Histogram,
+}
+
+impl AppHealthMetrics {
+    pub fn observe(&self, ok: bool, seconds: f64) {
+        if ok { &self.ok } else { &self.failed }.inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn transition(&self, to: &str, healthy: bool) {
+        self.transitions.with_label_values(&[to]).inc();
+        self.healthy.set(i64::from(healthy));
     }
 }
 

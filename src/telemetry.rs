@@ -1,29 +1,66 @@
-//! Logging: tracing with JSON or text lines on stdout, filtered by `--log-level`.
-//! The access log is the `breakwater::access` target, on whenever `--access-log` is.
+//! Logging: tracing with JSON or text lines on stdout, filtered by `--log-level`
+//! and changeable at run time (`PUT /log-level`). The access log is the
+//! `breakwater::access` target, on whenever `--access-log` is.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use crate::config::LogFormat;
 
+/// Swaps the live filter; set once by [`init`].
+struct FilterControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    access_log: bool,
+}
+
+static CONTROL: OnceLock<FilterControl> = OnceLock::new();
+
 /// Installs the global subscriber. Call once, before the runtime starts.
 pub fn init(format: LogFormat, level: &str, access_log: bool) -> Result<(), String> {
-    let mut filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level: {e}"))?;
+    let (filter, handle) = reload::Layer::new(build_filter(level, access_log)?);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stdout),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stdout))
+            .try_init(),
+    };
+    installed.map_err(|e| format!("cannot install the logger: {e}"))?;
+    let _ = CONTROL.set(FilterControl { handle, access_log });
+    Ok(())
+}
+
+/// Replaces the log filter (same syntax as `--log-level`).
+pub fn set_filter(level: &str) -> Result<(), String> {
+    let control = CONTROL
+        .get()
+        .ok_or("this process did not install breakwater's logger")?;
+    let filter = build_filter(level, control.access_log)?;
+    control
+        .handle
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log filter: {e}"))
+}
+
+fn build_filter(level: &str, access_log: bool) -> Result<EnvFilter, String> {
+    let mut filter =
+        EnvFilter::try_new(level).map_err(|e| format!("invalid log filter '{level}': {e}"))?;
     if access_log {
         let directive = "breakwater::access=info"
             .parse()
             .map_err(|e| format!("access log filter: {e}"))?;
         filter = filter.add_directive(directive);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let installed = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    installed.map_err(|e| format!("cannot install the logger: {e}"))
+    Ok(filter)
 }

@@ -75,7 +75,33 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
 
-    /// On SIGTERM or SIGINT: time given to in-flight requests to finish.
+    /// On SIGTERM: how long listeners keep accepting after /ready turns 503, so that
+    /// endpoint controllers and kube-proxy stop sending before breakwater stops listening.
+    #[arg(long, env = "BREAKWATER_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// HTTP path probed on the app with GET (2xx and 3xx are healthy) [default: none, a
+    /// TCP connect to --app-addr].
+    #[arg(long, env = "BREAKWATER_APP_HEALTH_PATH", value_parser = parse_health_path)]
+    pub app_health_path: Option<String>,
+
+    /// Time between app health probes.
+    #[arg(long, env = "BREAKWATER_APP_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub app_health_interval: Duration,
+
+    /// Time one probe may take before it counts as a failure.
+    #[arg(long, env = "BREAKWATER_APP_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub app_health_timeout: Duration,
+
+    /// Successful probes in a row that make the app healthy.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_APP_HEALTH_HEALTHY_THRESHOLD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_health_healthy_threshold: u32,
+
+    /// Failed probes in a row that make the app unhealthy.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_APP_HEALTH_UNHEALTHY_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_health_unhealthy_threshold: u32,
+
+    /// On SIGTERM or SIGINT: everything ends within this time, the drain delay included.
     #[arg(long, env = "BREAKWATER_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
@@ -196,6 +222,16 @@ pub struct RunArgs {
         default_value_t = 100
     )]
     pub metrics_max_destinations: usize,
+}
+
+/// A health path is an absolute path: `/healthz`.
+fn parse_health_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.contains(char::is_whitespace) {
+        return Err(format!("'{s}' is not an absolute path like /healthz"));
+    }
+    s.parse::<http::uri::PathAndQuery>()
+        .map_err(|e| format!("'{s}': {e}"))?;
+    Ok(s.to_string())
 }
 
 /// Flags of `breakwater demo`.

@@ -47,19 +47,37 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers and those the `Connection` header names. With
 /// `upgrade`, `Upgrade` and `Connection: upgrade` are kept so the switch can pass
 /// end to end. `TE: trailers` is kept: gRPC needs it and it is valid on HTTP/2.
+///
+/// Runs twice per request, so the common case — none of these headers — is one
+/// scan of the names with no hashing and no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(PROTECTED.contains(n) || (upgrade && n == header::UPGRADE)))
-            .collect();
-        for name in named {
-            headers.remove(name);
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
+    // Headers the Connection header nominates. `close` and `keep-alive` are the
+    // usual tokens and name nothing to remove beyond the fixed list.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            continue;
         }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !(PROTECTED.contains(&name) || (upgrade && name == header::UPGRADE))
+        {
+            named.push(name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
     }
     let te_trailers = headers
         .get(header::TE)
@@ -187,6 +205,22 @@ mod tests {
         assert_eq!(h["host"], "payments");
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn plain_messages_are_left_alone() {
+        let mut h = map(&[("content-type", "text/plain"), ("x-keep", "yes")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        let mut h = map(&[("connection", "keep-alive"), ("x-keep", "yes")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+        let mut h = map(&[("upgrade", "h2c"), ("x-keep", "yes")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(
+            !h.contains_key("upgrade"),
+            "an upgrade offer without the switch is dropped"
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,9 +26,6 @@ pub struct ConnActivity {
     idle_since: AtomicU64,
     head_started: AtomicU64,
     http2: AtomicBool,
-    /// Wakes the watchdog when a request head starts: its timer may be armed for
-    /// the (much later) idle deadline.
-    head_began: Notify,
 }
 
 /// Why the watchdog wants a connection closed.
@@ -49,7 +45,6 @@ impl ConnActivity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             http2: AtomicBool::new(false),
-            head_began: Notify::new(),
         }
     }
 
@@ -84,12 +79,16 @@ impl ConnActivity {
             && self.head_started.load(Relaxed) == NONE
         {
             self.head_started.store(self.now_ms(), Relaxed);
-            self.head_began.notify_one();
         }
     }
 
     /// Resolves when the connection should be closed, re-arming its one timer as
     /// activity moves the deadlines.
+    ///
+    /// The timer never sleeps longer than the header timeout, so a head that
+    /// starts while it sleeps is seen before its own deadline, and is cut off
+    /// exactly then. Requests never wake it: waking another task per request would
+    /// cost more than an idle connection's check every few seconds.
     pub async fn expired(&self, header_read: Duration, idle: Duration) -> Expiry {
         let (header_ms, idle_ms) = (header_read.as_millis() as u64, idle.as_millis() as u64);
         loop {
@@ -104,16 +103,12 @@ impl ConnActivity {
             if idle_deadline.is_some_and(|d| now >= d) {
                 return Expiry::Idle;
             }
-            let next = [idle_deadline, head_deadline]
+            let next = [idle_deadline, head_deadline, Some(now + header_ms)]
                 .into_iter()
                 .flatten()
                 .min()
-                .unwrap_or(now + header_ms.min(idle_ms));
-            let wait = Duration::from_millis(next.saturating_sub(now).max(1));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.head_began.notified() => {}
-            }
+                .unwrap_or(now + header_ms);
+            tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
         }
     }
 }

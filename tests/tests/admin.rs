@@ -9,8 +9,7 @@ async fn live_ready_and_config_answer() {
     let c = client();
     let live = get(&c, &proxy.admin("/live")).await;
     assert_eq!(live.status, 200);
-    let ready = get(&c, &proxy.admin("/ready")).await;
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    wait_for_ready(&proxy.admin("/ready")).await;
     let config = get(&c, &proxy.admin("/config")).await;
     assert_eq!(config.status, 200);
     assert_eq!(config.headers["content-type"], "application/json");

@@ -94,7 +94,7 @@ async fn drain_timeout_bounds_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_ready_off_drains_and_exits_zero() {
     let app = slow_app(Duration::from_millis(800)).await;
-    let mut proxy = spawn_binary(app.addr, &["--drain-timeout=10s"]).await;
+    let mut proxy = spawn_binary(app.addr, &["--drain-timeout=10s", "--drain-delay=0s"]).await;
     let c = client();
     let inbound = format!("http://{}/slow", proxy.addrs.inbound);
     let in_flight = tokio::spawn({

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod cli;
 mod faults;
+mod health;
 mod lifecycle;
 mod limits;
 mod proxying;

@@ -130,7 +130,9 @@ async fn outbound_takes_absolute_form_targets_like_an_http_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_routes_by_host_and_pools_connections() {
     let upstream = spawn_echo().await;
-    let proxy = spawn_proxy(upstream.addr, |_| {}).await;
+    // The app is another server: its health probes must not count here.
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |_| {}).await;
     let c = client();
     for _ in 0..10 {
         let seen = get_via(&c, &proxy, &upstream.addr.to_string(), "/ping").await;

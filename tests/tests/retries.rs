@@ -186,7 +186,8 @@ async fn a_reset_then_success_is_200() {
         }
     })
     .await;
-    let proxy = spawn_proxy(upstream.addr, |_| {}).await;
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |_| {}).await;
     let seen = get_via(&client(), &proxy, &upstream.addr.to_string(), "/").await;
     assert_eq!(seen.status, 200, "{}", seen.body);
     assert_eq!(connections.load(Ordering::SeqCst), 2);

@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub type TestBody =
@@ -177,7 +176,7 @@ pub fn reset(stream: TcpStream) {
 /// The proxy, in this process, on loopback ephemeral ports.
 pub struct TestProxy {
     pub addrs: BoundAddrs,
-    shutdown: Option<oneshot::Sender<()>>,
+    pub shutdown: breakwater::drain::ShutdownHandle,
     task: Option<JoinHandle<RunReport>>,
 }
 
@@ -196,9 +195,7 @@ impl TestProxy {
 
     /// Starts the drain and waits for the run to end.
     pub async fn stop(mut self) -> RunReport {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.shutdown.request();
         match self.task.take() {
             Some(task) => task.await.expect("proxy task"),
             None => RunReport { abandoned: 0 },
@@ -221,13 +218,11 @@ pub async fn spawn_proxy(app: SocketAddr, tune: impl FnOnce(&mut Config)) -> Tes
     tune(&mut config);
     let proxy = Proxy::bind(config).await.expect("bind proxy");
     let addrs = proxy.addrs();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(proxy.run(async move {
-        let _ = rx.await;
-    }));
+    let shutdown = proxy.shutdown_handle();
+    let task = tokio::spawn(proxy.run());
     TestProxy {
         addrs,
-        shutdown: Some(tx),
+        shutdown,
         task: Some(task),
     }
 }
@@ -421,4 +416,131 @@ pub async fn h2_send_to(addr: SocketAddr, req: Request<TestBody>) -> Answer {
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.expect("h2 response");
     answer(resp).await
+}
+
+/// Whether this test may skip for a missing capability: never in CI (`CI=true`),
+/// where a missing capability is a failure.
+pub fn skip_unless(capable: bool, what: &str) -> bool {
+    if capable {
+        return false;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(
+        !in_ci,
+        "CI=true but {what} is missing: this test cannot run"
+    );
+    eprintln!(
+        "SKIPPED: {what} is missing; run as root with iproute2 installed to include this test"
+    );
+    true
+}
+
+fn run(cmd: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: a second host for
+/// tests of what crosses a network. Host side `198.18.N.1/30`, namespace side
+/// `198.18.N.2/30` (the benchmarking range, RFC 2544). Removed on drop.
+pub struct TestNetns {
+    pub name: String,
+    pub host_ip: std::net::Ipv4Addr,
+    pub peer_ip: std::net::Ipv4Addr,
+    host_if: String,
+}
+
+impl TestNetns {
+    /// Whether namespaces can be made here: root and the `ip` tool.
+    pub fn available() -> bool {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+        root && Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Creates the namespace; `n` (0-255) keeps concurrent tests apart.
+    pub fn create(n: u8) -> Result<TestNetns, String> {
+        let tag = format!("{}-{n}", std::process::id() % 100_000);
+        let name = format!("bw{tag}");
+        let host_if = format!("bwh{tag}");
+        let peer_if = format!("bwp{tag}");
+        let host_ip = std::net::Ipv4Addr::new(198, 18, n, 1);
+        let peer_ip = std::net::Ipv4Addr::new(198, 18, n, 2);
+        let ns = TestNetns {
+            name: name.clone(),
+            host_ip,
+            peer_ip,
+            host_if: host_if.clone(),
+        };
+        run(&["ip", "netns", "add", &name])?;
+        run(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ])?;
+        run(&["ip", "link", "set", &peer_if, "netns", &name])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ])?;
+        run(&["ip", "link", "set", &host_if, "up"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{peer_ip}/30"),
+            "dev",
+            &peer_if,
+        ])?;
+        run(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", &peer_if, "up",
+        ])?;
+        run(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+        ])?;
+        Ok(ns)
+    }
+
+    /// Runs a command inside the namespace; returns its stdout.
+    pub fn exec(&self, cmd: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes the veth pair with it.
+        let _ = run(&["ip", "netns", "delete", &self.name]);
+        let _ = run(&["ip", "link", "delete", &self.host_if]);
+    }
 }

@@ -1,0 +1,269 @@
+//! The app's health: a probe on an interval (HTTP GET on `--app-health-path`, or a
+//! TCP connect to `--app-addr`), thresholds that turn results into a state, and
+//! the state that `/ready` and the inbound gate read.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::config::AppHealthConfig;
+use crate::metrics::AppHealthMetrics;
+
+/// What breakwater believes about the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not enough probes yet: not ready, but requests are not refused either.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Consecutive probe results that move the state (no I/O, no clock).
+#[derive(Debug)]
+pub struct HealthTracker {
+    state: HealthState,
+    successes: u32,
+    failures: u32,
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+}
+
+impl HealthTracker {
+    pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
+        HealthTracker {
+            state: HealthState::Unknown,
+            successes: 0,
+            failures: 0,
+            healthy_threshold: healthy_threshold.max(1),
+            unhealthy_threshold: unhealthy_threshold.max(1),
+        }
+    }
+
+    /// Records one probe; returns the new state when it changed.
+    pub fn record(&mut self, ok: bool) -> Option<HealthState> {
+        let next = if ok {
+            self.successes += 1;
+            self.failures = 0;
+            (self.successes >= self.healthy_threshold).then_some(HealthState::Healthy)
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            (self.failures >= self.unhealthy_threshold).then_some(HealthState::Unhealthy)
+        };
+        match next {
+            Some(next) if next != self.state => {
+                self.state = next;
+                Some(next)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn state(&self) -> HealthState {
+        self.state
+    }
+}
+
+/// The outcome of one probe, as `/ready?verbose` and `/app-health` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeResult {
+    pub ok: bool,
+    /// The app's status code, for an HTTP probe that got an answer.
+    pub status: Option<u16>,
+    /// What the probe saw: the start of the app's body, or the error.
+    pub detail: String,
+    pub latency_ms: f64,
+}
+
+/// The shared, lock-free view of the app's health for the data path.
+pub struct AppHealth {
+    state: AtomicU8,
+    last: Mutex<Option<ProbeResult>>,
+}
+
+impl AppHealth {
+    pub fn new() -> Self {
+        AppHealth {
+            state: AtomicU8::new(HealthState::Unknown as u8),
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> HealthState {
+        match self.state.load(Ordering::Acquire) {
+            s if s == HealthState::Healthy as u8 => HealthState::Healthy,
+            s if s == HealthState::Unhealthy as u8 => HealthState::Unhealthy,
+            _ => HealthState::Unknown,
+        }
+    }
+
+    fn set(&self, state: HealthState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    pub fn last_probe(&self) -> Option<ProbeResult> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Default for AppHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The most of the app's health answer kept for `/app-health` and logs.
+const MAX_DETAIL: usize = 1024;
+
+/// Probes the app.
+pub struct Prober {
+    config: AppHealthConfig,
+    app: SocketAddr,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Prober {
+    pub fn new(config: AppHealthConfig, app: SocketAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.interval.saturating_mul(2))
+            .build(connector);
+        Prober {
+            config,
+            app,
+            client,
+        }
+    }
+
+    /// One probe, within `--app-health-timeout`.
+    pub async fn probe(&self) -> ProbeResult {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.config.timeout, self.attempt()).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(Ok((status, detail))) => ProbeResult {
+                ok: status.is_none_or(|s| s.is_success() || s.is_redirection()),
+                status: status.map(|s| s.as_u16()),
+                detail,
+                latency_ms,
+            },
+            Ok(Err(detail)) => ProbeResult {
+                ok: false,
+                status: None,
+                detail,
+                latency_ms,
+            },
+            Err(_) => ProbeResult {
+                ok: false,
+                status: None,
+                detail: format!("no answer within {:?}", self.config.timeout),
+                latency_ms,
+            },
+        }
+    }
+
+    async fn attempt(&self) -> Result<(Option<StatusCode>, String), String> {
+        let Some(path) = &self.config.path else {
+            tokio::net::TcpStream::connect(self.app)
+                .await
+                .map_err(|e| format!("TCP connect to {}: {e}", self.app))?;
+            return Ok((None, format!("TCP connect to {} succeeded", self.app)));
+        };
+        let req = Request::get(format!("http://{}{}", self.app, path))
+            .header(header::USER_AGENT, "breakwater-health")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let detail = String::from_utf8_lossy(&body[..body.len().min(MAX_DETAIL)]).into_owned();
+        Ok((Some(status), detail))
+    }
+
+    /// Probes every `--app-health-interval` until dropped, moving `health` through
+    /// its states. The first probe runs at once.
+    pub async fn run(self, health: std::sync::Arc<AppHealth>, metrics: AppHealthMetrics) {
+        let mut tracker = HealthTracker::new(
+            self.config.healthy_threshold,
+            self.config.unhealthy_threshold,
+        );
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let result = self.probe().await;
+            metrics.observe(result.ok, result.latency_ms / 1000.0);
+            if let Some(state) = tracker.record(result.ok) {
+                metrics.transition(state.as_str(), state == HealthState::Healthy);
+                if state == HealthState::Healthy {
+                    info!(app = %self.app, detail = %result.detail, "app is healthy");
+                } else {
+                    warn!(app = %self.app, detail = %result.detail, "app is unhealthy");
+                }
+                health.set(state);
+            }
+            *health.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_move_the_state() {
+        let mut t = HealthTracker::new(2, 3);
+        assert_eq!(t.record(true), None, "one success of two");
+        assert_eq!(t.record(true), Some(HealthState::Healthy));
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None, "a success resets the failures");
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some(HealthState::Unhealthy));
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(HealthState::Healthy));
+        assert_eq!(t.state(), HealthState::Healthy);
+    }
+
+    #[test]
+    fn an_app_that_never_answers_goes_from_unknown_to_unhealthy() {
+        let mut t = HealthTracker::new(1, 2);
+        assert_eq!(t.state(), HealthState::Unknown);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some(HealthState::Unhealthy));
+    }
+}
