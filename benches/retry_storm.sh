@@ -77,6 +77,7 @@ WORK=""
 declare -a STARTED=()
 declare -A ROW_OF=()            # row key -> "section|label"
 declare -a ROWS=()
+declare -a BW_STOP_FLAGS=()
 declare -a LOAD_ARGS=()         # extra h2load arguments of the current row (pacing)
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -224,7 +225,7 @@ start_breakwater() {  # start_breakwater <retries> [extra flags...]; sets PORT A
   # shellcheck disable=SC2086
   start_bg "$WORK/bw-$PORT.log" "$BIN" run --threads 1 --log-level warn --log-format text \
     --outbound-addr "$HOST:$PORT" --inbound-addr "$HOST:0" --admin-addr "$HOST:$ADMIN" \
-    --app-addr "$HOST:9" --drain-timeout 1s --retries "$retries" "$@" $BW_EXTRA
+    --app-addr "$HOST:9" "${BW_STOP_FLAGS[@]}" --retries "$retries" "$@" $BW_EXTRA
   wait_port "$PORT" "$PID" && wait_port "$ADMIN" "$PID" || die "breakwater did not start: $(tail -5 "$WORK/bw-$PORT.log")"
 }
 
@@ -424,6 +425,9 @@ main() {
     (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed (--no-build measures the binary already in target/release)"
   fi
   [[ -x $BIN ]] || die "no binary at $BIN"
+  # stop quickly on SIGTERM (no drain delay where the binary has one)
+  BW_STOP_FLAGS=(--drain-timeout 1s)
+  "$BIN" run --help 2>/dev/null | grep -q -- --drain-delay && BW_STOP_FLAGS+=(--drain-delay 0s)
   LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
   trap cleanup EXIT
   trap 'exit 130' INT TERM

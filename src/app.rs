@@ -17,7 +17,7 @@ use crate::drain::{Drain, ShutdownHandle, ShutdownRequests, shutdown_channel};
 use crate::forward::Forwarder;
 use crate::health::{AppHealth, Prober};
 use crate::inbound::Inbound;
-use crate::listener::Listener;
+use crate::listener::{Interception, Listener};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::upstream::{Registry, RouteTable};
@@ -162,12 +162,24 @@ impl Proxy {
 
         let limits = config.limits.clone();
         let outbound_metrics = metrics.listener("outbound");
+        let own_ports: Arc<[u16]> = Arc::new([
+            addrs.inbound.port(),
+            addrs.outbound.port(),
+            addrs.admin.port(),
+        ]);
+        let interception = |listener| Interception {
+            detect_timeout: config.protocol_detect_timeout,
+            connect_timeout: config.connect_timeout,
+            own_ports: own_ports.clone(),
+            opaque: metrics.opaque(listener),
+        };
         let outbound = Listener::new(
             "outbound",
             outbound,
             out_stack,
             limits.clone(),
             outbound_metrics.clone(),
+            interception("outbound"),
         );
         let inbound = Listener::new(
             "inbound",
@@ -175,6 +187,7 @@ impl Proxy {
             in_stack,
             limits,
             metrics.listener("inbound"),
+            interception("inbound"),
         );
         tokio::spawn(outbound.serve(outbound_watch));
         tokio::spawn(inbound.serve(inbound_watch));

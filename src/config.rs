@@ -38,6 +38,8 @@ pub struct Config {
     pub access_log: bool,
     pub limits: Limits,
     #[serde(serialize_with = "units::serialize_duration")]
+    pub protocol_detect_timeout: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
     pub upstream_idle_timeout: Duration,
     #[serde(serialize_with = "units::serialize_duration")]
     pub dns_ttl: Duration,
@@ -133,9 +135,6 @@ impl Config {
             budget_min_per_sec: args.retry_budget_min,
             body_limit: args.retry_body_limit,
         };
-        if args.drain_delay > args.drain_timeout {
-            return Err(err("--drain-delay", "is longer than --drain-timeout"));
-        }
         if retry.backoff_max < retry.backoff {
             return Err(err("--retry-backoff-max", "is below --retry-backoff"));
         }
@@ -160,7 +159,8 @@ impl Config {
             timeout: args.timeout,
             connect_timeout: args.connect_timeout,
             drain_timeout: args.drain_timeout,
-            drain_delay: args.drain_delay,
+            // The delay is part of the drain: a shorter --drain-timeout wins.
+            drain_delay: args.drain_delay.min(args.drain_timeout),
             app_health: AppHealthConfig {
                 path: args.app_health_path,
                 interval: args.app_health_interval,
@@ -182,6 +182,7 @@ impl Config {
                 idle_timeout: args.idle_timeout,
                 max_connections: args.max_connections,
             },
+            protocol_detect_timeout: args.protocol_detect_timeout,
             upstream_idle_timeout: args.upstream_idle_timeout,
             dns_ttl: args.dns_ttl,
             metrics_max_destinations: args.metrics_max_destinations,
@@ -267,7 +268,7 @@ mod tests {
                 &["--app-health-unhealthy-threshold", "0"][..],
                 "--app-health-unhealthy-threshold",
             ),
-            (&["--drain-delay", "1m"][..], "--drain-delay"),
+            (&["--drain-delay", "soon"][..], "--drain-delay"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");

@@ -18,11 +18,15 @@ use crate::health::{AppHealth, HealthState};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::policy::retry::RetryOn;
-use crate::upstream::{DestinationState, RoutePolicy};
+use crate::upstream::{DestinationState, Registry, RoutePolicy, RouteTable};
 
 pub struct Inbound {
     forwarder: Forwarder,
-    app: DestinationState,
+    /// The app at `--app-addr`.
+    app: Arc<DestinationState>,
+    /// The app on other ports, for redirected connections that targeted them.
+    ports: Registry,
+    app_ip: String,
     access_log: bool,
     max_uri_bytes: usize,
     drain: DrainWatch,
@@ -34,14 +38,10 @@ impl Inbound {
     pub fn new(
         config: &Config,
         forwarder: Forwarder,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         health: Arc<AppHealth>,
         drain: DrainWatch,
     ) -> Self {
-        let app = crate::destination::Destination::new(
-            &config.app_addr.ip().to_string(),
-            config.app_addr.port(),
-        );
         // Inbound retries only what never reached the app: a connect failure while
         // it restarts. Anything else may have had effects.
         let mut retry = config.retry.clone();
@@ -56,11 +56,19 @@ impl Inbound {
             protocol: crate::config::Protocol::Auto,
             retry,
         };
-        let metrics = Arc::new(metrics.destination(Direction::Inbound, &app.to_string()));
-        let app = DestinationState::new(app, policy, metrics);
+        let table = Arc::new(RouteTable::with_defaults(policy));
+        let ports = Registry::new(
+            Direction::Inbound,
+            table,
+            metrics.clone(),
+            config.metrics_max_destinations,
+        );
+        let app_ip = config.app_addr.ip().to_string();
         Inbound {
             forwarder,
-            app,
+            app: ports.get(&app_ip, config.app_addr.port()),
+            ports,
+            app_ip,
             access_log: config.access_log,
             max_uri_bytes: config.limits.max_uri_bytes,
             drain,
@@ -69,10 +77,32 @@ impl Inbound {
         }
     }
 
+    /// The app on the port the client targeted: `--app-addr`, or for a connection
+    /// redirected by iptables, the app's address with the original port.
+    fn target(&self, conn: &ClientConn) -> Arc<DestinationState> {
+        let port = match conn.orig_dst {
+            Some(orig) if orig.port() != self.app_addr.port() => orig.port(),
+            _ => return self.app.clone(),
+        };
+        let mut last = conn
+            .last_destination
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = last.as_ref()
+            && state.dest.port() == port
+        {
+            return state.clone();
+        }
+        let state = self.ports.get(&self.app_ip, port);
+        *last = Some(state.clone());
+        state
+    }
+
     async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let app = self.target(conn);
         let mut in_flight = InFlight::start(
-            self.app.metrics.clone(),
+            app.metrics.clone(),
             conn.activity.clone(),
             started.into_std(),
         );
@@ -96,7 +126,7 @@ impl Inbound {
         headers::append_forwarded(req.headers_mut(), &conn.peer_ip, "http");
         exchange::send(
             &self.forwarder,
-            &self.app,
+            &app,
             req,
             upgrade,
             in_flight,
@@ -114,5 +144,10 @@ impl Handler for Inbound {
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         self.serve(&conn, req).await
+    }
+
+    /// Opaque TCP goes to the app, on the port the client targeted.
+    fn relay_target(&self, orig_dst: std::net::SocketAddr) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.app_addr.ip(), orig_dst.port())
     }
 }

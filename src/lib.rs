@@ -24,6 +24,8 @@ pub mod exchange;
 pub mod forward;
 pub mod health;
 pub mod inbound;
+pub mod inject;
+pub mod interception;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;

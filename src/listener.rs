@@ -22,7 +22,8 @@ use tracing::{debug, warn};
 use crate::body::ProxyBody;
 use crate::config::Limits;
 use crate::drain::DrainWatch;
-use crate::metrics::ListenerMetrics;
+use crate::interception::{self, detect, relay};
+use crate::metrics::{ListenerMetrics, OpaqueMetrics};
 use activity::{ActivityIo, ConnActivity, Expiry};
 
 /// Most concurrent HTTP/2 streams per client connection (Envoy's edge guidance: 100).
@@ -35,6 +36,10 @@ pub trait Handler: Send + Sync + 'static {
         conn: Arc<ClientConn>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
+
+    /// Where an opaque (non-HTTP) redirected connection is relayed, given where it
+    /// was headed.
+    fn relay_target(&self, orig_dst: SocketAddr) -> SocketAddr;
 }
 
 /// One accepted client connection, as its requests see it.
@@ -42,19 +47,43 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once for `X-Forwarded-For`.
     pub peer_ip: http::HeaderValue,
+    /// Where the connection was headed before iptables redirected it here.
+    pub orig_dst: Option<SocketAddr>,
+    /// `orig_dst`'s IP as text, made once for destination lookups.
+    pub orig_dst_host: Option<String>,
     pub activity: Arc<ConnActivity>,
     /// The last destination this connection's requests went to; most connections
     /// talk to one, so this spares the shared registry a lookup per request.
     pub last_destination: std::sync::Mutex<Option<Arc<crate::upstream::DestinationState>>>,
 }
 
+/// What a listener does with redirected connections (transparent mode).
+#[derive(Clone)]
+pub struct Interception {
+    /// How long to wait for a client's first bytes before relaying it as opaque TCP.
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// breakwater's own listener ports: a redirected connection headed for one
+    /// of them would loop.
+    pub own_ports: Arc<[u16]>,
+    pub opaque: OpaqueMetrics,
+}
+
 /// A bound listener ready to serve.
 pub struct Listener<H> {
     pub name: &'static str,
     tcp: TcpListener,
+    shared: Arc<Shared<H>>,
+}
+
+/// What every connection of a listener shares: one `Arc` per connection.
+struct Shared<H> {
+    name: &'static str,
+    builder: auto::Builder<TokioExecutor>,
     handler: Arc<H>,
     limits: Limits,
     metrics: ListenerMetrics,
+    interception: Interception,
 }
 
 impl<H: Handler> Listener<H> {
@@ -64,21 +93,24 @@ impl<H: Handler> Listener<H> {
         handler: Arc<H>,
         limits: Limits,
         metrics: ListenerMetrics,
+        interception: Interception,
     ) -> Self {
-        Listener {
+        let shared = Arc::new(Shared {
             name,
-            tcp,
+            builder: http_builder(&limits),
             handler,
             limits,
             metrics,
-        }
+            interception,
+        });
+        Listener { name, tcp, shared }
     }
 
     /// Accepts until a drain starts, then drops the listening socket; each
     /// connection keeps its own drain watch until it has finished.
     pub async fn serve(self, mut drain: DrainWatch) {
-        let builder = Arc::new(http_builder(&self.limits));
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let slots = Arc::new(Semaphore::new(self.shared.limits.max_connections));
+        let metrics = &self.shared.metrics;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -95,20 +127,17 @@ impl<H: Handler> Listener<H> {
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.metrics.refused.inc();
+                metrics.refused.inc();
                 debug!(listener = self.name, %peer, "connection refused: --max-connections reached");
                 drop(stream);
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            self.metrics.accepted.inc();
+            metrics.accepted.inc();
             let conn = Connection {
                 stream,
                 peer,
-                builder: builder.clone(),
-                handler: self.handler.clone(),
-                limits: self.limits.clone(),
-                metrics: self.metrics.clone(),
+                shared: self.shared.clone(),
                 drain: drain.clone(),
             };
             tokio::spawn(async move {
@@ -141,40 +170,67 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct Connection<H> {
     stream: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    handler: Arc<H>,
-    limits: Limits,
-    metrics: ListenerMetrics,
+    shared: Arc<Shared<H>>,
     drain: DrainWatch,
 }
 
 impl<H: Handler> Connection<H> {
     async fn serve(self) {
+        let metrics = self.shared.metrics.clone();
+        metrics.active.inc();
+        self.serve_inner().await;
+        metrics.active.dec();
+    }
+
+    async fn serve_inner(self) {
         let Connection {
             stream,
             peer,
-            builder,
-            handler,
-            limits,
-            metrics,
+            shared,
             mut drain,
         } = self;
-        metrics.active.inc();
+        let orig_dst = interception::original_dst(&stream);
+        if let Some(orig) = orig_dst {
+            let interception = &shared.interception;
+            let local = stream.local_addr().unwrap_or(orig);
+            if interception::is_own_listener(orig, local, &interception.own_ports) {
+                warn!(listener = shared.name, %peer, %orig, "refused a redirected connection to breakwater's own listener: it would loop");
+                return;
+            }
+            if detect::detect(&stream, interception.detect_timeout).await
+                == detect::Protocol::Opaque
+            {
+                let target = shared.handler.relay_target(orig);
+                debug!(listener = shared.name, %peer, %orig, %target, "relaying opaque TCP");
+                relay::relay(
+                    stream,
+                    target,
+                    interception.connect_timeout,
+                    interception.opaque.clone(),
+                )
+                .await;
+                return;
+            }
+        }
+        let limits = &shared.limits;
         let activity = Arc::new(ConnActivity::new());
         let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
         let client = Arc::new(ClientConn {
             peer,
             peer_ip,
+            orig_dst,
+            orig_dst_host: orig_dst.map(|o| o.ip().to_string()),
             activity: activity.clone(),
             last_destination: std::sync::Mutex::new(None),
         });
+        let handler = shared.handler.clone();
         let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
         let service = service_fn(move |req| {
             let response = handler.clone().handle(client.clone(), req);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        let conn = shared.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut closing = false;
         let watchdog = activity.expired(limits.header_read_timeout, limits.idle_timeout);
@@ -203,6 +259,5 @@ impl<H: Handler> Connection<H> {
                 }
             }
         }
-        metrics.active.dec();
     }
 }

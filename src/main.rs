@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::Demo(args) => demo::main(args),
+        Command::InitIptables(args) => breakwater::interception::iptables::main(args),
+        Command::Inject(args) => breakwater::inject::main(args),
     }
 }
 

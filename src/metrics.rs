@@ -72,6 +72,9 @@ pub struct Metrics {
     app_probes: IntCounterVec,
     app_probe_duration: Histogram,
     pub draining: IntGauge,
+    opaque_connections: IntCounterVec,
+    opaque_connect_failures: IntCounterVec,
+    opaque_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -232,7 +235,50 @@ impl Metrics {
                     "1 from SIGTERM or POST /shutdown until exit.",
                 ),
             ),
+            opaque_connections: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_opaque_connections_total",
+                        "Redirected connections that did not speak HTTP, relayed as TCP.",
+                    ),
+                    &["listener"],
+                ),
+            ),
+            opaque_connect_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_opaque_connect_failures_total",
+                        "Opaque TCP relays whose upstream could not be reached.",
+                    ),
+                    &["listener"],
+                ),
+            ),
+            opaque_bytes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_opaque_bytes_total",
+                        "Bytes relayed as opaque TCP.",
+                    ),
+                    &["listener", "way"],
+                ),
+            ),
             registry,
+        }
+    }
+
+    pub fn opaque(&self, listener: &'static str) -> OpaqueMetrics {
+        OpaqueMetrics {
+            connections: self.opaque_connections.with_label_values(&[listener]),
+            connect_failures: self.opaque_connect_failures.with_label_values(&[listener]),
+            sent: self
+                .opaque_bytes
+                .with_label_values(&[listener, "to-upstream"]),
+            received: self
+                .opaque_bytes
+                .with_label_values(&[listener, "from-upstream"]),
         }
     }
 
@@ -398,6 +444,15 @@ impl AppHealthMetrics {
         self.transitions.with_label_values(&[to]).inc();
         self.healthy.set(i64::from(healthy));
     }
+}
+
+/// Handles for one listener's opaque TCP relays.
+#[derive(Clone)]
+pub struct OpaqueMetrics {
+    pub connections: IntCounter,
+    pub connect_failures: IntCounter,
+    pub sent: IntCounter,
+    pub received: IntCounter,
 }
 
 /// Handles for one listener's connection counters.

@@ -105,7 +105,14 @@ impl Outbound {
         conn: &ClientConn,
         req: &Request<Incoming>,
     ) -> Result<Arc<DestinationState>, ProxyError> {
-        let (host, port) = destination::target_of(req)?;
+        // A redirected connection goes where the app sent it, unless the request
+        // names an absolute target (an HTTP proxy client behind iptables).
+        let (host, port) = match (&conn.orig_dst, &conn.orig_dst_host) {
+            (Some(orig), Some(host)) if req.uri().authority().is_none() => {
+                (host.as_str(), orig.port())
+            }
+            _ => destination::target_of(req)?,
+        };
         if self.is_own_listener(host, port) {
             return Err(ProxyError::NoRoute(
                 "the destination is breakwater's own outbound listener",
@@ -180,5 +187,10 @@ impl Handler for Outbound {
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         self.serve(&conn, req).await
+    }
+
+    /// Opaque TCP goes where the app sent it.
+    fn relay_target(&self, orig_dst: SocketAddr) -> SocketAddr {
+        orig_dst
     }
 }

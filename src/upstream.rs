@@ -44,6 +44,14 @@ impl RouteTable {
         }
     }
 
+    /// A table with no `--route`s: every destination gets `defaults`.
+    pub fn with_defaults(defaults: RoutePolicy) -> Self {
+        RouteTable {
+            defaults,
+            routes: Vec::new(),
+        }
+    }
+
     pub fn defaults(&self) -> &RoutePolicy {
         &self.defaults
     }

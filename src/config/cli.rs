@@ -12,6 +12,7 @@ use super::route::RouteOverride;
 use super::units::{
     parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
 };
+use crate::interception::iptables::Cidr;
 use crate::policy::retry::RetryOn;
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,12 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show breakwater in front of a flaky service, on loopback, in about ten seconds.
     Demo(DemoArgs),
+    /// Redirect the pod's TCP traffic to breakwater with iptables (an init container).
+    ///
+    /// Applies the rules idempotently; --clean removes them, --dry-run prints them.
+    InitIptables(InitIptablesArgs),
+    /// Add breakwater to the pods in Kubernetes YAML read from stdin; write it to stdout.
+    Inject(crate::inject::InjectArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -206,6 +213,13 @@ pub struct RunArgs {
     )]
     pub max_connections: usize,
 
+    /// On a connection redirected by iptables: how long to wait for the client's
+    /// first bytes to tell HTTP from other TCP. A client that says nothing (a
+    /// server-first protocol) is relayed as opaque TCP after this; exclude such
+    /// ports in init-iptables to skip the wait.
+    #[arg(long, env = "BREAKWATER_PROTOCOL_DETECT_TIMEOUT", default_value = "500ms", value_parser = parse_positive_duration)]
+    pub protocol_detect_timeout: Duration,
+
     /// Pooled upstream connections idle longer than this are closed.
     #[arg(long, env = "BREAKWATER_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub upstream_idle_timeout: Duration,
@@ -232,6 +246,46 @@ fn parse_health_path(s: &str) -> Result<String, String> {
     s.parse::<http::uri::PathAndQuery>()
         .map_err(|e| format!("'{s}': {e}"))?;
     Ok(s.to_string())
+}
+
+/// Flags of `breakwater init-iptables`.
+#[derive(Args, Debug, Clone)]
+pub struct InitIptablesArgs {
+    /// Where inbound TCP to the pod is redirected (breakwater's inbound listener).
+    #[arg(long, env = "BREAKWATER_INBOUND_PORT", default_value_t = 15006)]
+    pub inbound_port: u16,
+
+    /// Where outbound TCP from the pod is redirected (breakwater's outbound listener).
+    #[arg(long, env = "BREAKWATER_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+
+    /// The admin port: never redirected, so probes and scrapes reach breakwater itself.
+    #[arg(long, env = "BREAKWATER_ADMIN_PORT", default_value_t = 15000)]
+    pub admin_port: u16,
+
+    /// breakwater's own user id: its connections are not redirected back to it.
+    #[arg(long, env = "BREAKWATER_PROXY_UID", default_value_t = 1717)]
+    pub proxy_uid: u32,
+
+    /// Inbound ports left alone (comma list).
+    #[arg(long, env = "BREAKWATER_EXCLUDE_INBOUND_PORTS", value_delimiter = ',')]
+    pub exclude_inbound_ports: Vec<u16>,
+
+    /// Outbound destination ports left alone (comma list), e.g. server-first protocols.
+    #[arg(long, env = "BREAKWATER_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+
+    /// Outbound destination ranges left alone (comma list of address/prefix).
+    #[arg(long, env = "BREAKWATER_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',', value_parser = Cidr::parse)]
+    pub exclude_outbound_cidrs: Vec<Cidr>,
+
+    /// Print the rules and commands instead of applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Remove every rule and chain init-iptables added.
+    #[arg(long)]
+    pub clean: bool,
 }
 
 /// Flags of `breakwater demo`.

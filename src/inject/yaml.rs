@@ -1,0 +1,566 @@
+//! The YAML that `breakwater inject` reads and writes: a document tree that keeps
+//! what kubectl needs to read a manifest back the same way, and an emitter.
+//!
+//! kubectl reads YAML 1.1 (go-yaml v2): a plain `yes`, `on` or `0755` is a bool or
+//! a number there, while YAML 1.2 libraries call them strings. So the tree keeps,
+//! for each scalar, whether it was plain (its text is written back plain, and means
+//! to kubectl what it meant before) or a string (written quoted whenever a YAML 1.1
+//! reader could take its text for something else). Parsing is yaml-rust2's event
+//! parser; the tree is built here so that scalar styles survive.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// One YAML node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    Scalar(Scalar),
+    Seq(Vec<Node>),
+    /// Entries in document order; keys are scalars.
+    Map(Vec<(Scalar, Node)>),
+}
+
+/// A scalar and how it must be written back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scalar {
+    pub text: String,
+    pub kind: ScalarKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScalarKind {
+    /// Written plain: a number, bool or null keeps its meaning for every reader.
+    Plain,
+    /// A string: quoted when a YAML 1.1 reader could take it for anything else.
+    Str,
+    /// An explicit tag other than `!!str`, kept as written (`!!binary`, `!custom`).
+    Tagged(String),
+}
+
+/// Where parsing failed, inside one document's text.
+#[derive(Debug, PartialEq)]
+pub struct ParseError {
+    /// 1-based.
+    pub line: usize,
+    /// 1-based.
+    pub column: usize,
+    pub message: String,
+}
+
+impl Scalar {
+    pub fn str(text: impl Into<String>) -> Scalar {
+        Scalar {
+            text: text.into(),
+            kind: ScalarKind::Str,
+        }
+    }
+
+    pub fn plain(text: impl Into<String>) -> Scalar {
+        Scalar {
+            text: text.into(),
+            kind: ScalarKind::Plain,
+        }
+    }
+}
+
+impl Node {
+    /// A string.
+    pub fn str(text: impl Into<String>) -> Node {
+        Node::Scalar(Scalar::str(text))
+    }
+
+    /// A number or bool, written plain.
+    pub fn plain(value: impl ToString) -> Node {
+        Node::Scalar(Scalar::plain(value.to_string()))
+    }
+
+    /// A mapping from string keys, in the order given.
+    pub fn map<const N: usize>(entries: [(&str, Node); N]) -> Node {
+        Node::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Scalar::str(k), v))
+                .collect(),
+        )
+    }
+
+    /// The scalar's text, for a scalar.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Scalar(s) => Some(&s.text),
+            _ => None,
+        }
+    }
+
+    /// The value under `key`, for a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match self {
+            Node::Map(entries) => entries.iter().find(|(k, _)| k.text == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        match self {
+            Node::Map(entries) => entries
+                .iter_mut()
+                .find(|(k, _)| k.text == key)
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Follows `path` through mappings.
+    pub fn at(&self, path: &[&str]) -> Option<&Node> {
+        path.iter().try_fold(self, |node, key| node.get(key))
+    }
+
+    /// Sets `key` in a mapping, in place when it exists, else at the end.
+    /// Does nothing on a node that is not a mapping.
+    pub fn set(&mut self, key: &str, value: Node) {
+        if let Node::Map(entries) = self {
+            match entries.iter_mut().find(|(k, _)| k.text == key) {
+                Some((_, v)) => *v = value,
+                None => entries.push((Scalar::str(key), value)),
+            }
+        }
+    }
+
+    /// Removes `key` from a mapping.
+    pub fn remove(&mut self, key: &str) {
+        if let Node::Map(entries) = self {
+            entries.retain(|(k, _)| k.text != key);
+        }
+    }
+
+    /// The mapping under `key`, made (or replaced, if it is null) when missing.
+    /// `None` when the value there is something else.
+    pub fn map_entry(&mut self, key: &str) -> Option<&mut Node> {
+        let missing = !matches!(self.get(key), Some(Node::Map(_)));
+        if missing {
+            match self.get(key) {
+                None => self.set(key, Node::Map(Vec::new())),
+                Some(v) if v.is_null() => self.set(key, Node::Map(Vec::new())),
+                Some(_) => return None,
+            }
+        }
+        self.get_mut(key)
+    }
+
+    /// The sequence under `key`, made when missing or null. `None` when the value there
+    /// is something else.
+    pub fn seq_entry(&mut self, key: &str) -> Option<&mut Vec<Node>> {
+        let missing = !matches!(self.get(key), Some(Node::Seq(_)));
+        if missing {
+            match self.get(key) {
+                None => self.set(key, Node::Seq(Vec::new())),
+                Some(v) if v.is_null() => self.set(key, Node::Seq(Vec::new())),
+                Some(_) => return None,
+            }
+        }
+        match self.get_mut(key) {
+            Some(Node::Seq(items)) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// A plain null (`null`, `~` or nothing).
+    pub fn is_null(&self) -> bool {
+        matches!(self, Node::Scalar(Scalar { text, kind: ScalarKind::Plain })
+            if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Node::Scalar(_) => 1,
+            Node::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
+            Node::Map(entries) => 1 + entries.iter().map(|(_, v)| 1 + v.size()).sum::<usize>(),
+        }
+    }
+}
+
+/// Nodes that alias expansion may create in one document: enough for any manifest,
+/// and a bound on a "billion laughs" input.
+const MAX_ALIAS_NODES: usize = 1_000_000;
+
+/// Parses one document's text: `Ok(None)` when it holds no node (empty, comments).
+pub fn parse(text: &str) -> Result<Option<Node>, ParseError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, true) {
+        return Err(at(e.marker(), e.info()));
+    }
+    if let Some((mark, message)) = builder.error {
+        return Err(at(&mark, &message));
+    }
+    if let Some(mark) = builder.second_doc {
+        return Err(at(&mark, "a second document without a `---` line before it"));
+    }
+    Ok(builder.docs.pop().flatten())
+}
+
+fn at(mark: &Marker, message: &str) -> ParseError {
+    ParseError {
+        line: mark.line().max(1),
+        column: mark.col() + 1,
+        message: message.to_string(),
+    }
+}
+
+enum Frame {
+    Seq(Vec<Node>, usize),
+    Map(Vec<(Scalar, Node)>, Option<Scalar>, usize),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    docs: Vec<Option<Node>>,
+    expanded: usize,
+    error: Option<(Marker, String)>,
+    second_doc: Option<Marker>,
+}
+
+impl Builder {
+    fn fail(&mut self, mark: Marker, message: &str) {
+        self.error.get_or_insert((mark, message.to_string()));
+    }
+
+    fn insert(&mut self, node: Node, mark: Marker) {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq(items, _)) => items.push(node),
+            Some(Frame::Map(entries, key, _)) => match (key.take(), node) {
+                (Some(k), v) => entries.push((k, v)),
+                (None, Node::Scalar(k)) => *key = Some(k),
+                (None, _) => self.fail(mark, "a mapping key that is not a scalar"),
+            },
+        }
+    }
+
+    fn anchor(&mut self, id: usize, node: &Node) {
+        if id > 0 {
+            self.anchors.insert(id, node.clone());
+        }
+    }
+}
+
+fn scalar(text: String, style: TScalarStyle, tag: Option<Tag>) -> Scalar {
+    let kind = match tag {
+        Some(t) if t.handle == "tag:yaml.org,2002:" && t.suffix == "str" => ScalarKind::Str,
+        Some(t) if t.handle == "tag:yaml.org,2002:" => ScalarKind::Tagged(format!("!!{}", t.suffix)),
+        Some(t) if t.handle == "!" || t.handle.is_empty() => {
+            ScalarKind::Tagged(format!("!{}", t.suffix.trim_start_matches('!')))
+        }
+        Some(t) => ScalarKind::Tagged(format!("!<{}{}>", t.handle, t.suffix)),
+        None if style == TScalarStyle::Plain => ScalarKind::Plain,
+        None => ScalarKind::Str,
+    };
+    Scalar { text, kind }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        match ev {
+            Event::DocumentStart => {
+                if !self.docs.is_empty() {
+                    self.second_doc.get_or_insert(mark);
+                }
+            }
+            Event::DocumentEnd => {
+                let root = self.root.take();
+                self.docs.push(root);
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let node = Node::Scalar(scalar(text, style, tag));
+                self.anchor(anchor, &node);
+                self.insert(node, mark);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), anchor)),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(Vec::new(), None, anchor));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq(items, anchor)) => (Node::Seq(items), anchor),
+                    Some(Frame::Map(entries, _, anchor)) => (Node::Map(entries), anchor),
+                    None => return self.fail(mark, "unbalanced collection"),
+                };
+                self.anchor(anchor, &node);
+                self.insert(node, mark);
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(node) => {
+                    self.expanded += node.size();
+                    if self.expanded > MAX_ALIAS_NODES {
+                        return self.fail(mark, "aliases expand to too many nodes");
+                    }
+                    self.insert(node, mark);
+                }
+                None => self.fail(mark, "an alias to an anchor that is not complete"),
+            },
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
+        }
+    }
+}
+
+/// Writes one document (no `---`), in kubectl's layout: two-space indentation,
+/// sequence items at their key's indentation.
+pub fn emit(node: &Node) -> String {
+    let mut out = String::new();
+    match node {
+        Node::Map(entries) if !entries.is_empty() => emit_map(&mut out, entries, 0),
+        Node::Seq(items) if !items.is_empty() => emit_seq(&mut out, items, 0),
+        other => {
+            out.push_str(&inline(other, 0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn emit_map(out: &mut String, entries: &[(Scalar, Node)], indent: usize) {
+    for (i, (key, value)) in entries.iter().enumerate() {
+        // The first entry of a mapping that is a sequence item follows its "- ".
+        if i > 0 || !out.ends_with("- ") {
+            push_indent(out, indent);
+        }
+        out.push_str(&scalar_text(key, indent));
+        out.push(':');
+        match value {
+            Node::Map(inner) if !inner.is_empty() => {
+                out.push('\n');
+                emit_map(out, inner, indent + 2);
+            }
+            Node::Seq(items) if !items.is_empty() => {
+                out.push('\n');
+                emit_seq(out, items, indent);
+            }
+            other => {
+                out.push(' ');
+                out.push_str(&inline(other, indent + 2));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn emit_seq(out: &mut String, items: &[Node], indent: usize) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 || !out.ends_with("- ") {
+            push_indent(out, indent);
+        }
+        out.push_str("- ");
+        match item {
+            Node::Map(entries) if !entries.is_empty() => emit_map(out, entries, indent + 2),
+            Node::Seq(inner) if !inner.is_empty() => emit_seq(out, inner, indent + 2),
+            other => {
+                out.push_str(&inline(other, indent + 2));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn push_indent(out: &mut String, indent: usize) {
+    out.extend(std::iter::repeat_n(' ', indent));
+}
+
+/// A scalar or an empty collection, on the current line (a literal block continues
+/// on the next lines, at `indent`).
+fn inline(node: &Node, indent: usize) -> String {
+    match node {
+        Node::Scalar(s) => scalar_text(s, indent),
+        Node::Seq(_) => "[]".into(),
+        Node::Map(_) => "{}".into(),
+    }
+}
+
+fn scalar_text(s: &Scalar, indent: usize) -> String {
+    match &s.kind {
+        ScalarKind::Plain if plain_safe(&s.text) => s.text.clone(),
+        ScalarKind::Plain | ScalarKind::Str => string_text(&s.text, indent),
+        ScalarKind::Tagged(tag) if plain_safe(&s.text) => format!("{tag} {}", s.text),
+        ScalarKind::Tagged(tag) => format!("{tag} {}", double_quoted(&s.text)),
+    }
+}
+
+/// A string: plain when no YAML 1.1 reader can mistake it, a literal block when it
+/// has several lines, else double-quoted.
+fn string_text(text: &str, indent: usize) -> String {
+    if plain_safe(text) && !may_resolve_to_non_string(text) {
+        return text.to_string();
+    }
+    if let Some(block) = literal_block(text, indent) {
+        return block;
+    }
+    double_quoted(text)
+}
+
+/// Whether `text`, written plain in block context, reads back as this same text.
+fn plain_safe(text: &str) -> bool {
+    let Some(first) = text.chars().next() else {
+        return false;
+    };
+    let second = text.chars().nth(1);
+    let starts_ok = match first {
+        '-' | '?' | ':' => second.is_some_and(|c| !c.is_whitespace()),
+        ',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%'
+        | '@' | '`' => false,
+        c => !c.is_whitespace(),
+    };
+    starts_ok
+        && !text.ends_with(char::is_whitespace)
+        && !text.ends_with(':')
+        && !text.contains(": ")
+        && !text.contains(" #")
+        && !text.contains(":\t")
+        && text.chars().all(|c| !c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
+        && text != "---"
+        && text != "..."
+}
+
+/// Whether a YAML 1.1 or 1.2 reader could resolve this plain text to a null, bool,
+/// number, timestamp or merge key. Errs on the side of quoting.
+fn may_resolve_to_non_string(text: &str) -> bool {
+    const WORDS: [&str; 12] = [
+        "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n", "<<", "=",
+    ];
+    let lower = text.to_ascii_lowercase();
+    if WORDS.contains(&lower.as_str()) {
+        return true;
+    }
+    let unsigned = lower.trim_start_matches(['+', '-']);
+    matches!(unsigned, ".inf" | ".nan")
+        || unsigned.starts_with(|c: char| c.is_ascii_digit())
+        || (unsigned.starts_with('.') && unsigned[1..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// `|` or `|-` with the lines at `indent`, when the text can be written that way.
+fn literal_block(text: &str, indent: usize) -> Option<String> {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let chomp = if text.ends_with('\n') { "|" } else { "|-" };
+    let fits = text.contains('\n')
+        && !body.ends_with('\n')
+        && !body.starts_with([' ', '\t'])
+        && !body.is_empty()
+        && body.lines().all(|l| !l.ends_with([' ', '\t']))
+        && body
+            .chars()
+            .all(|c| c == '\n' || (!c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}')));
+    if !fits {
+        return None;
+    }
+    let mut out = String::from(chomp);
+    for line in body.split('\n') {
+        out.push('\n');
+        if !line.is_empty() {
+            out.extend(std::iter::repeat_n(' ', indent));
+            out.push_str(line);
+        }
+    }
+    Some(out)
+}
+
+fn double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(text: &str) -> String {
+        emit(&parse(text).expect("parses").expect("a node"))
+    }
+
+    #[test]
+    fn plain_scalars_keep_their_yaml_1_1_meaning() {
+        // A plain `yes` or `0755` means true or 493 to kubectl: written back plain.
+        let out = roundtrip("a: yes\nb: 0755\nc: 1.5\nd: null\ne: ~\n");
+        assert_eq!(out, "a: yes\nb: 0755\nc: 1.5\nd: null\ne: ~\n");
+    }
+
+    #[test]
+    fn strings_that_look_like_other_things_are_quoted() {
+        let out = roundtrip("a: 'yes'\nb: \"8080\"\nc: 'on'\nd: ''\ne: 'y'\nf: '2024-01-01'\ng: 'plain'\nh: '.5'\ni: '- x'\nj: 'a: b'\n");
+        assert_eq!(
+            out,
+            "a: \"yes\"\nb: \"8080\"\nc: \"on\"\nd: \"\"\ne: \"y\"\nf: \"2024-01-01\"\ng: plain\nh: \".5\"\ni: \"- x\"\nj: \"a: b\"\n"
+        );
+    }
+
+    #[test]
+    fn layout_is_kubectls() {
+        let text = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: app\n    args:\n    - --x=1\n    - - nested\n      - seq\n    env: []\n    ports: {}\n";
+        assert_eq!(roundtrip(text), text);
+    }
+
+    #[test]
+    fn multi_line_strings_become_literal_blocks() {
+        let out = roundtrip("data:\n  script: \"echo a\\necho b\\n\"\n  two: \"x\\ny\"\n  spaced: \" lead\\nx\"\n");
+        assert_eq!(
+            out,
+            "data:\n  script: |\n    echo a\n    echo b\n  two: |-\n    x\n    y\n  spaced: \" lead\\nx\"\n"
+        );
+        assert_eq!(roundtrip(&out), out);
+    }
+
+    #[test]
+    fn aliases_are_expanded_and_tags_kept() {
+        let out = roundtrip("a: &x {k: v}\nb: *x\nc: !!binary aGk=\nd: !!str 12\n");
+        assert_eq!(out, "a:\n  k: v\nb:\n  k: v\nc: !!binary aGk=\nd: \"12\"\n");
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let err = parse("a: 1\nb: [1, 2\nc: 3\n").expect_err("unclosed flow sequence");
+        assert!(err.line >= 2, "{err:?}");
+        let err = parse("a: 1\n  b: 2\n").expect_err("bad indentation");
+        assert_eq!(err.line, 2, "{err:?}");
+        let err = parse("a: 1\n...\nb: 2\n").expect_err("two documents");
+        assert!(err.message.contains("second document"), "{err:?}");
+    }
+
+    #[test]
+    fn empty_documents_hold_no_node() {
+        assert_eq!(parse("").expect("parses"), None);
+        assert_eq!(parse("# only a comment\n").expect("parses"), None);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse(&text).expect_err("too large");
+        assert!(err.message.contains("too many"), "{err:?}");
+    }
+}
