@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod faults;
 mod health;
+mod interception;
 mod lifecycle;
 mod limits;
 mod proxying;

@@ -435,7 +435,8 @@ pub fn skip_unless(capable: bool, what: &str) -> bool {
     true
 }
 
-fn run(cmd: &[&str]) -> Result<(), String> {
+/// Runs a command to completion; `Err` carries its stderr.
+pub fn run(cmd: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd[0])
         .args(&cmd[1..])
         .output()
