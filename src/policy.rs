@@ -1,6 +1,10 @@
 //! Policies: plain state machines and rules with no I/O. The pipeline in
 //! `outbound`, `inbound` and `attempts` enforces them.
 
+pub mod adaptive;
+pub mod balance;
+pub mod breaker;
 pub mod budget;
+pub mod bulkhead;
 pub mod deadline;
 pub mod retry;
