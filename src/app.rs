@@ -20,7 +20,7 @@ use crate::inbound::Inbound;
 use crate::listener::{Interception, Listener};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
-use crate::upstream::{Registry, RouteTable};
+use crate::upstream::{EndpointSettings, Registry, RouteTable};
 
 /// A listener that could not be bound; names the flag that chose the address.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,14 @@ pub struct BoundAddrs {
 pub struct RunReport {
     /// Requests still in flight when the drain was cut short.
     pub abandoned: usize,
+}
+
+/// How every destination keeps its endpoints.
+pub fn endpoint_settings(config: &Config) -> EndpointSettings {
+    EndpointSettings {
+        idle_timeout: config.upstream_idle_timeout,
+        dns_ttl: config.dns_ttl,
+    }
 }
 
 /// The effective configuration as JSON, for `/config` and `run --check`: the
@@ -140,12 +148,13 @@ impl Proxy {
             Connector::new(config.dns_ttl, config.connect_timeout, Some(routes.clone()));
         let out_stack = Arc::new(Outbound::new(
             &config,
-            Forwarder::new(Arc::new(out_connector), config.upstream_idle_timeout),
+            Forwarder::new(Arc::new(out_connector)),
             Registry::new(
                 Direction::Outbound,
                 routes,
                 metrics.clone(),
                 config.metrics_max_destinations,
+                endpoint_settings(&config),
             ),
             metrics.clone(),
             addrs.outbound,
@@ -154,7 +163,7 @@ impl Proxy {
         let in_connector = Connector::new(config.dns_ttl, config.connect_timeout, None);
         let in_stack = Arc::new(Inbound::new(
             &config,
-            Forwarder::new(Arc::new(in_connector), config.upstream_idle_timeout),
+            Forwarder::new(Arc::new(in_connector)),
             &metrics,
             health.clone(),
             inbound_watch.clone(),

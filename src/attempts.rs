@@ -21,8 +21,8 @@ use tracing::debug;
 
 use crate::config::units::format_duration;
 use crate::error::ProxyError;
-use crate::forward::Forwarder;
 use crate::forward::replay::ReplayBody;
+use crate::forward::{Forwarder, Hold, Sent};
 use crate::policy::deadline;
 use crate::policy::retry::{self, Outcome};
 use crate::upstream::DestinationState;
@@ -35,9 +35,11 @@ pub const ATTEMPT_HEADER: &str = "x-breakwater-attempt";
 /// would hold up streaming responses whose first message is slow.
 const GRPC_PEEK: Duration = Duration::from_millis(10);
 
-/// The final attempt's response, and the first body frame if it was peeked at.
+/// The final attempt's response, what it holds until its body ends, and the
+/// first body frame if it was peeked at.
 pub struct Answer {
     pub response: Response<Incoming>,
+    pub hold: Hold,
     pub first_frame: Option<Result<Frame<Bytes>, hyper::Error>>,
 }
 
@@ -75,14 +77,14 @@ pub async fn send(
         req.headers_mut()
             .insert(ATTEMPT_HEADER, attempt_value(attempt));
         deadline::announce(req.headers_mut(), left);
-        let sent = forwarder.send(state.policy.protocol, req, &state.dest);
+        let sent = forwarder.send(state, req);
         let per_try_ended = if per_try < left {
             per_try
         } else {
             deadline - started
         };
         let result = match tokio::time::timeout(per_try, sent).await {
-            Ok(Ok(response)) => Ok(peek_grpc_trailers(response, policy.retry_on.unavailable).await),
+            Ok(Ok(sent)) => Ok(peek_grpc_trailers(sent, policy.retry_on.unavailable).await),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(timeout(state, per_try_ended)),
         };
@@ -148,7 +150,8 @@ impl Answer {
 /// frame if it comes within [`GRPC_PEEK`]: when it is the trailers, their
 /// `grpc-status` can still make the attempt retryable. Envoy cannot do this
 /// (envoyproxy/envoy#11049); linkerd2-proxy does.
-async fn peek_grpc_trailers(mut response: Response<Incoming>, wanted: bool) -> Answer {
+async fn peek_grpc_trailers(sent: Sent, wanted: bool) -> Answer {
+    let Sent { mut response, hold } = sent;
     let is_grpc = response
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -156,6 +159,7 @@ async fn peek_grpc_trailers(mut response: Response<Incoming>, wanted: bool) -> A
     if !wanted || !is_grpc || response.headers().contains_key("grpc-status") {
         return Answer {
             response,
+            hold,
             first_frame: None,
         };
     }
@@ -167,6 +171,7 @@ async fn peek_grpc_trailers(mut response: Response<Incoming>, wanted: bool) -> A
     };
     Answer {
         response,
+        hold,
         first_frame,
     }
 }

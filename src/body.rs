@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::accounting::InFlight;
+use crate::forward::Hold;
 
 pin_project! {
     /// Streams frame by frame; nothing is buffered here.
@@ -23,16 +24,31 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { first: Option<Result<Frame<Bytes>, hyper::Error>>, #[pin] body: Incoming },
+        Upstream {
+            first: Option<Result<Frame<Bytes>, hyper::Error>>,
+            #[pin] body: Incoming,
+            hold: Option<Hold>,
+        },
         Local { data: Option<Bytes> },
     }
 }
 
 impl ProxyBody {
     /// An upstream's body; `first` is a frame already read from it (a peek).
-    pub fn upstream(body: Incoming, first: Option<Result<Frame<Bytes>, hyper::Error>>) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        first: Option<Result<Frame<Bytes>, hyper::Error>>,
+        hold: Hold,
+    ) -> Self {
+        // An empty body is never polled: the connection is free already.
+        let hold = if first.is_none() && body.is_end_stream() {
+            hold.release();
+            None
+        } else {
+            Some(hold)
+        };
         ProxyBody {
-            kind: Kind::Upstream { first, body },
+            kind: Kind::Upstream { first, body, hold },
             in_flight: None,
         }
     }
@@ -66,10 +82,23 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let frame = match this.kind.project() {
-            KindProj::Upstream { first, body } => match first.take() {
-                Some(frame) => Some(frame),
-                None => ready!(body.poll_frame(cx)),
-            },
+            KindProj::Upstream {
+                first,
+                mut body,
+                hold,
+            } => {
+                let frame = match first.take() {
+                    Some(frame) => Some(frame),
+                    None => ready!(body.as_mut().poll_frame(cx)),
+                };
+                // Read to its end (a body of known length ends with its last
+                // frame; hyper polls no further): the connection is free again.
+                let ended = frame.is_none() || (first.is_none() && body.is_end_stream());
+                if ended && let Some(hold) = hold.take() {
+                    hold.release();
+                }
+                frame
+            }
             KindProj::Local { data } => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &frame {
@@ -87,14 +116,16 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { first, body } => first.is_none() && body.is_end_stream(),
+            Kind::Upstream { first, body, .. } => first.is_none() && body.is_end_stream(),
             Kind::Local { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { first: None, body } => body.size_hint(),
+            Kind::Upstream {
+                first: None, body, ..
+            } => body.size_hint(),
             // A peeked frame was taken out of the body's own count.
             Kind::Upstream { .. } => SizeHint::default(),
             Kind::Local { data } => {

@@ -1,19 +1,13 @@
-//! Opening TCP connections to upstreams: resolve (cached), connect with the
-//! destination's connect timeout, set socket options. Also the connector the pooled
-//! HTTP clients use, so a new pooled connection goes through the same path.
+//! Opening TCP connections to upstreams for CONNECT tunnels, and name
+//! resolution (cached) for every destination's endpoints.
 
 pub mod dns;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::upstream::RouteTable;
@@ -28,8 +22,6 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("the request URI has no host")]
-    NoHost,
 }
 
 /// Resolves and connects; shared by the pooled clients and CONNECT tunnels.
@@ -59,6 +51,17 @@ impl Connector {
             .as_ref()
             .and_then(|r| r.connect_timeout_for(host, port))
             .unwrap_or(self.connect_timeout)
+    }
+
+    /// The addresses of `host` (an address literal is its own answer).
+    pub async fn resolve(&self, host: &str) -> Result<Arc<[std::net::IpAddr]>, ConnectError> {
+        self.dns
+            .resolve(host)
+            .await
+            .map_err(|source| ConnectError::Resolve {
+                host: host.to_string(),
+                source,
+            })
     }
 
     /// Connects to `host:port`, trying each resolved address in turn within one
@@ -91,29 +94,5 @@ impl Connector {
         tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or(Err(ConnectError::Timeout(timeout)))
-    }
-}
-
-/// The `tower::Service<Uri>` face of a [`Connector`], for hyper-util's pooled client.
-#[derive(Clone)]
-pub struct HttpConnector(pub Arc<Connector>);
-
-impl tower_service::Service<Uri> for HttpConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connector = self.0.clone();
-        Box::pin(async move {
-            let host = uri.host().ok_or(ConnectError::NoHost)?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(80);
-            connector.connect(host, port).await.map(TokioIo::new)
-        })
     }
 }

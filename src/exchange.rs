@@ -95,8 +95,8 @@ pub async fn send(
     };
     let (parts, body) = req.into_parts();
     let sent = attempts::send(forwarder, state, parts, body, started, started + budget).await;
-    let (mut resp, first) = match sent {
-        Ok(answer) => (answer.response, answer.first_frame),
+    let (mut resp, first, hold) = match sent {
+        Ok(answer) => (answer.response, answer.first_frame, answer.hold),
         Err(e) => return fail(e, in_flight),
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -106,7 +106,7 @@ pub async fn send(
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
     in_flight.set_status(resp.status().as_u16());
-    resp.map(|body| ProxyBody::upstream(body, first).with_in_flight(in_flight))
+    resp.map(|body| ProxyBody::upstream(body, first, hold).with_in_flight(in_flight))
 }
 
 /// The answer for a request breakwater could not complete, counted as such.

@@ -1,97 +1,135 @@
-//! One attempt at an upstream: pick the pooled HTTP/1.1 or HTTP/2 client, send, and
-//! classify what went wrong in the terms of `x-breakwater-reason`.
+//! One attempt at an upstream: pick an endpoint of the destination, send over its
+//! pooled HTTP/1.1 or HTTP/2 connection, and classify what went wrong in the
+//! terms of `x-breakwater-reason`.
 
 pub mod headers;
+pub mod pool;
 pub mod replay;
 
 use std::error::Error as _;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::{Request, Response, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
 use crate::config::Protocol;
-use crate::connect::{Connector, HttpConnector};
-use crate::destination::Destination;
+use crate::connect::Connector;
 use crate::error::ProxyError;
+use crate::upstream::DestinationState;
+use crate::upstream::endpoint::{self, EndpointGuard};
+use pool::{Lease, SendError};
 use replay::ReplayBody;
 
-/// Pooled keep-alive clients: one speaking HTTP/1.1, one HTTP/2 (prior knowledge).
-/// Each pools per `scheme://authority`, so per destination.
+/// Sends attempts to destinations' endpoints.
 pub struct Forwarder {
-    h1: Client<HttpConnector, ReplayBody>,
-    h2: Client<HttpConnector, ReplayBody>,
     connector: Arc<Connector>,
 }
 
+/// What an attempt holds until the response body ends: the endpoint's in-flight
+/// count, and for HTTP/1.1 the connection, handed back to the pool at the end.
+pub struct Hold {
+    lease: Option<Lease>,
+    _in_flight: EndpointGuard,
+}
+
+impl Hold {
+    /// The response body was read to its end.
+    pub fn release(self) {
+        if let Some(lease) = self.lease {
+            lease.release();
+        }
+    }
+}
+
+/// A response head from the upstream and what it holds.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub hold: Hold,
+}
+
 impl Forwarder {
-    pub fn new(connector: Arc<Connector>, idle_timeout: Duration) -> Self {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
-            .http2_adaptive_window(true);
-        let h1 = builder.build(HttpConnector(connector.clone()));
-        let h2 = builder
-            .http2_only(true)
-            .build(HttpConnector(connector.clone()));
-        Forwarder { h1, h2, connector }
+    pub fn new(connector: Arc<Connector>) -> Self {
+        Forwarder { connector }
     }
 
     pub fn connector(&self) -> &Arc<Connector> {
         &self.connector
     }
 
-    /// Sends `req` (its URI absolute: `http://authority/path`) and returns the
-    /// upstream's response head; the body streams on.
+    /// Sends `req` (its URI absolute: `http://authority/path`) to one endpoint of
+    /// `state` and returns the response head; the body streams on.
     pub async fn send(
         &self,
-        protocol: Protocol,
+        state: &DestinationState,
         mut req: Request<ReplayBody>,
-        dest: &Destination,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let use_h2 = match protocol {
+    ) -> Result<Sent, ProxyError> {
+        let endpoints = state.endpoints.current(&self.connector).await?;
+        let endpoint = endpoint::pick(&endpoints)
+            .ok_or_else(|| ProxyError::ConnectFailure {
+                dest: state.dest.to_string(),
+                cause: "the name resolved to no address".into(),
+            })?
+            .clone();
+        let in_flight = endpoint.start();
+        let use_h2 = match state.policy.protocol {
             Protocol::H2 => true,
             Protocol::H1 => false,
             Protocol::Auto => req.version() == Version::HTTP_2,
         };
-        let client = if use_h2 {
+        let started = Instant::now();
+        let sent = if use_h2 {
             *req.version_mut() = Version::HTTP_2;
-            &self.h2
+            endpoint.pool.send_h2(req).await.map(|r| (r, None))
         } else {
             if req.version() == Version::HTTP_2 {
                 *req.version_mut() = Version::HTTP_11;
             }
-            &self.h1
+            if req.method() != Method::CONNECT {
+                origin_form(req.uri_mut());
+            }
+            endpoint
+                .pool
+                .send_h1(req)
+                .await
+                .map(|(r, lease)| (r, Some(lease)))
         };
-        client.request(req).await.map_err(|e| classify(e, dest))
+        match sent {
+            Ok((response, lease)) => {
+                endpoint.observe(started.elapsed());
+                Ok(Sent {
+                    response,
+                    hold: Hold {
+                        lease,
+                        _in_flight: in_flight,
+                    },
+                })
+            }
+            Err(SendError::Connect(cause)) => Err(ProxyError::ConnectFailure {
+                dest: state.dest.to_string(),
+                cause: format!("{}: {cause}", endpoint.addr),
+            }),
+            Err(SendError::Broken(e)) => Err(ProxyError::Reset {
+                dest: state.dest.to_string(),
+                cause: causes(&e),
+            }),
+        }
     }
 }
 
-/// Maps a client error to a reason: a failed connect is `connect-failure`, anything
-/// after the connection existed is `reset`. Uses hyper's predicates, not strings.
-fn classify(err: hyper_util::client::legacy::Error, dest: &Destination) -> ProxyError {
-    let cause = causes(&err);
-    if err.is_connect() {
-        ProxyError::ConnectFailure {
-            dest: dest.to_string(),
-            cause,
-        }
-    } else {
-        ProxyError::Reset {
-            dest: dest.to_string(),
-            cause,
-        }
-    }
+/// HTTP/1.1 sends the path and query only; the host is in `Host`.
+fn origin_form(uri: &mut Uri) {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *uri = Uri::from(path);
 }
 
-/// The innermost useful error messages, joined: "connection refused (os error 111)".
-fn causes(err: &hyper_util::client::legacy::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
+/// The error and its causes, joined: "connection closed before message completed".
+fn causes(err: &hyper::Error) -> String {
+    let mut parts = vec![err.to_string()];
     let mut source = err.source();
     while let Some(e) = source {
         let text = e.to_string();
@@ -99,9 +137,6 @@ fn causes(err: &hyper_util::client::legacy::Error) -> String {
             parts.push(text);
         }
         source = e.source();
-    }
-    if parts.is_empty() {
-        parts.push(err.to_string());
     }
     parts.join(": ")
 }

@@ -62,6 +62,7 @@ impl Inbound {
             table,
             metrics.clone(),
             config.metrics_max_destinations,
+            crate::app::endpoint_settings(config),
         );
         let app_ip = config.app_addr.ip().to_string();
         Inbound {

@@ -2,6 +2,8 @@
 //! cached metric handles, in a registry capped so that a scan of many hosts cannot
 //! grow memory or metric cardinality without bound.
 
+pub mod endpoint;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use crate::config::{Config, Protocol, RetryPolicy, RouteOverride};
 use crate::destination::Destination;
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
 use crate::policy::budget::RetryBudget;
+use endpoint::Endpoints;
 
 /// The policy in force for one destination: the global flags, overridden by the
 /// first matching `--route`.
@@ -108,12 +111,34 @@ pub struct DestinationState {
     pub policy: RoutePolicy,
     pub metrics: Arc<DestinationMetrics>,
     pub budget: Arc<RetryBudget>,
+    pub endpoints: Endpoints,
+}
+
+/// How endpoints of every destination are kept: `--upstream-idle-timeout` for
+/// pooled connections, `--dns-ttl` for resolutions.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointSettings {
+    pub idle_timeout: Duration,
+    pub dns_ttl: Duration,
 }
 
 impl DestinationState {
-    pub fn new(dest: Destination, policy: RoutePolicy, metrics: Arc<DestinationMetrics>) -> Self {
+    pub fn new(
+        dest: Destination,
+        policy: RoutePolicy,
+        metrics: Arc<DestinationMetrics>,
+        settings: EndpointSettings,
+    ) -> Self {
         let budget = RetryBudget::new(policy.retry.budget_percent, policy.retry.budget_min_per_sec);
+        let endpoints = Endpoints::new(
+            dest.host(),
+            dest.port(),
+            policy.connect_timeout,
+            settings.idle_timeout,
+            settings.dns_ttl,
+        );
         DestinationState {
+            endpoints,
             authority: dest.authority(),
             dest,
             policy,
@@ -132,6 +157,7 @@ pub struct Registry {
     entries: RwLock<HashMap<Destination, Arc<DestinationState>>>,
     max_entries: usize,
     overflow: Arc<DestinationMetrics>,
+    settings: EndpointSettings,
 }
 
 impl Registry {
@@ -140,6 +166,7 @@ impl Registry {
         routes: Arc<RouteTable>,
         metrics: Arc<Metrics>,
         max_entries: usize,
+        settings: EndpointSettings,
     ) -> Self {
         let overflow = Arc::new(metrics.destination(direction, "other"));
         Registry {
@@ -149,6 +176,7 @@ impl Registry {
             entries: RwLock::new(HashMap::new()),
             max_entries,
             overflow,
+            settings,
         }
     }
 
@@ -173,7 +201,12 @@ impl Registry {
             self.overflow.clone()
         };
         let policy = self.routes.policy_for(&dest);
-        let state = Arc::new(DestinationState::new(dest.clone(), policy, metrics));
+        let state = Arc::new(DestinationState::new(
+            dest.clone(),
+            policy,
+            metrics,
+            self.settings,
+        ));
         if labeled {
             entries.insert(dest, state.clone());
         }
@@ -208,6 +241,7 @@ mod tests {
             Arc::new(RouteTable::new(&config)),
             Arc::new(Metrics::new()),
             max,
+            crate::app::endpoint_settings(&config),
         )
     }
 

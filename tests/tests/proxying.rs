@@ -190,3 +190,25 @@ async fn http2_requests_to_an_http1_upstream_keep_their_host() {
         seen.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodyless_responses_keep_the_upstream_connection_pooled() {
+    let upstream = spawn_upstream(|_| async { text_response(204, "") }).await;
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |_| {}).await;
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(
+            get_via(&c, &proxy, &upstream.addr.to_string(), "/")
+                .await
+                .status,
+            204
+        );
+        let head = http::Request::head(format!("http://{}/", proxy.outbound()))
+            .header(http::header::HOST, upstream.addr.to_string())
+            .body(full(""))
+            .expect("request");
+        assert_eq!(send(&c, head).await.status, 204);
+    }
+    assert_eq!(upstream.connections(), 1);
+}
