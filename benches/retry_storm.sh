@@ -225,7 +225,8 @@ start_breakwater() {  # start_breakwater <retries> [extra flags...]; sets PORT A
   # shellcheck disable=SC2086
   start_bg "$WORK/bw-$PORT.log" "$BIN" run --threads 1 --log-level warn --log-format text \
     --outbound-addr "$HOST:$PORT" --inbound-addr "$HOST:0" --admin-addr "$HOST:$ADMIN" \
-    --app-addr "$HOST:9" "${BW_STOP_FLAGS[@]}" --retries "$retries" "$@" $BW_EXTRA
+    --app-addr "$HOST:9" "${BW_STOP_FLAGS[@]}" --retries "$retries" \
+    --breaker-consecutive-failures 0 --breaker-failure-rate 0 "$@" $BW_EXTRA
   wait_port "$PORT" "$PID" && wait_port "$ADMIN" "$PID" || die "breakwater did not start: $(tail -5 "$WORK/bw-$PORT.log")"
 }
 

@@ -2,10 +2,14 @@
 //! records the request once: metrics, the connection's activity, the access log.
 
 use std::sync::Arc;
+
+use crate::error::ProxyError;
 use std::time::Instant;
 
 use crate::listener::activity::ConnActivity;
 use crate::metrics::{DestinationMetrics, Direction};
+use crate::policy::bulkhead::{BulkheadPermit, Refusal};
+use crate::upstream::DestinationState;
 
 /// The status recorded when the client went away before a response existed
 /// (nginx's convention, which dashboards already know).
@@ -19,6 +23,8 @@ pub struct InFlight {
     start: Instant,
     status: u16,
     access: Option<Box<AccessEntry>>,
+    /// The destination's bulkhead slot, given back with the last byte.
+    slot: Option<BulkheadPermit>,
 }
 
 /// What the access log line says about a request, captured only when it is on.
@@ -46,11 +52,17 @@ impl InFlight {
             start,
             status: CLIENT_CLOSED_REQUEST,
             access: None,
+            slot: None,
         }
     }
 
     pub fn metrics(&self) -> &DestinationMetrics {
         &self.metrics
+    }
+
+    /// Keeps the bulkhead slot until the response body ends.
+    pub fn hold_slot(&mut self, slot: BulkheadPermit) {
+        self.slot = Some(slot);
     }
 
     pub fn set_status(&mut self, status: u16) {
@@ -70,6 +82,28 @@ impl InFlight {
         if let Some(a) = self.access.as_deref_mut() {
             a.broken_body = true;
         }
+    }
+}
+
+/// Takes a slot in the destination's bulkhead (if it has one), waiting in its
+/// queue if allowed; the refusal says which limit was hit.
+pub async fn take_slot(
+    state: &DestinationState,
+    in_flight: &mut InFlight,
+) -> Result<(), ProxyError> {
+    let Some(bulkhead) = &state.bulkhead else {
+        return Ok(());
+    };
+    let slot = bulkhead.acquire().await;
+    // Sampled as requests pass: the gauge lags, /upstreams is exact.
+    state.metrics.queued.set(bulkhead.queued() as i64);
+    match slot {
+        Ok(slot) => {
+            in_flight.hold_slot(slot);
+            Ok(())
+        }
+        Err(Refusal::Full) => Err(ProxyError::BulkheadFull(state.dest.to_string())),
+        Err(Refusal::QueueTimeout) => Err(ProxyError::QueueTimeout(state.dest.to_string())),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::drain::ShutdownHandle;
 use crate::health::{AppHealth, HealthState, Prober};
 use crate::metrics::Metrics;
 use crate::telemetry;
+use crate::upstream::Registry;
 
 /// What `/ready` reports on besides the app: set by the app as listeners come up
 /// and drain starts.
@@ -59,6 +60,8 @@ pub struct Admin {
     pub prober: Arc<Prober>,
     pub shutdown: ShutdownHandle,
     pub config_json: Bytes,
+    /// Outbound and inbound destinations, for `/upstreams`.
+    pub registries: Vec<Arc<Registry>>,
 }
 
 impl Admin {
@@ -108,6 +111,15 @@ impl Admin {
                 "application/json",
             ),
             ("/app-health", true) => self.app_health().await,
+            ("/upstreams", true) => {
+                let all: Vec<serde_json::Value> =
+                    self.registries.iter().flat_map(|r| r.snapshot()).collect();
+                let body = serde_json::to_string_pretty(&all).unwrap_or_default() + "\n";
+                with_type(
+                    Response::new(ProxyBody::local(body.into())),
+                    "application/json",
+                )
+            }
             ("/shutdown", _) if req.method() == Method::POST => {
                 if !is_loopback(peer.ip()) {
                     return forbidden(peer);
@@ -122,14 +134,14 @@ impl Admin {
                 }
                 self.set_log_level(req).await
             }
-            ("/live" | "/ready" | "/metrics" | "/config" | "/app-health", false)
+            ("/live" | "/ready" | "/metrics" | "/config" | "/app-health" | "/upstreams", false)
             | ("/shutdown" | "/log-level", _) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed: GET for reads, POST /shutdown, PUT /log-level\n",
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /config, /app-health\n",
+                "not found: try /live, /ready, /metrics, /config, /app-health, /upstreams\n",
             ),
         }
     }

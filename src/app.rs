@@ -17,6 +17,7 @@ use crate::drain::{Drain, ShutdownHandle, ShutdownRequests, shutdown_channel};
 use crate::forward::Forwarder;
 use crate::health::{AppHealth, Prober};
 use crate::inbound::Inbound;
+use crate::interception::relay::ConnectBreakers;
 use crate::listener::{Interception, Listener};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
@@ -149,13 +150,13 @@ impl Proxy {
         let out_stack = Arc::new(Outbound::new(
             &config,
             Forwarder::new(Arc::new(out_connector)),
-            Registry::new(
+            Arc::new(Registry::new(
                 Direction::Outbound,
                 routes,
                 metrics.clone(),
                 config.metrics_max_destinations,
                 endpoint_settings(&config),
-            ),
+            )),
             metrics.clone(),
             addrs.outbound,
             outbound_watch.clone(),
@@ -169,8 +170,11 @@ impl Proxy {
             inbound_watch.clone(),
         ));
 
+        let out_registry = out_stack.registry().clone();
+        let in_registry = in_stack.registry().clone();
         let limits = config.limits.clone();
         let outbound_metrics = metrics.listener("outbound");
+        let connect_breakers = Arc::new(ConnectBreakers::new(config.breaker));
         let own_ports: Arc<[u16]> = Arc::new([
             addrs.inbound.port(),
             addrs.outbound.port(),
@@ -181,6 +185,7 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             own_ports: own_ports.clone(),
             opaque: metrics.opaque(listener),
+            breakers: connect_breakers.clone(),
         };
         let outbound = Listener::new(
             "outbound",
@@ -210,6 +215,7 @@ impl Proxy {
             prober: Arc::new(Prober::new(config.app_health.clone(), config.app_addr)),
             shutdown,
             config_json: describe(&config).into(),
+            registries: vec![out_registry, in_registry],
         });
         let admin_task = tokio::spawn(admin_endpoint.serve(admin));
         state.set_listening();

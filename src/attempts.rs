@@ -77,16 +77,17 @@ pub async fn send(
         req.headers_mut()
             .insert(ATTEMPT_HEADER, attempt_value(attempt));
         deadline::announce(req.headers_mut(), left);
-        let sent = forwarder.send(state, req);
         let per_try_ended = if per_try < left {
             per_try
         } else {
             deadline - started
         };
-        let result = match tokio::time::timeout(per_try, sent).await {
-            Ok(Ok(sent)) => Ok(peek_grpc_trailers(sent, policy.retry_on.unavailable).await),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(timeout(state, per_try_ended)),
+        let sent = forwarder
+            .send(state, req, per_try, || timeout(state, per_try_ended))
+            .await;
+        let result = match sent {
+            Ok(sent) => Ok(peek_grpc_trailers(sent, policy.retry_on.unavailable).await),
+            Err(e) => Err(e),
         };
 
         let outcome = match &result {

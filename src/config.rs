@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::policy::breaker::BreakerConfig;
+pub use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
 pub use crate::policy::retry::RetryPolicy;
 pub use cli::LogFormat;
 pub use route::{Protocol, RouteOverride};
@@ -31,6 +33,11 @@ pub struct Config {
     pub drain_delay: Duration,
     pub app_health: AppHealthConfig,
     pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    pub max_ejection_percent: u8,
+    pub bulkhead: BulkheadPolicy,
+    /// The bulkhead in front of the app, if any.
+    pub inbound_bulkhead: Option<BulkheadPolicy>,
     pub routes: Vec<RouteOverride>,
     pub threads: usize,
     pub log_format: LogFormat,
@@ -148,6 +155,37 @@ impl Config {
                 ));
             }
         }
+        let (b, q) = (&args.breaker, &args.bulkhead);
+        let breaker = BreakerConfig {
+            consecutive_failures: b.breaker_consecutive_failures,
+            failure_rate: b.breaker_failure_rate,
+            window: b.breaker_window,
+            min_requests: b.breaker_min_requests,
+            open_duration: b.breaker_open_duration,
+            half_open_requests: b.breaker_half_open_requests,
+            slow_call: b.breaker_slow_call,
+            slow_call_rate: b.breaker_slow_call_rate,
+        };
+        if q.max_concurrent_min == 0 {
+            return Err(err("--max-concurrent-min", "must be at least 1"));
+        }
+        if q.max_concurrent_max < q.max_concurrent_min {
+            return Err(err("--max-concurrent-max", "is below --max-concurrent-min"));
+        }
+        let bulkhead = BulkheadPolicy {
+            max_concurrent: q.max_concurrent,
+            min: q.max_concurrent_min,
+            max: q.max_concurrent_max,
+            max_queue: q.max_queue,
+            queue_timeout: q.queue_timeout,
+        };
+        let inbound_bulkhead = q.inbound_max_concurrent.map(|n| BulkheadPolicy {
+            max_concurrent: ConcurrencyLimit::Fixed(usize::try_from(n).unwrap_or(usize::MAX)),
+            min: 1,
+            max: usize::MAX,
+            max_queue: q.inbound_max_queue,
+            queue_timeout: q.inbound_queue_timeout,
+        });
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             return Err(err("--log-level", &e.to_string()));
         }
@@ -169,6 +207,10 @@ impl Config {
                 unhealthy_threshold: args.app_health_unhealthy_threshold,
             },
             retry,
+            breaker,
+            max_ejection_percent: args.breaker.max_ejection_percent,
+            bulkhead,
+            inbound_bulkhead,
             routes: args.routes,
             threads,
             log_format: args.log_format,

@@ -25,6 +25,18 @@ pub enum ProxyError {
     /// The app fails its health probes: inbound requests are refused at once.
     #[error("the app at {0} is failing its health probes")]
     AppNotReady(std::net::SocketAddr),
+    /// Every endpoint of the destination has its circuit open.
+    #[error("{dest}: circuit open, next probe in {}s", retry_after_secs(*.retry_after))]
+    CircuitOpen {
+        dest: String,
+        retry_after: std::time::Duration,
+    },
+    /// The destination's bulkhead is full and its queue too (or there is none).
+    #[error("{0}: too many requests in flight (--max-concurrent, --max-queue)")]
+    BulkheadFull(String),
+    /// The request waited in the bulkhead's queue for `--queue-timeout`.
+    #[error("{0}: no slot within --queue-timeout")]
+    QueueTimeout(String),
     /// breakwater does not know where the request should go.
     #[error("no route: {0}")]
     NoRoute(&'static str),
@@ -41,7 +53,11 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailure { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoRoute(_) | ProxyError::AppNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute(_)
+            | ProxyError::AppNotReady(_)
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::BulkheadFull(_)
+            | ProxyError::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
@@ -55,6 +71,9 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::AppNotReady(_) => "app-not-ready",
+            ProxyError::CircuitOpen { .. } => "circuit-open",
+            ProxyError::BulkheadFull(_) => "bulkhead-full",
+            ProxyError::QueueTimeout(_) => "queue-timeout",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::UriTooLong(_) => "uri-too-long",
         }
@@ -72,12 +91,24 @@ pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let ProxyError::CircuitOpen { retry_after, .. } = err {
+        // When the next probe may go: clients that honour it come back then.
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(*retry_after)),
+        );
+    }
     if err.status().is_client_error() {
         // The client sent something we will not forward; do not trust the rest of
         // its byte stream either.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Whole seconds, rounded up, at least one: `Retry-After` has no fractions.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
+use crate::accounting;
 use crate::accounting::{AccessEntry, InFlight};
 use crate::attempts;
 use crate::body::ProxyBody;
@@ -93,8 +94,13 @@ pub async fn send(
         Some(theirs) => theirs.min(state.policy.timeout),
         None => state.policy.timeout,
     };
+    if let Err(e) = accounting::take_slot(state, &mut in_flight).await {
+        return fail(e, in_flight);
+    }
+    let in_flight_at_start = state.bulkhead.as_ref().map_or(0, |b| b.in_flight());
     let (parts, body) = req.into_parts();
     let sent = attempts::send(forwarder, state, parts, body, started, started + budget).await;
+    adapt_limit(state, &sent, started, in_flight_at_start);
     let (mut resp, first, hold) = match sent {
         Ok(answer) => (answer.response, answer.first_frame, answer.hold),
         Err(e) => return fail(e, in_flight),
@@ -109,10 +115,39 @@ pub async fn send(
     resp.map(|body| ProxyBody::upstream(body, first, hold).with_in_flight(in_flight))
 }
 
+/// Feeds `--max-concurrent auto`: the time to the response head, the load it was
+/// sent under, and whether the upstream shed it (timeout, 503, 429).
+fn adapt_limit(
+    state: &DestinationState,
+    sent: &Result<attempts::Answer, ProxyError>,
+    started: Instant,
+    in_flight: usize,
+) {
+    let (Some(adaptive), Some(bulkhead)) = (&state.adaptive, &state.bulkhead) else {
+        return;
+    };
+    let dropped = match sent {
+        Ok(a) => matches!(a.response.status().as_u16(), 429 | 503),
+        Err(e) => matches!(e, ProxyError::Timeout { .. }),
+    };
+    let now = Instant::now();
+    let mut limit = adaptive.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(new) = limit.on_sample(now - started, in_flight, dropped, now) {
+        bulkhead.set_limit(new);
+        state.metrics.limit.set(new as i64);
+        tracing::debug!(dest = %state.dest, limit = new, "concurrency limit moved");
+    }
+}
+
 /// The answer for a request breakwater could not complete, counted as such.
 pub fn fail(err: ProxyError, mut in_flight: InFlight) -> Response<ProxyBody> {
     tracing::debug!(reason = err.reason(), error = %err, "request failed");
-    in_flight.metrics().count_failure(err.reason());
+    if err.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+        // breakwater refused it itself (DESIGN.md's 503 reasons).
+        in_flight.metrics().count_rejected(err.reason());
+    } else {
+        in_flight.metrics().count_failure(err.reason());
+    }
     in_flight.set_status(err.status().as_u16());
     if let Some(a) = in_flight.access_mut() {
         a.reason = Some(err.reason());

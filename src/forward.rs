@@ -17,10 +17,14 @@ use tokio::time::Instant;
 use crate::config::Protocol;
 use crate::connect::Connector;
 use crate::error::ProxyError;
+use crate::policy::balance::may_eject;
+use crate::policy::breaker::{CircuitState, Transition};
 use crate::upstream::DestinationState;
-use crate::upstream::endpoint::{self, EndpointGuard};
+use crate::upstream::endpoint::{self, Endpoint, EndpointGuard};
 use pool::{Lease, SendError};
 use replay::ReplayBody;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Sends attempts to destinations' endpoints.
 pub struct Forwarder {
@@ -59,19 +63,37 @@ impl Forwarder {
     }
 
     /// Sends `req` (its URI absolute: `http://authority/path`) to one endpoint of
-    /// `state` and returns the response head; the body streams on.
+    /// `state` whose circuit admits it, within `per_try`, and returns the response
+    /// head; the body streams on. The outcome is recorded in the endpoint's
+    /// breaker: connect failures, resets, timeouts and 5xx count as failures.
     pub async fn send(
         &self,
         state: &DestinationState,
         mut req: Request<ReplayBody>,
+        per_try: Duration,
+        timed_out: impl FnOnce() -> ProxyError,
     ) -> Result<Sent, ProxyError> {
         let endpoints = state.endpoints.current(&self.connector).await?;
-        let endpoint = endpoint::pick(&endpoints)
-            .ok_or_else(|| ProxyError::ConnectFailure {
-                dest: state.dest.to_string(),
-                cause: "the name resolved to no address".into(),
-            })?
-            .clone();
+        let now = Instant::now();
+        let open = || ProxyError::CircuitOpen {
+            dest: state.dest.to_string(),
+            retry_after: endpoint::next_probe(&endpoints, now),
+        };
+        let Some(endpoint) = endpoint::pick(&endpoints, now).cloned() else {
+            return Err(open());
+        };
+        let permit = match endpoint.breaker.admit(now) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                return Err(ProxyError::CircuitOpen {
+                    dest: state.dest.to_string(),
+                    retry_after: refused.retry_after,
+                });
+            }
+        };
+        if let Some(t) = permit.transition() {
+            report(state, &endpoint, t);
+        }
         let in_flight = endpoint.start();
         let use_h2 = match state.policy.protocol {
             Protocol::H2 => true,
@@ -79,25 +101,43 @@ impl Forwarder {
             Protocol::Auto => req.version() == Version::HTTP_2,
         };
         let started = Instant::now();
-        let sent = if use_h2 {
-            *req.version_mut() = Version::HTTP_2;
-            endpoint.pool.send_h2(req).await.map(|r| (r, None))
-        } else {
-            if req.version() == Version::HTTP_2 {
-                *req.version_mut() = Version::HTTP_11;
+        let exchange = async {
+            if use_h2 {
+                *req.version_mut() = Version::HTTP_2;
+                endpoint.pool.send_h2(req).await.map(|r| (r, None))
+            } else {
+                if req.version() == Version::HTTP_2 {
+                    *req.version_mut() = Version::HTTP_11;
+                }
+                if req.method() != Method::CONNECT {
+                    origin_form(req.uri_mut());
+                }
+                endpoint
+                    .pool
+                    .send_h1(req)
+                    .await
+                    .map(|(r, lease)| (r, Some(lease)))
             }
-            if req.method() != Method::CONNECT {
-                origin_form(req.uri_mut());
-            }
-            endpoint
-                .pool
-                .send_h1(req)
-                .await
-                .map(|(r, lease)| (r, Some(lease)))
         };
+        let sent = tokio::time::timeout(per_try, exchange).await;
+        let latency = started.elapsed();
+        let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
+        let total = endpoints.len();
+        let cap = state.policy.max_ejection_percent;
+        let transition = permit.record_gated(success, latency, Instant::now(), || {
+            state
+                .ejected
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                    may_eject(e, total, cap).then_some(e + 1)
+                })
+                .is_ok()
+        });
+        if let Some(t) = transition {
+            report(state, &endpoint, t);
+        }
         match sent {
-            Ok((response, lease)) => {
-                endpoint.observe(started.elapsed());
+            Ok(Ok((response, lease))) => {
+                endpoint.observe(latency);
                 Ok(Sent {
                     response,
                     hold: Hold {
@@ -106,15 +146,34 @@ impl Forwarder {
                     },
                 })
             }
-            Err(SendError::Connect(cause)) => Err(ProxyError::ConnectFailure {
+            Ok(Err(SendError::Connect(cause))) => Err(ProxyError::ConnectFailure {
                 dest: state.dest.to_string(),
                 cause: format!("{}: {cause}", endpoint.addr),
             }),
-            Err(SendError::Broken(e)) => Err(ProxyError::Reset {
+            Ok(Err(SendError::Broken(e))) => Err(ProxyError::Reset {
                 dest: state.dest.to_string(),
                 cause: causes(&e),
             }),
+            Err(_) => Err(timed_out()),
         }
+    }
+}
+
+/// Logs and counts a circuit's change of state, and keeps the destination's
+/// count of ejected endpoints.
+fn report(state: &DestinationState, endpoint: &Endpoint, t: Transition) {
+    if t.to == CircuitState::Closed && t.from != CircuitState::Closed {
+        let _ = state
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+    }
+    endpoint.circuit_gauge.set(t.to.as_gauge());
+    state.metrics.count_transition(t.to.as_str());
+    let open_for_ms = t.open_for.map(|d| d.as_millis() as u64);
+    if t.to == CircuitState::Open {
+        tracing::warn!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), cause = t.cause.as_str(), open_for_ms, "circuit opened");
+    } else {
+        tracing::info!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
     }
 }
 

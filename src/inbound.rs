@@ -25,7 +25,7 @@ pub struct Inbound {
     /// The app at `--app-addr`.
     app: Arc<DestinationState>,
     /// The app on other ports, for redirected connections that targeted them.
-    ports: Registry,
+    ports: Arc<Registry>,
     app_ip: String,
     access_log: bool,
     max_uri_bytes: usize,
@@ -55,15 +55,25 @@ impl Inbound {
             connect_timeout: config.connect_timeout,
             protocol: crate::config::Protocol::Auto,
             retry,
+            // The app is one endpoint that breakwater must not eject: its health
+            // is the readiness probe's business. Without a bulkhead, no limit.
+            breaker: crate::config::BreakerConfig {
+                consecutive_failures: 0,
+                failure_rate: 0,
+                slow_call: None,
+                ..config.breaker
+            },
+            max_ejection_percent: 0,
+            bulkhead: config.inbound_bulkhead,
         };
         let table = Arc::new(RouteTable::with_defaults(policy));
-        let ports = Registry::new(
+        let ports = Arc::new(Registry::new(
             Direction::Inbound,
             table,
             metrics.clone(),
             config.metrics_max_destinations,
             crate::app::endpoint_settings(config),
-        );
+        ));
         let app_ip = config.app_addr.ip().to_string();
         Inbound {
             forwarder,
@@ -97,6 +107,11 @@ impl Inbound {
         let state = self.ports.get(&self.app_ip, port);
         *last = Some(state.clone());
         state
+    }
+
+    /// The app's destinations, for `/upstreams`.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.ports
     }
 
     async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {

@@ -67,6 +67,7 @@ pub struct Interception {
     /// of them would loop.
     pub own_ports: Arc<[u16]>,
     pub opaque: OpaqueMetrics,
+    pub breakers: Arc<relay::ConnectBreakers>,
 }
 
 /// A bound listener ready to serve.
@@ -206,6 +207,7 @@ impl<H: Handler> Connection<H> {
                     stream,
                     target,
                     interception.connect_timeout,
+                    &interception.breakers,
                     interception.opaque.clone(),
                 )
                 .await;

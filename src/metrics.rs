@@ -72,6 +72,10 @@ pub struct Metrics {
     app_probes: IntCounterVec,
     app_probe_duration: Histogram,
     pub draining: IntGauge,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
+    concurrency_limit: IntGaugeVec,
+    queued: IntGaugeVec,
     opaque_connections: IntCounterVec,
     opaque_connect_failures: IntCounterVec,
     opaque_bytes: IntCounterVec,
@@ -235,6 +239,46 @@ impl Metrics {
                     "1 from SIGTERM or POST /shutdown until exit.",
                 ),
             ),
+            circuit_state: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breakwater_circuit_state",
+                        "Circuit of each endpoint: 0 closed, 1 open, 2 half-open.",
+                    ),
+                    &["direction", "destination", "endpoint"],
+                ),
+            ),
+            circuit_transitions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_circuit_transitions_total",
+                        "Circuit state changes, by the state entered.",
+                    ),
+                    &["direction", "destination", "to"],
+                ),
+            ),
+            concurrency_limit: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breakwater_concurrency_limit",
+                        "The bulkhead's limit of requests in flight (moves with --max-concurrent auto).",
+                    ),
+                    dest,
+                ),
+            ),
+            queued: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breakwater_queued_requests",
+                        "Requests waiting for a bulkhead slot.",
+                    ),
+                    dest,
+                ),
+            ),
             opaque_connections: register(
                 r,
                 IntCounterVec::new(
@@ -317,6 +361,12 @@ impl Metrics {
             retries: RETRY_REASONS.map(|r| self.retries.with_label_values(&[d, label, r])),
             retries_skipped: SKIP_REASONS
                 .map(|r| self.retries_skipped.with_label_values(&[d, label, r])),
+            circuit_state: self.circuit_state.clone(),
+            rejected: self.rejected.clone(),
+            transitions: ["closed", "open", "half-open"]
+                .map(|to| self.circuit_transitions.with_label_values(&[d, label, to])),
+            limit: self.concurrency_limit.with_label_values(&[d, label]),
+            queued: self.queued.with_label_values(&[d, label]),
         }
     }
 
@@ -326,13 +376,6 @@ impl Metrics {
             active: self.connections_active.with_label_values(&[name]),
             refused: self.connections_refused.with_label_values(&[name]),
         }
-    }
-
-    /// Counts a request refused before it had a destination (e.g. `no-route`).
-    pub fn rejected(&self, direction: Direction, reason: &str) {
-        self.rejected
-            .with_label_values(&[direction.as_str(), reason])
-            .inc();
     }
 
     pub fn tunnel(&self, direction: Direction, kind: &'static str) {
@@ -382,6 +425,11 @@ pub struct DestinationMetrics {
     failures: [IntCounter; FAILURE_REASONS.len()],
     retries: [IntCounter; RETRY_REASONS.len()],
     retries_skipped: [IntCounter; SKIP_REASONS.len()],
+    circuit_state: IntGaugeVec,
+    rejected: IntCounterVec,
+    transitions: [IntCounter; 3],
+    pub limit: IntGauge,
+    pub queued: IntGauge,
 }
 
 impl DestinationMetrics {
@@ -399,6 +447,24 @@ impl DestinationMetrics {
     /// Counts a failure by its reason, one of [`FAILURE_REASONS`].
     pub fn count_failure(&self, reason: &str) {
         count_by(&self.failures, &FAILURE_REASONS, reason);
+    }
+
+    /// The circuit-state gauge of one endpoint, made once when the endpoint is.
+    pub fn circuit_gauge(&self, endpoint: &str) -> IntGauge {
+        self.circuit_state
+            .with_label_values(&[self.direction.as_str(), &self.label, endpoint])
+    }
+
+    /// Counts a circuit entering `to` (`closed`, `open`, `half-open`).
+    pub fn count_transition(&self, to: &str) {
+        count_by(&self.transitions, &["closed", "open", "half-open"], to);
+    }
+
+    /// Counts a request breakwater refused itself for this destination.
+    pub fn count_rejected(&self, reason: &str) {
+        self.rejected
+            .with_label_values(&[self.direction.as_str(), reason])
+            .inc();
     }
 
     /// Counts a retry by its reason, one of [`RETRY_REASONS`].

@@ -30,7 +30,7 @@ use crate::upstream::{DestinationState, Registry};
 
 pub struct Outbound {
     forwarder: Forwarder,
-    registry: Registry,
+    registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Requests that never found a destination are counted under this label.
     unrouted: Arc<DestinationMetrics>,
@@ -45,7 +45,7 @@ impl Outbound {
     pub fn new(
         config: &Config,
         forwarder: Forwarder,
-        registry: Registry,
+        registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         listen_addr: SocketAddr,
         drain: DrainWatch,
@@ -61,6 +61,11 @@ impl Outbound {
             max_uri_bytes: config.limits.max_uri_bytes,
             drain,
         }
+    }
+
+    /// Every outbound destination, for `/upstreams`.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
@@ -79,7 +84,6 @@ impl Outbound {
         let state = match destination {
             Ok(state) => state,
             Err(e) => {
-                self.metrics.rejected(Direction::Outbound, e.reason());
                 return exchange::fail(e, in_flight);
             }
         };

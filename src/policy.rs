@@ -7,4 +7,5 @@ pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 pub mod deadline;
+pub mod limits;
 pub mod retry;

@@ -10,11 +10,16 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::config::{Config, Protocol, RetryPolicy, RouteOverride};
+use crate::config::{BreakerConfig, BulkheadPolicy, Config, Protocol, RetryPolicy, RouteOverride};
 use crate::destination::Destination;
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
-use endpoint::Endpoints;
+use crate::policy::bulkhead::Bulkhead;
+use crate::policy::limits::ConcurrencyLimit;
+use endpoint::{EndpointConfig, Endpoints};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
 
 /// The policy in force for one destination: the global flags, overridden by the
 /// first matching `--route`.
@@ -26,6 +31,10 @@ pub struct RoutePolicy {
     pub connect_timeout: Duration,
     pub protocol: Protocol,
     pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    pub max_ejection_percent: u8,
+    /// `None`: no limit (the app without `--inbound-max-concurrent`).
+    pub bulkhead: Option<BulkheadPolicy>,
 }
 
 /// The `--route` flags in order, with the global defaults they override.
@@ -42,6 +51,9 @@ impl RouteTable {
                 connect_timeout: config.connect_timeout,
                 protocol: Protocol::Auto,
                 retry: config.retry.clone(),
+                breaker: config.breaker,
+                max_ejection_percent: config.max_ejection_percent,
+                bulkhead: Some(config.bulkhead),
             },
             routes: config.routes.clone(),
         }
@@ -53,6 +65,16 @@ impl RouteTable {
             defaults,
             routes: Vec::new(),
         }
+    }
+
+    fn defaults_bulkhead(&self) -> BulkheadPolicy {
+        self.defaults.bulkhead.unwrap_or(BulkheadPolicy {
+            max_concurrent: crate::config::ConcurrencyLimit::Fixed(1024),
+            min: 4,
+            max: 1024,
+            max_queue: 0,
+            queue_timeout: Duration::from_secs(1),
+        })
     }
 
     pub fn defaults(&self) -> &RoutePolicy {
@@ -90,6 +112,13 @@ impl RouteTable {
             policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
             policy.protocol = route.protocol.unwrap_or(policy.protocol);
             route.apply(&mut policy.retry);
+            let mut bulkhead = policy.bulkhead.unwrap_or(self.defaults_bulkhead());
+            route.limits.apply(
+                &mut policy.breaker,
+                &mut bulkhead,
+                &mut policy.max_ejection_percent,
+            );
+            policy.bulkhead = Some(bulkhead);
         }
         policy
     }
@@ -112,6 +141,31 @@ pub struct DestinationState {
     pub metrics: Arc<DestinationMetrics>,
     pub budget: Arc<RetryBudget>,
     pub endpoints: Endpoints,
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    /// Moves the bulkhead's limit with `--max-concurrent auto`.
+    pub adaptive: Option<Mutex<AdaptiveLimit>>,
+    /// Endpoints whose circuit is open or half-open, for `--max-ejection-percent`.
+    pub ejected: AtomicUsize,
+}
+
+impl DestinationState {
+    /// What `/upstreams` shows of this destination.
+    pub fn snapshot(&self, direction: Direction) -> serde_json::Value {
+        let now = tokio::time::Instant::now();
+        let endpoints: Vec<serde_json::Value> = self
+            .endpoints
+            .known()
+            .map(|list| list.iter().map(|e| e.snapshot(now)).collect())
+            .unwrap_or_default();
+        serde_json::json!({
+            "destination": self.dest.to_string(),
+            "direction": direction.as_str(),
+            "bulkhead": self.bulkhead.as_ref().map(|b| b.snapshot()),
+            "adaptive_limit": self.adaptive.as_ref().map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).snapshot()),
+            "ejected": self.ejected.load(std::sync::atomic::Ordering::Relaxed),
+            "endpoints": endpoints,
+        })
+    }
 }
 
 /// How endpoints of every destination are kept: `--upstream-idle-timeout` for
@@ -133,12 +187,28 @@ impl DestinationState {
         let endpoints = Endpoints::new(
             dest.host(),
             dest.port(),
-            policy.connect_timeout,
-            settings.idle_timeout,
+            EndpointConfig {
+                connect_timeout: policy.connect_timeout,
+                idle_timeout: settings.idle_timeout,
+                breaker: policy.breaker,
+                metrics: metrics.clone(),
+            },
             settings.dns_ttl,
         );
+        let bulkhead = policy.bulkhead.map(|b| {
+            let limit = b.initial_limit();
+            metrics.limit.set(limit as i64);
+            Arc::new(Bulkhead::new(limit, b.max_queue, b.queue_timeout))
+        });
+        let adaptive = policy
+            .bulkhead
+            .filter(|b| b.max_concurrent == ConcurrencyLimit::Auto)
+            .map(|b| Mutex::new(AdaptiveLimit::new(b.min, b.max, b.initial_limit())));
         DestinationState {
             endpoints,
+            bulkhead,
+            adaptive,
+            ejected: AtomicUsize::new(0),
             authority: dest.authority(),
             dest,
             policy,
@@ -215,6 +285,12 @@ impl Registry {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Destination, Arc<DestinationState>>> {
         self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every destination with a state of its own, for `/upstreams`.
+    pub fn snapshot(&self) -> Vec<serde_json::Value> {
+        let entries: Vec<Arc<DestinationState>> = self.read().values().cloned().collect();
+        entries.iter().map(|s| s.snapshot(self.direction)).collect()
     }
 
     pub fn len(&self) -> usize {

@@ -13,6 +13,7 @@ use super::units::{
     parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
 };
 use crate::interception::iptables::Cidr;
+use crate::policy::limits::ConcurrencyLimit;
 use crate::policy::retry::RetryOn;
 
 #[derive(Parser, Debug)]
@@ -150,6 +151,12 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_RETRY_BODY_LIMIT", default_value = "64KiB", value_parser = parse_bytes)]
     pub retry_body_limit: usize,
 
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
+
+    #[command(flatten)]
+    pub bulkhead: BulkheadArgs,
+
     /// Overrides for one destination: HOST[:PORT],key=value,... (repeatable). Keys are the
     /// flag names without `--`: timeout, connect-timeout, protocol=auto|h1|h2, retries,
     /// retry-on (conditions joined by '+'), retry-backoff, retry-backoff-max,
@@ -246,6 +253,120 @@ fn parse_health_path(s: &str) -> Result<String, String> {
     s.parse::<http::uri::PathAndQuery>()
         .map_err(|e| format!("'{s}': {e}"))?;
     Ok(s.to_string())
+}
+
+/// Circuit breaker flags (per endpoint of each destination).
+#[derive(Args, Debug, Clone)]
+pub struct BreakerArgs {
+    /// Failures in a row that open an endpoint's circuit (0 turns the rule off).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_BREAKER_CONSECUTIVE_FAILURES",
+        default_value_t = 5
+    )]
+    pub breaker_consecutive_failures: u32,
+
+    /// Percentage of failures in the window that opens it (0 turns the rule off).
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_BREAKER_FAILURE_RATE", default_value = "50", value_parser = parse_rate)]
+    pub breaker_failure_rate: u8,
+
+    /// Sliding window for the failure rate.
+    #[arg(long, env = "BREAKWATER_BREAKER_WINDOW", default_value = "10s", value_parser = parse_positive_duration)]
+    pub breaker_window: Duration,
+
+    /// Requests in the window before the rates count.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_BREAKER_MIN_REQUESTS",
+        default_value_t = 20
+    )]
+    pub breaker_min_requests: u32,
+
+    /// Time open before a half-open probe; doubles on repeated trips, up to 10x.
+    #[arg(long, env = "BREAKWATER_BREAKER_OPEN_DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub breaker_open_duration: Duration,
+
+    /// Probes let through while half-open.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_BREAKER_HALF_OPEN_REQUESTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_half_open_requests: u32,
+
+    /// A call at least this slow counts as slow [default: none, no slow-call rule].
+    #[arg(long, env = "BREAKWATER_BREAKER_SLOW_CALL", value_parser = parse_positive_duration)]
+    pub breaker_slow_call: Option<Duration>,
+
+    /// Percentage of slow calls in the window that opens the circuit.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_BREAKER_SLOW_CALL_RATE", default_value = "100", value_parser = parse_rate)]
+    pub breaker_slow_call_rate: u8,
+
+    /// Most endpoints of a destination ejected at once, in percent (one always may be).
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_MAX_EJECTION_PERCENT", default_value = "50", value_parser = parse_rate)]
+    pub max_ejection_percent: u8,
+}
+
+/// Bulkhead flags.
+#[derive(Args, Debug, Clone)]
+pub struct BulkheadArgs {
+    /// Requests in flight per destination, or `auto` to find the limit from latency.
+    #[arg(long, env = "BREAKWATER_MAX_CONCURRENT", default_value = "1024", value_parser = ConcurrencyLimit::parse)]
+    pub max_concurrent: ConcurrencyLimit,
+
+    /// Lowest limit `--max-concurrent auto` may set.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_MAX_CONCURRENT_MIN",
+        default_value_t = 4
+    )]
+    pub max_concurrent_min: usize,
+
+    /// Highest limit `--max-concurrent auto` may set.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_MAX_CONCURRENT_MAX",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_max: usize,
+
+    /// Requests waiting for a bulkhead slot (FIFO); 0 refuses at once when full.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_MAX_QUEUE",
+        default_value_t = 0
+    )]
+    pub max_queue: usize,
+
+    /// Longest wait in that queue.
+    #[arg(long, env = "BREAKWATER_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub queue_timeout: Duration,
+
+    /// Bulkhead in front of the app: requests in flight [default: none, no limit].
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_INBOUND_MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub inbound_max_concurrent: Option<u64>,
+
+    /// Requests waiting for a slot in front of the app.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_INBOUND_MAX_QUEUE",
+        default_value_t = 0
+    )]
+    pub inbound_max_queue: usize,
+
+    /// Longest wait in that queue.
+    #[arg(long, env = "BREAKWATER_INBOUND_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub inbound_queue_timeout: Duration,
+}
+
+/// A percentage from 0 to 100.
+fn parse_rate(s: &str) -> Result<u8, String> {
+    match s.trim().trim_end_matches('%').parse::<u8>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err(format!("'{s}' is not a percentage from 0 to 100")),
+    }
 }
 
 /// Flags of `breakwater init-iptables`.

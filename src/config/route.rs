@@ -12,6 +12,8 @@ use super::units::{
     serialize_opt_duration,
 };
 use crate::destination::Destination;
+use crate::policy::breaker::BreakerConfig;
+use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
 use crate::policy::retry::{RetryOn, RetryPolicy};
 
 /// Which HTTP version breakwater speaks to an upstream.
@@ -69,12 +71,134 @@ pub struct RouteOverride {
     pub retry_budget_min: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_body_limit: Option<usize>,
+    #[serde(flatten)]
+    pub limits: LimitOverrides,
+}
+
+/// The breaker and bulkhead keys of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LimitOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_consecutive_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_failure_rate: Option<u8>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub breaker_window: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_min_requests: Option<u32>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub breaker_open_duration: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_half_open_requests: Option<u32>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub breaker_slow_call: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_slow_call_rate: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<ConcurrencyLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_min: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<usize>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub queue_timeout: Option<Duration>,
+}
+
+impl LimitOverrides {
+    /// Sets `key`; `Ok(false)` when the key is not one of these.
+    fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let count = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("'{v}' is not a count"))
+        };
+        let size = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("'{v}' is not a count"))
+        };
+        let rate = |v: &str| match v.trim_end_matches('%').parse::<u8>() {
+            Ok(n) if n <= 100 => Ok(n),
+            _ => Err(format!("'{v}' is not a percentage from 0 to 100")),
+        };
+        match key {
+            "breaker-consecutive-failures" => {
+                self.breaker_consecutive_failures = Some(count(value)?)
+            }
+            "breaker-failure-rate" => self.breaker_failure_rate = Some(rate(value)?),
+            "breaker-window" => self.breaker_window = Some(parse_positive_duration(value)?),
+            "breaker-min-requests" => self.breaker_min_requests = Some(count(value)?),
+            "breaker-open-duration" => {
+                self.breaker_open_duration = Some(parse_positive_duration(value)?)
+            }
+            "breaker-half-open-requests" => {
+                self.breaker_half_open_requests = Some(count(value)?.max(1))
+            }
+            "breaker-slow-call" => self.breaker_slow_call = Some(parse_positive_duration(value)?),
+            "breaker-slow-call-rate" => self.breaker_slow_call_rate = Some(rate(value)?),
+            "max-ejection-percent" => self.max_ejection_percent = Some(rate(value)?),
+            "max-concurrent" => self.max_concurrent = Some(ConcurrencyLimit::parse(value)?),
+            "max-concurrent-min" => self.max_concurrent_min = Some(size(value)?),
+            "max-concurrent-max" => self.max_concurrent_max = Some(size(value)?),
+            "max-queue" => self.max_queue = Some(size(value)?),
+            "queue-timeout" => self.queue_timeout = Some(parse_positive_duration(value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// These overrides applied to a destination's breaker and bulkhead policy.
+    pub fn apply(
+        &self,
+        breaker: &mut BreakerConfig,
+        bulkhead: &mut BulkheadPolicy,
+        ejection: &mut u8,
+    ) {
+        let b = breaker;
+        b.consecutive_failures = self
+            .breaker_consecutive_failures
+            .unwrap_or(b.consecutive_failures);
+        b.failure_rate = self.breaker_failure_rate.unwrap_or(b.failure_rate);
+        b.window = self.breaker_window.unwrap_or(b.window);
+        b.min_requests = self.breaker_min_requests.unwrap_or(b.min_requests);
+        b.open_duration = self.breaker_open_duration.unwrap_or(b.open_duration);
+        b.half_open_requests = self
+            .breaker_half_open_requests
+            .unwrap_or(b.half_open_requests);
+        b.slow_call = self.breaker_slow_call.or(b.slow_call);
+        b.slow_call_rate = self.breaker_slow_call_rate.unwrap_or(b.slow_call_rate);
+        *ejection = self.max_ejection_percent.unwrap_or(*ejection);
+        let q = bulkhead;
+        q.max_concurrent = self.max_concurrent.unwrap_or(q.max_concurrent);
+        q.min = self.max_concurrent_min.unwrap_or(q.min);
+        q.max = self.max_concurrent_max.unwrap_or(q.max);
+        q.max_queue = self.max_queue.unwrap_or(q.max_queue);
+        q.queue_timeout = self.queue_timeout.unwrap_or(q.queue_timeout);
+    }
 }
 
 /// The keys a route may set, for error messages.
 const KEYS: &str = "timeout, connect-timeout, protocol, retries, retry-on, retry-backoff, \
                     retry-backoff-max, per-try-timeout, retry-budget, retry-budget-min, \
-                    retry-body-limit";
+                    retry-body-limit, breaker-consecutive-failures, breaker-failure-rate, \
+                    breaker-window, breaker-min-requests, breaker-open-duration, \
+                    breaker-half-open-requests, breaker-slow-call, breaker-slow-call-rate, \
+                    max-ejection-percent, max-concurrent, max-concurrent-min, \
+                    max-concurrent-max, max-queue, queue-timeout";
 
 impl RouteOverride {
     /// Parses `HOST[:PORT],key=value,...`; errors name the offending key.
@@ -131,7 +255,11 @@ impl RouteOverride {
             "retry-budget" => self.retry_budget = Some(parse_percent(value)?),
             "retry-budget-min" => self.retry_budget_min = Some(parse_per_second(value)?),
             "retry-body-limit" => self.retry_body_limit = Some(parse_bytes(value)?),
-            _ => return Err(format!("unknown key (known: {KEYS})")),
+            other => {
+                if !self.limits.set(other, value)? {
+                    return Err(format!("unknown key (known: {KEYS})"));
+                }
+            }
         }
         Ok(())
     }

@@ -12,12 +12,18 @@ use tokio::time::Instant;
 use crate::connect::Connector;
 use crate::error::ProxyError;
 use crate::forward::pool::EndpointPool;
+use crate::metrics::DestinationMetrics;
 use crate::policy::balance::{Load, PeakEwma, pick_p2c};
+use crate::policy::breaker::{Breaker, BreakerConfig};
+use prometheus::IntGauge;
 
 /// One address of a destination.
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub pool: Arc<EndpointPool>,
+    pub breaker: Arc<Breaker>,
+    /// `breakwater_circuit_state` for this endpoint.
+    pub circuit_gauge: IntGauge,
     in_flight: AtomicUsize,
     latency: Mutex<PeakEwma>,
 }
@@ -28,10 +34,14 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 impl Endpoint {
-    fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    fn new(addr: SocketAddr, settings: &EndpointConfig) -> Arc<Self> {
+        let circuit_gauge = settings.metrics.circuit_gauge(&addr.to_string());
+        circuit_gauge.set(0);
         Arc::new(Endpoint {
             addr,
-            pool: EndpointPool::new(addr, connect_timeout, idle_timeout),
+            pool: EndpointPool::new(addr, settings.connect_timeout, settings.idle_timeout),
+            breaker: Arc::new(Breaker::new(settings.breaker, Instant::now())),
+            circuit_gauge,
             in_flight: AtomicUsize::new(0),
             latency: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
         })
@@ -62,8 +72,25 @@ impl Endpoint {
         Load {
             in_flight: self.in_flight(),
             ewma,
-            eligible: true,
+            eligible: self.breaker.eligible(now),
         }
+    }
+}
+
+impl Endpoint {
+    /// What `/upstreams` shows of this endpoint.
+    pub fn snapshot(&self, now: Instant) -> serde_json::Value {
+        let ewma = self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .estimate(now);
+        serde_json::json!({
+            "address": self.addr.to_string(),
+            "circuit": self.breaker.snapshot(now),
+            "in_flight": self.in_flight(),
+            "latency_ewma_ms": ewma.as_secs_f64() * 1000.0,
+        })
     }
 }
 
@@ -79,12 +106,19 @@ impl Drop for EndpointGuard {
 /// A destination's endpoints and when its name was resolved to them.
 type Resolved = (Arc<[Arc<Endpoint>]>, Instant);
 
+/// What every endpoint of a destination is made with.
+pub struct EndpointConfig {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub breaker: BreakerConfig,
+    pub metrics: Arc<DestinationMetrics>,
+}
+
 /// The resolved endpoints of one destination.
 pub struct Endpoints {
     host: Box<str>,
     port: u16,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    config: EndpointConfig,
     /// How long a resolution is used; `None` for an address literal.
     ttl: Option<Duration>,
     current: RwLock<Option<Resolved>>,
@@ -93,33 +127,29 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    pub fn new(
-        host: &str,
-        port: u16,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        ttl: Duration,
-    ) -> Self {
+    pub fn new(host: &str, port: u16, config: EndpointConfig, ttl: Duration) -> Self {
         let literal = host.parse::<IpAddr>().ok();
         let endpoints = Endpoints {
             host: host.into(),
             port,
-            connect_timeout,
-            idle_timeout,
             ttl: if literal.is_some() { None } else { Some(ttl) },
             current: RwLock::new(None),
             resolving: tokio::sync::Mutex::new(()),
+            config,
         };
         if let Some(ip) = literal {
-            let list: Arc<[Arc<Endpoint>]> = Arc::new([Endpoint::new(
-                SocketAddr::new(ip, port),
-                connect_timeout,
-                idle_timeout,
-            )]);
+            let list: Arc<[Arc<Endpoint>]> =
+                Arc::new([Endpoint::new(SocketAddr::new(ip, port), &endpoints.config)]);
             *endpoints.current.write().unwrap_or_else(|p| p.into_inner()) =
                 Some((list, Instant::now()));
         }
         endpoints
+    }
+
+    /// The endpoints as last resolved, without resolving.
+    pub fn known(&self) -> Option<Arc<[Arc<Endpoint>]>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().map(|(list, _)| list.clone())
     }
 
     fn fresh(&self) -> Option<Arc<[Arc<Endpoint>]>> {
@@ -164,7 +194,7 @@ impl Endpoints {
                 previous
                     .as_ref()
                     .and_then(|p| p.iter().find(|e| e.addr == addr).cloned())
-                    .unwrap_or_else(|| Endpoint::new(addr, self.connect_timeout, self.idle_timeout))
+                    .unwrap_or_else(|| Endpoint::new(addr, &self.config))
             })
             .collect();
         *current = Some((list.clone(), Instant::now()));
@@ -172,12 +202,21 @@ impl Endpoints {
     }
 }
 
-/// Picks an endpoint by power of two choices on in-flight count and latency.
-pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
-    if endpoints.len() == 1 {
-        return endpoints.first();
+/// Picks an endpoint whose circuit admits requests, by power of two choices on
+/// in-flight count and latency; `None` when every circuit is open.
+pub fn pick(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>> {
+    if let [only] = endpoints {
+        return only.breaker.eligible(now).then_some(only);
     }
-    let now = Instant::now();
     let loads: Vec<Load> = endpoints.iter().map(|e| e.load(now)).collect();
     pick_p2c(&loads, |n| fastrand::usize(..n)).and_then(|i| endpoints.get(i))
+}
+
+/// The soonest an open endpoint of these will take a probe.
+pub fn next_probe(endpoints: &[Arc<Endpoint>], now: Instant) -> Duration {
+    endpoints
+        .iter()
+        .filter_map(|e| e.breaker.snapshot(now).next_probe_in_us)
+        .min()
+        .map_or(Duration::ZERO, Duration::from_micros)
 }

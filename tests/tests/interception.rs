@@ -324,6 +324,35 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
         "breakwater's own connections matched the uid rule:\n{own}"
     );
 
+    // The breaker applies to intercepted traffic too: five 500s in a row open
+    // the service's circuit, and the app's next call fails fast.
+    for _ in 0..5 {
+        let code = pod.exec(
+            &p,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{SVC_IP}:8080/broken"),
+            ],
+        );
+        assert_eq!(code.as_deref(), Ok("500"));
+    }
+    let refused = pod
+        .exec(
+            &p,
+            &["curl", "-s", "-i", &format!("http://{SVC_IP}:8080/orders")],
+        )
+        .expect("curl");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.contains("x-breakwater-reason: circuit-open"),
+        "{refused}"
+    );
+
     // Rerunning changes nothing; --clean leaves nothing.
     let before = pod.nat_rules();
     pod.exec(&p, &[&bin, "init-iptables"])

@@ -11,6 +11,7 @@ mod interception;
 mod lifecycle;
 mod limits;
 mod proxying;
+mod resilience;
 mod retries;
 mod streaming;
 mod tunnels;

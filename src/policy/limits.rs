@@ -1,0 +1,81 @@
+//! The concurrency policy of a destination as the flags give it: a fixed
+//! bulkhead limit or `auto` (adaptive), the queue in front of it.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// `--max-concurrent`: a number, or `auto` to let observed latency decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConcurrencyLimit {
+    Fixed(usize),
+    Auto,
+}
+
+impl ConcurrencyLimit {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(ConcurrencyLimit::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(ConcurrencyLimit::Fixed(n)),
+            _ => Err(format!("'{s}' is neither a count of at least 1 nor auto")),
+        }
+    }
+}
+
+impl fmt::Display for ConcurrencyLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConcurrencyLimit::Fixed(n) => write!(f, "{n}"),
+            ConcurrencyLimit::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for ConcurrencyLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The bulkhead of one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BulkheadPolicy {
+    pub max_concurrent: ConcurrencyLimit,
+    /// Bounds of an `auto` limit.
+    pub min: usize,
+    pub max: usize,
+    pub max_queue: usize,
+    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    pub queue_timeout: Duration,
+}
+
+impl BulkheadPolicy {
+    /// The limit to start with: the fixed one, or for `auto` a modest start
+    /// within its bounds (20, as Netflix's limiters start).
+    pub fn initial_limit(&self) -> usize {
+        match self.max_concurrent {
+            ConcurrencyLimit::Fixed(n) => n,
+            ConcurrencyLimit::Auto => 20.clamp(self.min, self.max),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(ConcurrencyLimit::parse("auto"), Ok(ConcurrencyLimit::Auto));
+        assert_eq!(
+            ConcurrencyLimit::parse("50"),
+            Ok(ConcurrencyLimit::Fixed(50))
+        );
+        assert!(ConcurrencyLimit::parse("0").is_err());
+        assert!(ConcurrencyLimit::parse("lots").is_err());
+    }
+}
