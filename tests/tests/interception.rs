@@ -237,7 +237,7 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     // call goes through breakwater, which retries the service's first 503.
     let answer = pod.curl(&p, &format!("http://{SVC_IP}:8080/orders"));
     assert!(
-        answer.starts_with("GET /orders from 198.18.9.1"),
+        answer.starts_with("GET /orders from 198.18.9.1 at "),
         "{answer}"
     );
     assert!(
@@ -260,7 +260,7 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     // A client in the other namespace reaches the app through the inbound path.
     let inbound = pod.curl(&s, &format!("http://{POD_IP}:8080/hello"));
     assert!(
-        inbound.starts_with("GET /hello from 127.0.0.1"),
+        inbound.starts_with("GET /hello from 127.0.0.1 at "),
         "{inbound}"
     );
     assert!(
