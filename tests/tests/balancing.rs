@@ -6,14 +6,13 @@
 //! commands it runs, so breakwater and its upstreams run in a namespace of the
 //! test's, on its loopback addresses 127.0.0.1-3.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use crate::support::*;
 
 struct Namespace {
     name: String,
-    children: Vec<Child>,
+    children: Children,
 }
 
 impl Namespace {
@@ -22,7 +21,7 @@ impl Namespace {
         run(&["ip", "netns", "add", &name])?;
         let ns = Namespace {
             name,
-            children: Vec::new(),
+            children: Children::default(),
         };
         run(&["ip", "-n", &ns.name, "link", "set", "lo", "up"])?;
         let dir = format!("/etc/netns/{}", ns.name);
@@ -33,14 +32,7 @@ impl Namespace {
     }
 
     fn spawn(&mut self, cmd: &[&str]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a process in the namespace");
-        self.children.push(child);
+        self.children.spawn(&self.name, cmd);
     }
 
     fn sh(&self, script: &str) -> String {
@@ -52,17 +44,7 @@ impl Namespace {
     }
 
     fn wait_for(&self, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let code = self.sh(&format!(
-                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 1 {url}"
-            ));
-            if code != "000" && !code.is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{url} never answered in {}", self.name);
+        ns_wait_for(&self.name, url);
     }
 
     /// `n` requests to multi.test through breakwater; the statuses and which
@@ -97,10 +79,7 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.children = Children::default();
         let _ = run(&["ip", "netns", "delete", &self.name]);
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }

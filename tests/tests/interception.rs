@@ -3,8 +3,7 @@
 //! and a second namespace with another service. Traffic stays inside the two
 //! namespaces (198.18.0.0/15, the benchmarking range).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use crate::support::*;
 
@@ -17,7 +16,7 @@ const PROXY_UID: &str = "1717";
 struct Pod {
     pod: String,
     svc: String,
-    children: Vec<Child>,
+    children: Children,
     dir: std::path::PathBuf,
 }
 
@@ -27,7 +26,7 @@ impl Pod {
         let pod = Pod {
             pod: format!("bwpod{tag}"),
             svc: format!("bwsvc{tag}"),
-            children: Vec::new(),
+            children: Children::default(),
             dir: std::env::temp_dir().join(format!("breakwater-netns-{tag}")),
         };
         let (p, s) = (pod.pod.as_str(), pod.svc.as_str());
@@ -54,34 +53,13 @@ impl Pod {
         Ok(pod)
     }
 
-    /// Starts `cmd` in namespace `ns`, in the background.
     fn spawn(&mut self, ns: &str, cmd: &[&str]) -> Result<(), String> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
-        self.children.push(child);
+        self.children.spawn(ns, cmd);
         Ok(())
     }
 
-    /// Runs `cmd` in namespace `ns` and returns its stdout.
     fn exec(&self, ns: &str, cmd: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .output()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ns_exec(ns, cmd)
     }
 
     fn curl(&self, ns: &str, url: &str) -> String {
@@ -93,30 +71,8 @@ impl Pod {
         self.curl(&self.pod, "http://127.0.0.1:15000/metrics")
     }
 
-    /// Waits until `url` answers in `ns`.
     fn wait_for(&self, ns: &str, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let code = self.exec(
-                ns,
-                &[
-                    "curl",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "1",
-                    url,
-                ],
-            );
-            if code.is_ok_and(|c| c != "000") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{url} never answered in {ns}");
+        ns_wait_for(ns, url);
     }
 
     fn nat_rules(&self) -> String {
@@ -135,10 +91,8 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Processes first, then their namespaces.
+        self.children = Children::default();
         let _ = run(&["ip", "netns", "delete", &self.pod]);
         let _ = run(&["ip", "netns", "delete", &self.svc]);
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -526,15 +526,77 @@ impl TestNetns {
 
     /// Runs a command inside the namespace; returns its stdout.
     pub fn exec(&self, cmd: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .output()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        ns_exec(&self.name, cmd)
+    }
+}
+
+/// Runs `cmd` in network namespace `ns` and returns its stdout.
+pub fn ns_exec(ns: &str, cmd: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until `url` answers anything over HTTP inside namespace `ns`.
+pub fn ns_wait_for(ns: &str, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let code = ns_exec(
+            ns,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "1",
+                url,
+            ],
+        );
+        if code.is_ok_and(|c| !c.is_empty() && c != "000") {
+            return;
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never answered in {ns}");
+}
+
+/// Processes a test started in namespaces; killed when dropped.
+#[derive(Default)]
+pub struct Children(Vec<Child>);
+
+impl Children {
+    /// Starts `cmd` in namespace `ns`, in the background.
+    pub fn spawn(&mut self, ns: &str, cmd: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {cmd:?} in {ns}: {e}"));
+        self.0.push(child);
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
