@@ -144,9 +144,11 @@ impl EndpointPool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest sit at the bottom: drop the ones past their time.
+        // The oldest sit at the bottom: when it is past its time, sweep.
         let timeout = self.idle_timeout;
-        idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+        if idle.first().is_some_and(|(_, since)| since.elapsed() >= timeout) {
+            idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+        }
         if idle.len() < MAX_IDLE {
             idle.push((sender, Instant::now()));
         }

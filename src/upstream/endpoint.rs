@@ -206,7 +206,8 @@ impl Endpoints {
 /// in-flight count and latency; `None` when every circuit is open.
 pub fn pick(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>> {
     if let [only] = endpoints {
-        return only.breaker.eligible(now).then_some(only);
+        // The breaker's admit decides for a lone endpoint; asking twice costs a lock.
+        return Some(only);
     }
     let loads: Vec<Load> = endpoints.iter().map(|e| e.load(now)).collect();
     pick_p2c(&loads, |n| fastrand::usize(..n)).and_then(|i| endpoints.get(i))
