@@ -51,47 +51,62 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Runs twice per request, so the common case — none of these headers — is one
 /// scan of the names with no hashing and no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let any = headers
-        .keys()
-        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
-    if !any {
+    // One scan notes which hop-by-hop headers are present (bit i: HOP_BY_HOP[i],
+    // bit 7: Upgrade), so only those are looked up again.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if name == header::UPGRADE {
+            present |= 1 << 7;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Headers the Connection header nominates. `close` and `keep-alive` are the
-    // usual tokens and name nothing to remove beyond the fixed list.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-            && !(PROTECTED.contains(&name) || (upgrade && name == header::UPGRADE))
+    let has = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .is_some_and(|i| present & (1 << i) != 0)
+    };
+    if has(&header::CONNECTION) {
+        // Headers the Connection header nominates. `close` and `keep-alive` are
+        // the usual tokens and name nothing beyond the fixed list.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
         {
-            named.push(name);
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && !(PROTECTED.contains(&name) || (upgrade && name == header::UPGRADE))
+            {
+                named.push(name);
+            }
+        }
+        for name in named {
+            headers.remove(name);
         }
     }
-    for name in named {
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    let te_trailers = has(&header::TE)
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << 7) != 0 {
         headers.remove(header::UPGRADE);
     }
     if te_trailers {
