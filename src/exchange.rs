@@ -98,9 +98,12 @@ pub async fn send(
         return fail(e, in_flight);
     }
     let in_flight_at_start = state.bulkhead.as_ref().map_or(0, |b| b.in_flight());
+    // The limiter judges the upstream, so its clock starts once a slot is held:
+    // time in breakwater's own queue is not the upstream's latency.
+    let slot_granted = Instant::now();
     let (parts, body) = req.into_parts();
     let sent = attempts::send(forwarder, state, parts, body, started, started + budget).await;
-    adapt_limit(state, &sent, started, in_flight_at_start);
+    adapt_limit(state, &sent, slot_granted, in_flight_at_start);
     let (mut resp, first, hold) = match sent {
         Ok(answer) => (answer.response, answer.first_frame, answer.hold),
         Err(e) => return fail(e, in_flight),
