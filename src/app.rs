@@ -52,6 +52,7 @@ pub fn endpoint_settings(config: &Config) -> EndpointSettings {
     EndpointSettings {
         idle_timeout: config.upstream_idle_timeout,
         dns_ttl: config.dns_ttl,
+        tls: None,
     }
 }
 
@@ -74,6 +75,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     shutdown: ShutdownHandle,
     requests: ShutdownRequests,
+    inbound_tls: Option<Arc<crate::tls::ServerTls>>,
+    outbound_tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl Proxy {
@@ -90,14 +93,38 @@ impl Proxy {
         let inbound = bind("--inbound-addr", config.inbound_addr).await?;
         let admin = bind("--admin-addr", config.admin_addr).await?;
         let (shutdown, requests) = shutdown_channel();
+        let metrics = Arc::new(Metrics::new());
+        let tls_metrics = crate::tls::TlsMetrics::register(metrics.registry());
+        let tls_error = |flag, addr, e: String| BindError {
+            flag,
+            addr,
+            source: io::Error::other(e),
+        };
+        let inbound_tls = match &config.inbound_tls {
+            Some(t) => Some(
+                crate::tls::ServerTls::load(t, &tls_metrics)
+                    .map_err(|e| tls_error("--inbound-tls-cert", config.inbound_addr, e))?,
+            ),
+            None => None,
+        };
+        let outbound_tls = if config.routes.iter().any(|r| r.tls == Some(true)) {
+            Some(
+                crate::tls::ClientTls::load(&config.outbound_tls, &tls_metrics)
+                    .map_err(|e| tls_error("--outbound-tls-ca", config.outbound_addr, e))?,
+            )
+        } else {
+            None
+        };
         Ok(Proxy {
             config,
             inbound,
             outbound,
             admin,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown,
             requests,
+            inbound_tls,
+            outbound_tls,
         })
     }
 
@@ -138,6 +165,8 @@ impl Proxy {
             metrics,
             shutdown,
             mut requests,
+            inbound_tls,
+            outbound_tls,
         } = self;
         let (inbound_drain, inbound_watch) = Drain::new();
         let (outbound_drain, outbound_watch) = Drain::new();
@@ -155,7 +184,10 @@ impl Proxy {
                 routes,
                 metrics.clone(),
                 config.metrics_max_destinations,
-                endpoint_settings(&config),
+                EndpointSettings {
+                    tls: outbound_tls,
+                    ..endpoint_settings(&config)
+                },
             )),
             metrics.clone(),
             addrs.outbound,
@@ -202,7 +234,8 @@ impl Proxy {
             limits,
             metrics.listener("inbound"),
             interception("inbound"),
-        );
+        )
+        .with_tls(inbound_tls);
         tokio::spawn(outbound.serve(outbound_watch));
         tokio::spawn(inbound.serve(inbound_watch));
 

@@ -51,6 +51,9 @@ pub struct Config {
     #[serde(serialize_with = "units::serialize_duration")]
     pub dns_ttl: Duration,
     pub metrics_max_destinations: usize,
+    /// `--inbound-tls-*`: `None` serves plain HTTP.
+    pub inbound_tls: Option<crate::tls::InboundTlsConfig>,
+    pub outbound_tls: crate::tls::OutboundTlsConfig,
 }
 
 /// How the app's health is probed.
@@ -186,6 +189,62 @@ impl Config {
             max_queue: q.inbound_max_queue,
             queue_timeout: q.inbound_queue_timeout,
         });
+        let inbound_tls = match (args.inbound_tls_cert, args.inbound_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::InboundTlsConfig {
+                cert,
+                key,
+                client_ca: args.inbound_tls_client_ca,
+                identity_header: args.inbound_tls_identity_header,
+            }),
+            (None, None) => {
+                if args.inbound_tls_client_ca.is_some() {
+                    return Err(err(
+                        "--inbound-tls-client-ca",
+                        "needs --inbound-tls-cert and --inbound-tls-key",
+                    ));
+                }
+                if args.inbound_tls_identity_header.is_some() {
+                    return Err(err(
+                        "--inbound-tls-identity-header",
+                        "needs --inbound-tls-cert and --inbound-tls-key",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "--inbound-tls-key",
+                    "is required with --inbound-tls-cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "--inbound-tls-cert",
+                    "is required with --inbound-tls-key",
+                ));
+            }
+        };
+        if let Some(name) = inbound_tls
+            .as_ref()
+            .and_then(|t| t.identity_header.as_ref())
+            && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            return Err(err(
+                "--inbound-tls-identity-header",
+                "is not a valid header name",
+            ));
+        }
+        let outbound_tls = crate::tls::OutboundTlsConfig {
+            ca: args.outbound_tls_ca,
+            cert: args.outbound_tls_cert,
+            key: args.outbound_tls_key,
+        };
+        if outbound_tls.cert.is_some() != outbound_tls.key.is_some() {
+            return Err(err(
+                "--outbound-tls-key",
+                "--outbound-tls-cert and --outbound-tls-key go together",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             return Err(err("--log-level", &e.to_string()));
         }
@@ -228,6 +287,8 @@ impl Config {
             upstream_idle_timeout: args.upstream_idle_timeout,
             dns_ttl: args.dns_ttl,
             metrics_max_destinations: args.metrics_max_destinations,
+            inbound_tls,
+            outbound_tls,
         })
     }
 
@@ -311,6 +372,20 @@ mod tests {
                 "--app-health-unhealthy-threshold",
             ),
             (&["--drain-delay", "soon"][..], "--drain-delay"),
+            (&["--inbound-tls-cert", "c.pem"][..], "--inbound-tls-key"),
+            (
+                &["--inbound-tls-client-ca", "ca.pem"][..],
+                "--inbound-tls-client-ca",
+            ),
+            (
+                &[
+                    "--inbound-tls-cert=c.pem",
+                    "--inbound-tls-key=k.pem",
+                    "--inbound-tls-identity-header=bad header",
+                ][..],
+                "--inbound-tls-identity-header",
+            ),
+            (&["--outbound-tls-cert", "c.pem"][..], "--outbound-tls-key"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");

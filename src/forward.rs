@@ -95,12 +95,23 @@ impl Forwarder {
             report(state, &endpoint, t);
         }
         let in_flight = endpoint.start();
+        let upgrade =
+            req.method() == Method::CONNECT || req.headers().contains_key(http::header::UPGRADE);
         let use_h2 = match state.policy.protocol {
             Protocol::H2 => true,
             Protocol::H1 => false,
-            Protocol::Auto => req.version() == Version::HTTP_2,
+            Protocol::Auto => {
+                req.version() == Version::HTTP_2 || (endpoint.pool.speaks_h2() && !upgrade)
+            }
         };
-        let started = Instant::now();
+        // A TLS upstream may pick HTTP/2 on ALPN unless the route pins HTTP/1.1
+        // (or the request upgrades, which HTTP/2 cannot carry).
+        let alpn = match state.policy.protocol {
+            Protocol::Auto if endpoint.pool.is_tls() && !upgrade => crate::tls::Alpn::Any,
+            _ => crate::tls::Alpn::H1,
+        };
+        // The pick's clock reading starts the attempt's clock: one read fewer.
+        let started = now;
         let exchange = async {
             if use_h2 {
                 *req.version_mut() = Version::HTTP_2;
@@ -114,17 +125,18 @@ impl Forwarder {
                 }
                 endpoint
                     .pool
-                    .send_h1(req)
+                    .send_h1_alpn(req, alpn)
                     .await
                     .map(|(r, lease)| (r, Some(lease)))
             }
         };
         let sent = tokio::time::timeout(per_try, exchange).await;
-        let latency = started.elapsed();
+        let ended = Instant::now();
+        let latency = ended - started;
         let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
         let total = endpoints.len();
         let cap = state.policy.max_ejection_percent;
-        let transition = permit.record_gated(success, latency, Instant::now(), || {
+        let transition = permit.record_gated(success, latency, ended, || {
             state
                 .ejected
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
@@ -137,7 +149,7 @@ impl Forwarder {
         }
         match sent {
             Ok(Ok((response, lease))) => {
-                endpoint.observe(latency);
+                endpoint.observe(latency, ended);
                 Ok(Sent {
                     response,
                     hold: Hold {

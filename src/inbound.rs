@@ -32,6 +32,8 @@ pub struct Inbound {
     drain: DrainWatch,
     health: Arc<AppHealth>,
     app_addr: std::net::SocketAddr,
+    /// `--inbound-tls-identity-header`: carries the client certificate's identity.
+    identity_header: Option<http::HeaderName>,
 }
 
 impl Inbound {
@@ -65,6 +67,7 @@ impl Inbound {
             },
             max_ejection_percent: 0,
             bulkhead: config.inbound_bulkhead,
+            tls: false,
         };
         let table = Arc::new(RouteTable::with_defaults(policy));
         let ports = Arc::new(Registry::new(
@@ -85,6 +88,11 @@ impl Inbound {
             drain,
             health,
             app_addr: config.app_addr,
+            identity_header: config
+                .inbound_tls
+                .as_ref()
+                .and_then(|t| t.identity_header.as_deref())
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
         }
     }
 
@@ -139,7 +147,15 @@ impl Inbound {
             return exchange::fail(e, in_flight);
         }
         let upgrade = exchange::prepare(&mut req);
-        headers::append_forwarded(req.headers_mut(), &conn.peer_ip, "http");
+        if let Some(name) = &self.identity_header {
+            // Only breakwater vouches for an identity: a client's own is dropped.
+            req.headers_mut().remove(name);
+            if let Some(id) = &conn.identity {
+                req.headers_mut().insert(name.clone(), id.clone());
+            }
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        headers::append_forwarded(req.headers_mut(), &conn.peer_ip, proto);
         exchange::send(
             &self.forwarder,
             &app,

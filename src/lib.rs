@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod telemetry;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 

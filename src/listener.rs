@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -24,6 +25,7 @@ use crate::config::Limits;
 use crate::drain::DrainWatch;
 use crate::interception::{self, detect, relay};
 use crate::metrics::{ListenerMetrics, OpaqueMetrics};
+use crate::tls::ServerTls;
 use activity::{ActivityIo, ConnActivity, Expiry};
 
 /// Most concurrent HTTP/2 streams per client connection (Envoy's edge guidance: 100).
@@ -55,6 +57,10 @@ pub struct ClientConn {
     /// The last destination this connection's requests went to; most connections
     /// talk to one, so this spares the shared registry a lookup per request.
     pub last_destination: std::sync::Mutex<Option<Arc<crate::upstream::DestinationState>>>,
+    /// The connection is TLS (terminated here).
+    pub tls: bool,
+    /// The identity in the client's verified certificate (mutual TLS).
+    pub identity: Option<http::HeaderValue>,
 }
 
 /// What a listener does with redirected connections (transparent mode).
@@ -75,6 +81,7 @@ pub struct Listener<H> {
     pub name: &'static str,
     tcp: TcpListener,
     shared: Arc<Shared<H>>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// What every connection of a listener shares: one `Arc` per connection.
@@ -104,7 +111,18 @@ impl<H: Handler> Listener<H> {
             metrics,
             interception,
         });
-        Listener { name, tcp, shared }
+        Listener {
+            name,
+            tcp,
+            shared,
+            tls: None,
+        }
+    }
+
+    /// Terminates TLS on this listener's connections.
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Accepts until a drain starts, then drops the listening socket; each
@@ -140,6 +158,7 @@ impl<H: Handler> Listener<H> {
                 peer,
                 shared: self.shared.clone(),
                 drain: drain.clone(),
+                tls: self.tls.clone(),
             };
             tokio::spawn(async move {
                 conn.serve().await;
@@ -173,6 +192,36 @@ struct Connection<H> {
     peer: SocketAddr,
     shared: Arc<Shared<H>>,
     drain: DrainWatch,
+    tls: Option<Arc<ServerTls>>,
+}
+
+/// The first byte of a TLS record that opens a handshake.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// TLS records start with 0x16 (handshake): a redirected connection that opens
+/// with one is terminated here rather than relayed as opaque TCP.
+async fn starts_with_tls(stream: &TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    ) && first[0] == TLS_HANDSHAKE
+}
+
+/// Tells a plain HTTP client of a TLS port what went wrong, then closes.
+async fn refuse_plaintext(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "this port speaks HTTPS (TLS): a plain HTTP request was sent to it\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         x-breakwater-reason: bad-request\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 impl<H: Handler> Connection<H> {
@@ -188,9 +237,11 @@ impl<H: Handler> Connection<H> {
             stream,
             peer,
             shared,
-            mut drain,
+            drain,
+            tls,
         } = self;
         let orig_dst = interception::original_dst(&stream);
+        let mut use_tls = tls.is_some();
         if let Some(orig) = orig_dst {
             let interception = &shared.interception;
             let local = stream.local_addr().unwrap_or(orig);
@@ -198,8 +249,10 @@ impl<H: Handler> Connection<H> {
                 warn!(listener = shared.name, %peer, %orig, "refused a redirected connection to breakwater's own listener: it would loop");
                 return;
             }
-            if detect::detect(&stream, interception.detect_timeout).await
-                == detect::Protocol::Opaque
+            use_tls = use_tls && starts_with_tls(&stream, interception.detect_timeout).await;
+            if !use_tls
+                && detect::detect(&stream, interception.detect_timeout).await
+                    == detect::Protocol::Opaque
             {
                 let target = shared.handler.relay_target(orig);
                 debug!(listener = shared.name, %peer, %orig, %target, "relaying opaque TCP");
@@ -213,52 +266,107 @@ impl<H: Handler> Connection<H> {
                 .await;
                 return;
             }
+            if let (Some(tls), false) = (&tls, use_tls) {
+                // Plain HTTP must not get past a TLS (maybe mutual TLS) listener.
+                tls.count_failure();
+                debug!(listener = shared.name, %peer, %orig, "plain HTTP sent to the TLS port: refused");
+                refuse_plaintext(stream).await;
+                return;
+            }
         }
-        let limits = &shared.limits;
-        let activity = Arc::new(ConnActivity::new());
-        let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
-            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
-        let client = Arc::new(ClientConn {
-            peer,
-            peer_ip,
-            orig_dst,
-            orig_dst_host: orig_dst.map(|o| o.ip().to_string()),
-            activity: activity.clone(),
-            last_destination: std::sync::Mutex::new(None),
-        });
-        let handler = shared.handler.clone();
-        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
-        let service = service_fn(move |req| {
-            let response = handler.clone().handle(client.clone(), req);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let conn = shared.builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        let mut closing = false;
-        let watchdog = activity.expired(limits.header_read_timeout, limits.idle_timeout);
-        tokio::pin!(watchdog);
-        loop {
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        debug!(%peer, error = %e, "client connection ended with an error");
+        match tls {
+            Some(tls) if use_tls => {
+                if orig_dst.is_none() {
+                    // A redirected connection was peeked at already.
+                    let mut first = [0u8; 1];
+                    let wait = shared.limits.header_read_timeout;
+                    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+                        Ok(Ok(1)) => {
+                            tls.count_failure();
+                            debug!(listener = shared.name, %peer, "plain HTTP sent to the TLS port: refused");
+                            refuse_plaintext(stream).await;
+                            return;
+                        }
+                        _ => return, // silent or gone before a byte
                     }
-                    break;
                 }
-                _ = drain.signaled(), if !closing => {
-                    // HTTP/1: `Connection: close` on the current response, or close now
-                    // if idle. HTTP/2: GOAWAY, then in-flight streams finish.
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                expiry = &mut watchdog, if !closing => {
-                    debug!(%peer, ?expiry, "closing client connection");
-                    if expiry == Expiry::HeaderRead {
-                        break; // a slow head gets no more of our time
+                match tls.accept(stream, shared.limits.header_read_timeout).await {
+                    Ok((stream, identity)) => {
+                        let identity = identity.map(|id| {
+                            http::HeaderValue::try_from(id)
+                                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+                        });
+                        serve_http(shared, stream, peer, orig_dst, drain, Some(identity)).await
                     }
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    Err(e) => {
+                        debug!(listener = shared.name, %peer, error = %e, "TLS handshake failed");
+                    }
                 }
+            }
+            _ => serve_http(shared, stream, peer, orig_dst, drain, None).await,
+        }
+    }
+}
+
+/// Serves HTTP on an accepted connection, plain or TLS. `tls` is `Some` on a TLS
+/// connection, with the client certificate's identity if it sent one.
+async fn serve_http<H: Handler, I>(
+    shared: Arc<Shared<H>>,
+    stream: I,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    mut drain: DrainWatch,
+    tls: Option<Option<http::HeaderValue>>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let limits = &shared.limits;
+    let activity = Arc::new(ConnActivity::new());
+    let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+    let client = Arc::new(ClientConn {
+        peer,
+        peer_ip,
+        orig_dst,
+        orig_dst_host: orig_dst.map(|o| o.ip().to_string()),
+        activity: activity.clone(),
+        last_destination: std::sync::Mutex::new(None),
+        tls: tls.is_some(),
+        identity: tls.flatten(),
+    });
+    let handler = shared.handler.clone();
+    let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+    let service = service_fn(move |req| {
+        let response = handler.clone().handle(client.clone(), req);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let conn = shared.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let watchdog = activity.expired(limits.header_read_timeout, limits.idle_timeout);
+    tokio::pin!(watchdog);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = drain.signaled(), if !closing => {
+                // HTTP/1: `Connection: close` on the current response, or close now
+                // if idle. HTTP/2: GOAWAY, then in-flight streams finish.
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            expiry = &mut watchdog, if !closing => {
+                debug!(%peer, ?expiry, "closing client connection");
+                if expiry == Expiry::HeaderRead {
+                    break; // a slow head gets no more of our time
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
             }
         }
     }

@@ -385,6 +385,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every family.
+    /// The registry, for families defined elsewhere (TLS).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric with a bad name could,

@@ -35,6 +35,8 @@ pub struct RoutePolicy {
     pub max_ejection_percent: u8,
     /// `None`: no limit (the app without `--inbound-max-concurrent`).
     pub bulkhead: Option<BulkheadPolicy>,
+    /// Speak TLS to the upstream (`--route HOST,tls=true`).
+    pub tls: bool,
 }
 
 /// The `--route` flags in order, with the global defaults they override.
@@ -54,6 +56,7 @@ impl RouteTable {
                 breaker: config.breaker,
                 max_ejection_percent: config.max_ejection_percent,
                 bulkhead: Some(config.bulkhead),
+                tls: false,
             },
             routes: config.routes.clone(),
         }
@@ -111,6 +114,7 @@ impl RouteTable {
             policy.timeout = route.timeout.unwrap_or(policy.timeout);
             policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
             policy.protocol = route.protocol.unwrap_or(policy.protocol);
+            policy.tls = route.tls.unwrap_or(policy.tls);
             route.apply(&mut policy.retry);
             let mut bulkhead = policy.bulkhead.unwrap_or(self.defaults_bulkhead());
             route.limits.apply(
@@ -170,10 +174,12 @@ impl DestinationState {
 
 /// How endpoints of every destination are kept: `--upstream-idle-timeout` for
 /// pooled connections, `--dns-ttl` for resolutions.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct EndpointSettings {
     pub idle_timeout: Duration,
     pub dns_ttl: Duration,
+    /// Outbound TLS, for routes with `tls=true`.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl DestinationState {
@@ -192,6 +198,12 @@ impl DestinationState {
                 idle_timeout: settings.idle_timeout,
                 breaker: policy.breaker,
                 metrics: metrics.clone(),
+                tls: match (&settings.tls, policy.tls) {
+                    (Some(client), true) => {
+                        Some(crate::tls::Origin::new(client.clone(), dest.host()))
+                    }
+                    _ => None,
+                },
             },
             settings.dns_ttl,
         );
@@ -275,7 +287,7 @@ impl Registry {
             dest.clone(),
             policy,
             metrics,
-            self.settings,
+            self.settings.clone(),
         ));
         if labeled {
             entries.insert(dest, state.clone());

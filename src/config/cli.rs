@@ -227,6 +227,37 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_PROTOCOL_DETECT_TIMEOUT", default_value = "500ms", value_parser = parse_positive_duration)]
     pub protocol_detect_timeout: Duration,
 
+    /// Inbound TLS: the listener's certificate chain (PEM); with --inbound-tls-key,
+    /// the inbound listener speaks HTTPS (ALPN h2 and http/1.1). Re-read on change.
+    #[arg(long, env = "BREAKWATER_INBOUND_TLS_CERT")]
+    pub inbound_tls_cert: Option<std::path::PathBuf>,
+
+    /// Inbound TLS: the private key of --inbound-tls-cert (PEM).
+    #[arg(long, env = "BREAKWATER_INBOUND_TLS_KEY")]
+    pub inbound_tls_key: Option<std::path::PathBuf>,
+
+    /// Mutual TLS inbound: clients must present a certificate signed by this CA (PEM).
+    #[arg(long, env = "BREAKWATER_INBOUND_TLS_CLIENT_CA")]
+    pub inbound_tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Header that carries the verified client certificate's identity (URI SAN,
+    /// else DNS SAN, else subject) to the app; stripped from incoming requests.
+    #[arg(long, env = "BREAKWATER_INBOUND_TLS_IDENTITY_HEADER")]
+    pub inbound_tls_identity_header: Option<String>,
+
+    /// Outbound TLS (`--route HOST,tls=true`): verify upstreams against this CA
+    /// (PEM) instead of the system roots.
+    #[arg(long, env = "BREAKWATER_OUTBOUND_TLS_CA")]
+    pub outbound_tls_ca: Option<std::path::PathBuf>,
+
+    /// Outbound mutual TLS: the client certificate chain presented to upstreams (PEM).
+    #[arg(long, env = "BREAKWATER_OUTBOUND_TLS_CERT")]
+    pub outbound_tls_cert: Option<std::path::PathBuf>,
+
+    /// Outbound mutual TLS: the private key of --outbound-tls-cert (PEM).
+    #[arg(long, env = "BREAKWATER_OUTBOUND_TLS_KEY")]
+    pub outbound_tls_key: Option<std::path::PathBuf>,
+
     /// Pooled upstream connections idle longer than this are closed.
     #[arg(long, env = "BREAKWATER_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub upstream_idle_timeout: Duration,

@@ -46,6 +46,9 @@ pub struct RouteOverride {
     pub connect_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// `tls=true`: speak TLS to this upstream (SNI, ALPN, verification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,7 +195,7 @@ impl LimitOverrides {
 }
 
 /// The keys a route may set, for error messages.
-const KEYS: &str = "timeout, connect-timeout, protocol, retries, retry-on, retry-backoff, \
+const KEYS: &str = "timeout, connect-timeout, protocol, tls, retries, retry-on, retry-backoff, \
                     retry-backoff-max, per-try-timeout, retry-budget, retry-budget-min, \
                     retry-body-limit, breaker-consecutive-failures, breaker-failure-rate, \
                     breaker-window, breaker-min-requests, breaker-open-duration, \
@@ -239,6 +242,13 @@ impl RouteOverride {
                     <Protocol as clap::ValueEnum>::from_str(value, true)
                         .map_err(|_| format!("'{value}' is not one of auto, h1, h2"))?,
                 )
+            }
+            "tls" => {
+                self.tls = Some(match value {
+                    "true" | "on" | "yes" | "1" => true,
+                    "false" | "off" | "no" | "0" => false,
+                    _ => return Err(format!("'{value}' is not true or false")),
+                })
             }
             "retries" => {
                 self.retries = Some(
@@ -337,6 +347,11 @@ mod tests {
             Some("5xx,429")
         );
         assert_eq!(r.per_try_timeout, Some(Duration::from_millis(300)));
+        assert_eq!(
+            RouteOverride::parse("api:443,tls=true").unwrap().tls,
+            Some(true)
+        );
+        assert!(RouteOverride::parse("api,tls=maybe").is_err());
     }
 
     #[test]

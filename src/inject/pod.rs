@@ -78,7 +78,9 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, String> {
     }
     for list in ["containers", "initContainers"] {
         if let Some(Node::Seq(items)) = spec.get(list)
-            && let Some(other) = OTHER_PROXIES.iter().find(|p| items.iter().any(|c| named(c, p)))
+            && let Some(other) = OTHER_PROXIES
+                .iter()
+                .find(|p| items.iter().any(|c| named(c, p)))
         {
             return Ok(Outcome::Skipped(format!("it already has {other}")));
         }
@@ -160,7 +162,11 @@ fn remove_previous(spec: &mut Node, drop_proxy_env: bool) {
             let names = proxy_env().map(|(name, _)| name);
             for container in items.iter_mut() {
                 if let Some(Node::Seq(env)) = container.get_mut("env") {
+                    let before = env.len();
                     env.retain(|e| !names.iter().any(|n| named(e, n)));
+                    if env.is_empty() && before > 0 {
+                        container.remove("env");
+                    }
                 }
             }
         }
@@ -291,8 +297,14 @@ fn sidecar_container(plan: &Plan, app_port: u16) -> Node {
             ("runAsGroup", Node::plain(plan.proxy_uid)),
             ("readOnlyRootFilesystem", Node::plain(true)),
             ("allowPrivilegeEscalation", Node::plain(false)),
-            ("capabilities", Node::map([("drop", strings(vec!["ALL".into()]))])),
-            ("seccompProfile", Node::map([("type", Node::str("RuntimeDefault"))])),
+            (
+                "capabilities",
+                Node::map([("drop", strings(vec!["ALL".into()]))]),
+            ),
+            (
+                "seccompProfile",
+                Node::map([("type", Node::str("RuntimeDefault"))]),
+            ),
         ]),
     );
     c
@@ -322,7 +334,10 @@ fn init_container(plan: &Plan) -> Node {
                         ("add", strings(vec!["NET_ADMIN".into(), "NET_RAW".into()])),
                     ]),
                 ),
-                ("seccompProfile", Node::map([("type", Node::str("RuntimeDefault"))])),
+                (
+                    "seccompProfile",
+                    Node::map([("type", Node::str("RuntimeDefault"))]),
+                ),
             ]),
         ),
         (

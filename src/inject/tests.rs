@@ -1,0 +1,402 @@
+//! Unit tests of `breakwater inject`: every kind, idempotence, mode and form
+//! switches, what is left alone, and errors that name the document and line.
+
+use super::*;
+use crate::config::cli::{Cli, Command};
+use clap::Parser;
+
+fn plan(flags: &[&str]) -> Plan {
+    let argv = ["breakwater", "inject"].iter().chain(flags);
+    match Cli::try_parse_from(argv).expect("inject flags").command {
+        Command::Inject(args) => Plan::from_args(args).expect("a valid plan"),
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+fn plan_error(flags: &[&str]) -> String {
+    let argv = ["breakwater", "inject"].iter().chain(flags);
+    match Cli::try_parse_from(argv).expect("inject flags").command {
+        Command::Inject(args) => Plan::from_args(args).expect_err("an invalid plan"),
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+fn run(input: &str, flags: &[&str]) -> Injected {
+    inject_stream(input, &plan(flags)).expect("injects")
+}
+
+const WORKLOADS: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: traefik/whoami:v1.10.1
+        ports: [{containerPort: 9090}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: db}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: agent, image: agent}]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: once, image: once}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: '0 3 * * *'
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: nightly, image: nightly}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: solo}
+spec: {containers: [{name: solo, image: solo}]}
+";
+
+const PASSTHROUGH: &str = "\
+---
+apiVersion: v1
+kind: ConfigMap   # comments survive in documents without a pod
+metadata: {name: settings}
+data:
+  on: 'yes'
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80}]}
+";
+
+fn docs(output: &str) -> Vec<Node> {
+    split_documents(output)
+        .iter()
+        .filter_map(|c| yaml::parse(c.text).expect("output parses"))
+        .collect()
+}
+
+fn pod_spec(doc: &Node) -> &Node {
+    let kind = doc.get("kind").and_then(Node::as_str).unwrap_or("");
+    let path = template_path(kind).expect("a kind with pods");
+    doc.at(path)
+        .and_then(|t| t.get("spec"))
+        .expect("a pod spec")
+}
+
+fn names(spec: &Node, list: &str) -> Vec<String> {
+    match spec.get(list) {
+        Some(Node::Seq(items)) => items
+            .iter()
+            .filter_map(|c| c.get("name").and_then(Node::as_str).map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn every_kind_with_a_pod_gets_the_sidecar() {
+    let out = run(WORKLOADS, &[]);
+    let docs = docs(&out.output);
+    assert_eq!(docs.len(), 6);
+    for doc in &docs {
+        let spec = pod_spec(doc);
+        assert_eq!(
+            names(spec, "initContainers"),
+            ["breakwater-init", "breakwater"]
+        );
+        assert_eq!(names(spec, "volumes"), ["breakwater-xtables"]);
+    }
+    let web = pod_spec(&docs[0]);
+    let sidecar = match web.get("initContainers") {
+        Some(Node::Seq(items)) => &items[1],
+        _ => panic!("no init containers"),
+    };
+    assert_eq!(
+        sidecar.get("restartPolicy").and_then(Node::as_str),
+        Some("Always")
+    );
+    let args = yaml::emit(sidecar.get("args").expect("args"));
+    assert!(
+        args.contains("--app-addr=127.0.0.1:9090"),
+        "first containerPort: {args}"
+    );
+    assert_eq!(
+        out.notes
+            .iter()
+            .filter(|n| n.starts_with("injected"))
+            .count(),
+        6
+    );
+}
+
+#[test]
+fn documents_without_pods_pass_through_byte_for_byte() {
+    let input = format!("# a header comment\n{PASSTHROUGH}");
+    let out = run(&input, &[]);
+    assert_eq!(out.output, input);
+    let mixed = format!("{WORKLOADS}{PASSTHROUGH}");
+    let out = run(&mixed, &[]);
+    assert!(out.output.ends_with(PASSTHROUGH), "{}", out.output);
+}
+
+#[test]
+fn injecting_twice_changes_nothing() {
+    let forms: [&[&str]; 4] = [
+        &[],
+        &["--sidecar", "classic"],
+        &["--mode", "explicit"],
+        &[
+            "--mode",
+            "explicit",
+            "--sidecar",
+            "classic",
+            "--retries",
+            "3",
+        ],
+    ];
+    for flags in forms {
+        let once = run(WORKLOADS, flags).output;
+        let twice = run(&once, flags).output;
+        assert_eq!(once, twice, "flags {flags:?}");
+    }
+}
+
+#[test]
+fn reinjecting_with_other_flags_replaces_the_injection() {
+    let original = run(WORKLOADS, &[]).output;
+    let explicit = run(&original, &["--mode", "explicit", "--sidecar", "classic"]).output;
+    let web = pod_spec(&docs(&explicit)[0]).clone();
+    assert_eq!(names(&web, "containers"), ["web", "breakwater"]);
+    assert!(web.get("initContainers").is_none(), "nothing left behind");
+    assert!(web.get("volumes").is_none());
+    let back = run(&explicit, &[]).output;
+    assert_eq!(back, original, "back to the first injection exactly");
+}
+
+#[test]
+fn explicit_mode_sets_the_proxy_variables_on_app_containers_only() {
+    let input = "\
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - name: app
+    image: app
+    env:
+    - {name: HTTP_PROXY, value: 'http://corp:3128'}
+    - {name: KEEP, value: x}
+";
+    let out = run(input, &["--mode", "explicit", "--sidecar", "classic"]);
+    let doc = &docs(&out.output)[0];
+    let env = doc.at(&["spec", "containers"]).expect("containers");
+    let Node::Seq(containers) = env else { panic!() };
+    let app_env = names(&containers[0], "env");
+    assert_eq!(
+        app_env,
+        ["HTTP_PROXY", "KEEP", "http_proxy", "NO_PROXY", "no_proxy"]
+    );
+    assert!(out.output.contains("value: http://127.0.0.1:15001"));
+    assert!(
+        !out.output.contains("corp:3128"),
+        "breakwater's proxy replaces it"
+    );
+    assert!(
+        names(&containers[1], "env").is_empty(),
+        "not on the sidecar"
+    );
+    assert!(
+        out.notes.iter().any(|n| n.contains("targetPort")),
+        "{:?}",
+        out.notes
+    );
+    assert!(
+        !out.output.contains("NET_ADMIN"),
+        "explicit mode needs no privileges"
+    );
+}
+
+#[test]
+fn pods_that_must_not_be_touched_are_left_alone() {
+    let input = "\
+kind: Pod
+metadata: {name: host}
+spec: {hostNetwork: true, containers: [{name: a, image: a}]}
+---
+kind: Pod
+metadata: {name: off, annotations: {breakwater.io/inject: disabled}}
+spec: {containers: [{name: a, image: a}]}
+---
+kind: Pod
+metadata: {name: meshed}
+spec: {containers: [{name: a, image: a}, {name: istio-proxy, image: x}]}
+";
+    let out = run(input, &[]);
+    assert_eq!(out.output, input);
+    assert_eq!(
+        out.notes
+            .iter()
+            .filter(|n| n.starts_with("skipped"))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn lists_from_kubectl_get_are_injected_item_by_item() {
+    let input = "\
+apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: a}
+  spec: {containers: [{name: a, image: a}]}
+- kind: Service
+  metadata: {name: s}
+";
+    let out = run(input, &["--sidecar", "classic"]);
+    let doc = &docs(&out.output)[0];
+    let Some(Node::Seq(items)) = doc.get("items") else {
+        panic!()
+    };
+    assert_eq!(
+        names(items[0].get("spec").expect("spec"), "containers"),
+        ["a", "breakwater"]
+    );
+    assert_eq!(
+        items[1],
+        yaml::parse("kind: Service\nmetadata: {name: s}")
+            .expect("ok")
+            .expect("node")
+    );
+}
+
+#[test]
+fn classic_sidecars_in_jobs_come_with_the_shutdown_note() {
+    let out = run(WORKLOADS, &["--sidecar", "classic"]);
+    let shutdown: Vec<_> = out
+        .notes
+        .iter()
+        .filter(|n| n.contains("/shutdown"))
+        .collect();
+    assert_eq!(shutdown.len(), 2, "Job and CronJob: {:?}", out.notes);
+    assert!(
+        run(WORKLOADS, &[])
+            .notes
+            .iter()
+            .all(|n| !n.contains("/shutdown"))
+    );
+}
+
+#[test]
+fn invalid_yaml_names_the_document_and_line() {
+    let input = "kind: ConfigMap\n---\nkind: Pod\nspec:\n  containers: [\n---\nkind: Secret\n";
+    let err = inject_stream(input, &plan(&[])).expect_err("invalid");
+    assert_eq!(err.document, 2);
+    assert_eq!(err.line, 5, "{err}");
+    assert!(err.to_string().starts_with("document 2, line 5"), "{err}");
+
+    let input = "# header\n---\nkind: Pod\nmetadata:\n  name: x\n   bad: indent\n";
+    let err = inject_stream(input, &plan(&[])).expect_err("invalid");
+    assert_eq!((err.document, err.line), (1, 6), "{err}");
+}
+
+#[test]
+fn pods_of_the_wrong_shape_name_the_document() {
+    let input = "kind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: a}]}\n---\nkind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: {containers: {}}}}\n";
+    let err = inject_stream(input, &plan(&[])).expect_err("containers is not a list");
+    assert_eq!(err.document, 2);
+    assert!(err.message.contains("Deployment/d"), "{err}");
+    assert!(err.message.contains("containers"), "{err}");
+}
+
+#[test]
+fn run_flags_are_checked_and_written_one_per_arg() {
+    let p = plan(&[
+        "--mode",
+        "explicit",
+        "--retries",
+        "3",
+        "--route",
+        "payments:8080,timeout=2s",
+        "--access-log",
+    ]);
+    assert_eq!(
+        p.run_flags,
+        [
+            "--retries=3",
+            "--route=payments:8080,timeout=2s",
+            "--access-log"
+        ]
+    );
+    assert_eq!(plan(&["--", "--timeout=2s"]).run_flags, ["--timeout=2s"]);
+    assert!(plan_error(&["--retries", "-1"]).contains("--retries"));
+    assert!(plan_error(&["--no-such-flag"]).contains("--no-such-flag"));
+    assert!(plan_error(&["--app-addr", "127.0.0.1:1"]).contains("--app-port"));
+    assert!(plan_error(&["--retries", "1", "--mode", "explicit"]).contains("before the run flags"));
+    assert!(plan_error(&["--route", "x:1,retries=nope"]).contains("route"));
+}
+
+#[test]
+fn iptables_flags_are_rendered_as_init_iptables_takes_them() {
+    let p = plan(&[
+        "--exclude-inbound-ports",
+        "22,9000",
+        "--exclude-outbound-cidrs",
+        "169.254.169.254/32",
+        "--proxy-uid",
+        "2000",
+    ]);
+    assert_eq!(
+        pod::iptables_args(&p),
+        [
+            "init-iptables",
+            "--inbound-port=15006",
+            "--outbound-port=15001",
+            "--admin-port=15000",
+            "--proxy-uid=2000",
+            "--exclude-inbound-ports=22,9000",
+            "--exclude-outbound-cidrs=169.254.169.254/32",
+        ]
+    );
+}
+
+#[test]
+fn split_keeps_every_byte() {
+    let input = "a: 1\n--- # c\nb: 2\n---\n--- x\n----not a marker\n";
+    let chunks = split_documents(input);
+    let joined: String = chunks.iter().map(|c| c.text).collect();
+    assert_eq!(joined, input);
+    let lines: Vec<_> = chunks.iter().map(|c| (c.first_line, c.marked)).collect();
+    assert_eq!(lines, [(1, false), (2, true), (4, true), (5, true)]);
+}

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+mod emit;
+pub use emit::emit;
+
 /// One YAML node.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
@@ -196,7 +199,10 @@ pub fn parse(text: &str) -> Result<Option<Node>, ParseError> {
         return Err(at(&mark, &message));
     }
     if let Some(mark) = builder.second_doc {
-        return Err(at(&mark, "a second document without a `---` line before it"));
+        return Err(at(
+            &mark,
+            "a second document without a `---` line before it",
+        ));
     }
     Ok(builder.docs.pop().flatten())
 }
@@ -252,7 +258,9 @@ impl Builder {
 fn scalar(text: String, style: TScalarStyle, tag: Option<Tag>) -> Scalar {
     let kind = match tag {
         Some(t) if t.handle == "tag:yaml.org,2002:" && t.suffix == "str" => ScalarKind::Str,
-        Some(t) if t.handle == "tag:yaml.org,2002:" => ScalarKind::Tagged(format!("!!{}", t.suffix)),
+        Some(t) if t.handle == "tag:yaml.org,2002:" => {
+            ScalarKind::Tagged(format!("!!{}", t.suffix))
+        }
         Some(t) if t.handle == "!" || t.handle.is_empty() => {
             ScalarKind::Tagged(format!("!{}", t.suffix.trim_start_matches('!')))
         }
@@ -311,184 +319,6 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-/// Writes one document (no `---`), in kubectl's layout: two-space indentation,
-/// sequence items at their key's indentation.
-pub fn emit(node: &Node) -> String {
-    let mut out = String::new();
-    match node {
-        Node::Map(entries) if !entries.is_empty() => emit_map(&mut out, entries, 0),
-        Node::Seq(items) if !items.is_empty() => emit_seq(&mut out, items, 0),
-        other => {
-            out.push_str(&inline(other, 0));
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn emit_map(out: &mut String, entries: &[(Scalar, Node)], indent: usize) {
-    for (i, (key, value)) in entries.iter().enumerate() {
-        // The first entry of a mapping that is a sequence item follows its "- ".
-        if i > 0 || !out.ends_with("- ") {
-            push_indent(out, indent);
-        }
-        out.push_str(&scalar_text(key, indent));
-        out.push(':');
-        match value {
-            Node::Map(inner) if !inner.is_empty() => {
-                out.push('\n');
-                emit_map(out, inner, indent + 2);
-            }
-            Node::Seq(items) if !items.is_empty() => {
-                out.push('\n');
-                emit_seq(out, items, indent);
-            }
-            other => {
-                out.push(' ');
-                out.push_str(&inline(other, indent + 2));
-                out.push('\n');
-            }
-        }
-    }
-}
-
-fn emit_seq(out: &mut String, items: &[Node], indent: usize) {
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 || !out.ends_with("- ") {
-            push_indent(out, indent);
-        }
-        out.push_str("- ");
-        match item {
-            Node::Map(entries) if !entries.is_empty() => emit_map(out, entries, indent + 2),
-            Node::Seq(inner) if !inner.is_empty() => emit_seq(out, inner, indent + 2),
-            other => {
-                out.push_str(&inline(other, indent + 2));
-                out.push('\n');
-            }
-        }
-    }
-}
-
-fn push_indent(out: &mut String, indent: usize) {
-    out.extend(std::iter::repeat_n(' ', indent));
-}
-
-/// A scalar or an empty collection, on the current line (a literal block continues
-/// on the next lines, at `indent`).
-fn inline(node: &Node, indent: usize) -> String {
-    match node {
-        Node::Scalar(s) => scalar_text(s, indent),
-        Node::Seq(_) => "[]".into(),
-        Node::Map(_) => "{}".into(),
-    }
-}
-
-fn scalar_text(s: &Scalar, indent: usize) -> String {
-    match &s.kind {
-        ScalarKind::Plain if plain_safe(&s.text) => s.text.clone(),
-        ScalarKind::Plain | ScalarKind::Str => string_text(&s.text, indent),
-        ScalarKind::Tagged(tag) if plain_safe(&s.text) => format!("{tag} {}", s.text),
-        ScalarKind::Tagged(tag) => format!("{tag} {}", double_quoted(&s.text)),
-    }
-}
-
-/// A string: plain when no YAML 1.1 reader can mistake it, a literal block when it
-/// has several lines, else double-quoted.
-fn string_text(text: &str, indent: usize) -> String {
-    if plain_safe(text) && !may_resolve_to_non_string(text) {
-        return text.to_string();
-    }
-    if let Some(block) = literal_block(text, indent) {
-        return block;
-    }
-    double_quoted(text)
-}
-
-/// Whether `text`, written plain in block context, reads back as this same text.
-fn plain_safe(text: &str) -> bool {
-    let Some(first) = text.chars().next() else {
-        return false;
-    };
-    let second = text.chars().nth(1);
-    let starts_ok = match first {
-        '-' | '?' | ':' => second.is_some_and(|c| !c.is_whitespace()),
-        ',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%'
-        | '@' | '`' => false,
-        c => !c.is_whitespace(),
-    };
-    starts_ok
-        && !text.ends_with(char::is_whitespace)
-        && !text.ends_with(':')
-        && !text.contains(": ")
-        && !text.contains(" #")
-        && !text.contains(":\t")
-        && text.chars().all(|c| !c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
-        && text != "---"
-        && text != "..."
-}
-
-/// Whether a YAML 1.1 or 1.2 reader could resolve this plain text to a null, bool,
-/// number, timestamp or merge key. Errs on the side of quoting.
-fn may_resolve_to_non_string(text: &str) -> bool {
-    const WORDS: [&str; 12] = [
-        "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n", "<<", "=",
-    ];
-    let lower = text.to_ascii_lowercase();
-    if WORDS.contains(&lower.as_str()) {
-        return true;
-    }
-    let unsigned = lower.trim_start_matches(['+', '-']);
-    matches!(unsigned, ".inf" | ".nan")
-        || unsigned.starts_with(|c: char| c.is_ascii_digit())
-        || (unsigned.starts_with('.') && unsigned[1..].starts_with(|c: char| c.is_ascii_digit()))
-}
-
-/// `|` or `|-` with the lines at `indent`, when the text can be written that way.
-fn literal_block(text: &str, indent: usize) -> Option<String> {
-    let body = text.strip_suffix('\n').unwrap_or(text);
-    let chomp = if text.ends_with('\n') { "|" } else { "|-" };
-    let fits = text.contains('\n')
-        && !body.ends_with('\n')
-        && !body.starts_with([' ', '\t'])
-        && !body.is_empty()
-        && body.lines().all(|l| !l.ends_with([' ', '\t']))
-        && body
-            .chars()
-            .all(|c| c == '\n' || (!c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}')));
-    if !fits {
-        return None;
-    }
-    let mut out = String::from(chomp);
-    for line in body.split('\n') {
-        out.push('\n');
-        if !line.is_empty() {
-            out.extend(std::iter::repeat_n(' ', indent));
-            out.push_str(line);
-        }
-    }
-    Some(out)
-}
-
-fn double_quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,7 +336,9 @@ mod tests {
 
     #[test]
     fn strings_that_look_like_other_things_are_quoted() {
-        let out = roundtrip("a: 'yes'\nb: \"8080\"\nc: 'on'\nd: ''\ne: 'y'\nf: '2024-01-01'\ng: 'plain'\nh: '.5'\ni: '- x'\nj: 'a: b'\n");
+        let out = roundtrip(
+            "a: 'yes'\nb: \"8080\"\nc: 'on'\nd: ''\ne: 'y'\nf: '2024-01-01'\ng: 'plain'\nh: '.5'\ni: '- x'\nj: 'a: b'\n",
+        );
         assert_eq!(
             out,
             "a: \"yes\"\nb: \"8080\"\nc: \"on\"\nd: \"\"\ne: \"y\"\nf: \"2024-01-01\"\ng: plain\nh: \".5\"\ni: \"- x\"\nj: \"a: b\"\n"
@@ -521,7 +353,9 @@ mod tests {
 
     #[test]
     fn multi_line_strings_become_literal_blocks() {
-        let out = roundtrip("data:\n  script: \"echo a\\necho b\\n\"\n  two: \"x\\ny\"\n  spaced: \" lead\\nx\"\n");
+        let out = roundtrip(
+            "data:\n  script: \"echo a\\necho b\\n\"\n  two: \"x\\ny\"\n  spaced: \" lead\\nx\"\n",
+        );
         assert_eq!(
             out,
             "data:\n  script: |\n    echo a\n    echo b\n  two: |-\n    x\n    y\n  spaced: \" lead\\nx\"\n"

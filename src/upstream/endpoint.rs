@@ -39,7 +39,12 @@ impl Endpoint {
         circuit_gauge.set(0);
         Arc::new(Endpoint {
             addr,
-            pool: EndpointPool::new(addr, settings.connect_timeout, settings.idle_timeout),
+            pool: EndpointPool::with_tls(
+                addr,
+                settings.connect_timeout,
+                settings.idle_timeout,
+                settings.tls.clone(),
+            ),
             breaker: Arc::new(Breaker::new(settings.breaker, Instant::now())),
             circuit_gauge,
             in_flight: AtomicUsize::new(0),
@@ -54,9 +59,9 @@ impl Endpoint {
     }
 
     /// Feeds the latency estimate with the time to a response head.
-    pub fn observe(&self, rtt: Duration) {
+    pub fn observe(&self, rtt: Duration, now: Instant) {
         let mut ewma = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        ewma.observe(rtt, Instant::now());
+        ewma.observe(rtt, now);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -112,6 +117,8 @@ pub struct EndpointConfig {
     pub idle_timeout: Duration,
     pub breaker: BreakerConfig,
     pub metrics: Arc<DestinationMetrics>,
+    /// TLS to the upstream (`--route HOST,tls=true`).
+    pub tls: Option<crate::tls::Origin>,
 }
 
 /// The resolved endpoints of one destination.

@@ -1,0 +1,336 @@
+{{/*
+breakwater's named templates: include them in a pod spec to inject breakwater.
+
+  initContainers:
+    {{- include "breakwater.initContainers" . | nindent 4 }}   # iptables step, native sidecar
+  containers:
+    - name: app
+      env:
+        {{- include "breakwater.appEnv" . | nindent 8 }}       # explicit mode: HTTP_PROXY
+    {{- include "breakwater.sidecar" . | nindent 4 }}          # classic sidecar
+  volumes:
+    {{- include "breakwater.volumes" . | nindent 4 }}
+
+and `targetPort: {{ include "breakwater.targetPort" . }}` in the Service. Each takes
+the root context and reads breakwater's values from `.Values.breakwater` (this chart
+as a dependency) or `.Values` (this chart installed itself), so switching `mode` or
+`sidecar` needs no change to the including chart. A template with nothing to add
+renders nothing. `breakwater inject` writes the same containers (the tests compare).
+*/}}
+
+{{- define "breakwater.initContainers" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- if and (eq $v.sidecar "native") (semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "breakwater: sidecar: native needs Kubernetes 1.29 or later (native sidecar containers), this is %s: set sidecar: classic" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- if eq $v.mode "transparent" -}}
+{{ include "breakwater.iptablesContainer" $v }}
+{{ end -}}
+{{- if eq $v.sidecar "native" -}}
+{{ include "breakwater.container" (dict "v" $v "native" true) }}
+{{- end -}}
+{{- end -}}
+
+{{- define "breakwater.sidecar" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- if eq $v.sidecar "classic" -}}
+{{ include "breakwater.container" (dict "v" $v "native" false) }}
+{{- end -}}
+{{- end -}}
+
+{{- define "breakwater.volumes" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- if eq $v.mode "transparent" }}
+# iptables takes its lock file in /run; the init container's root filesystem is read-only.
+- name: breakwater-xtables
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}
+{{- range $way := list "inbound" "outbound" }}
+{{- with (index $v.tls $way).secretName }}
+- name: breakwater-tls-{{ $way }}
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* Explicit mode: the app's HTTP clients send to breakwater's outbound listener.
+Both spellings: Go reads either, curl and many runtimes only the lowercase one. */}}
+{{- define "breakwater.appEnv" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- if eq $v.mode "explicit" -}}
+- name: HTTP_PROXY
+  value: http://127.0.0.1:15001
+- name: http_proxy
+  value: http://127.0.0.1:15001
+- name: NO_PROXY
+  value: localhost,127.0.0.1,::1
+- name: no_proxy
+  value: localhost,127.0.0.1,::1
+{{- end -}}
+{{- end -}}
+
+{{/* The Service's targetPort: breakwater's inbound listener in explicit mode; the
+app's port in transparent mode, where iptables redirects it to breakwater. */}}
+{{- define "breakwater.targetPort" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- if eq $v.mode "explicit" }}15006{{ else }}{{ $v.app.port | int64 }}{{ end -}}
+{{- end -}}
+
+{{/* Pod annotations: the mode, for tools (and for `breakwater inject` run over the
+result, which then knows the proxy variables are its own). */}}
+{{- define "breakwater.podAnnotations" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+breakwater.io/mode: {{ $v.mode }}
+{{- end -}}
+
+{{/* The breakwater container; (dict "v" values "native" bool). */}}
+{{- define "breakwater.container" -}}
+{{- $v := .v -}}
+- name: breakwater
+  image: {{ printf "%s:%s" $v.image.repository $v.image.tag | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy | default "IfNotPresent" }}
+  {{- if .native }}
+  # A native sidecar (Kubernetes 1.29+): an init container that keeps running. It
+  # starts before the app's containers and is stopped after them.
+  restartPolicy: Always
+  {{- end }}
+  args:
+    {{- include "breakwater.runArgs" $v | nindent 4 }}
+  ports:
+    - name: bw-admin
+      containerPort: 15000
+      protocol: TCP
+    - name: bw-inbound
+      containerPort: 15006
+      protocol: TCP
+  # The startup probe must be /live, never /ready. /ready includes the app's health,
+  # and the app cannot be healthy before it starts, which for a native sidecar is
+  # only once this probe has passed: a startup probe on /ready would deadlock the pod.
+  startupProbe:
+    httpGet:
+      path: /live
+      port: 15000
+    periodSeconds: 1
+    failureThreshold: 30
+  livenessProbe:
+    httpGet:
+      path: /live
+      port: 15000
+    periodSeconds: 10
+    failureThreshold: 3
+  # /ready: listeners bound, app healthy, no drain started. breakwater applies the
+  # app's health thresholds itself, so a single failure here is already a verdict.
+  readinessProbe:
+    httpGet:
+      path: /ready
+      port: 15000
+    periodSeconds: 2
+    failureThreshold: 1
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: {{ $v.proxyUid | int64 }}
+    runAsGroup: {{ $v.proxyUid | int64 }}
+    readOnlyRootFilesystem: true
+    allowPrivilegeEscalation: false
+    capabilities:
+      drop:
+        - ALL
+    seccompProfile:
+      type: RuntimeDefault
+  {{- if or $v.tls.inbound.secretName $v.tls.outbound.secretName }}
+  volumeMounts:
+    {{- range $way := list "inbound" "outbound" }}
+    {{- if (index $v.tls $way).secretName }}
+    - name: breakwater-tls-{{ $way }}
+      mountPath: /etc/breakwater/tls/{{ $way }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/* The init container that redirects the pod's TCP to breakwater: the only part
+that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW). */}}
+{{- define "breakwater.iptablesContainer" -}}
+- name: breakwater-init
+  image: {{ printf "%s:%s" .initImage.repository .initImage.tag | quote }}
+  imagePullPolicy: {{ .initImage.pullPolicy | default "IfNotPresent" }}
+  args:
+    - init-iptables
+    - --inbound-port=15006
+    - --outbound-port=15001
+    - --admin-port=15000
+    - {{ printf "--proxy-uid=%d" (.proxyUid | int64) | quote }}
+    {{- with .transparent.excludeInboundPorts }}
+    - {{ printf "--exclude-inbound-ports=%s" (join "," .) | quote }}
+    {{- end }}
+    {{- with .transparent.excludeOutboundPorts }}
+    - {{ printf "--exclude-outbound-ports=%s" (join "," .) | quote }}
+    {{- end }}
+    {{- with .transparent.excludeOutboundCidrs }}
+    - {{ printf "--exclude-outbound-cidrs=%s" (join "," .) | quote }}
+    {{- end }}
+  resources:
+    {{- toYaml .transparent.resources | nindent 4 }}
+  securityContext:
+    runAsNonRoot: false
+    runAsUser: 0
+    runAsGroup: 0
+    readOnlyRootFilesystem: true
+    allowPrivilegeEscalation: false
+    capabilities:
+      drop:
+        - ALL
+      add:
+        - NET_ADMIN
+        - NET_RAW
+    seccompProfile:
+      type: RuntimeDefault
+  volumeMounts:
+    - name: breakwater-xtables
+      mountPath: /run
+{{- end -}}
+
+{{/* `breakwater run` and its flags: each value that is set becomes one --flag=value. */}}
+{{- define "breakwater.runArgs" -}}
+- run
+- --inbound-addr=0.0.0.0:15006
+- --outbound-addr=127.0.0.1:15001
+- --admin-addr=0.0.0.0:15000
+- {{ printf "--app-addr=127.0.0.1:%d" (.app.port | int64) | quote }}
+{{- $r := .resilience }}
+{{- include "breakwater.flag" (list "timeout" $r.timeout) }}
+{{- include "breakwater.flag" (list "connect-timeout" $r.connectTimeout) }}
+{{- include "breakwater.flag" (list "per-try-timeout" $r.perTryTimeout) }}
+{{- include "breakwater.flag" (list "retries" $r.retries) }}
+{{- include "breakwater.flag" (list "retry-on" $r.retryOn) }}
+{{- include "breakwater.flag" (list "retry-backoff" $r.retryBackoff) }}
+{{- include "breakwater.flag" (list "retry-backoff-max" $r.retryBackoffMax) }}
+{{- include "breakwater.flag" (list "retry-budget" $r.retryBudget) }}
+{{- include "breakwater.flag" (list "retry-budget-min" $r.retryBudgetMin) }}
+{{- include "breakwater.flag" (list "retry-body-limit" $r.retryBodyLimit) }}
+{{- $b := .breaker }}
+{{- include "breakwater.flag" (list "breaker-consecutive-failures" $b.consecutiveFailures) }}
+{{- include "breakwater.flag" (list "breaker-failure-rate" $b.failureRate) }}
+{{- include "breakwater.flag" (list "breaker-window" $b.window) }}
+{{- include "breakwater.flag" (list "breaker-min-requests" $b.minRequests) }}
+{{- include "breakwater.flag" (list "breaker-open-duration" $b.openDuration) }}
+{{- include "breakwater.flag" (list "breaker-half-open-requests" $b.halfOpenRequests) }}
+{{- include "breakwater.flag" (list "breaker-slow-call" $b.slowCall) }}
+{{- include "breakwater.flag" (list "breaker-slow-call-rate" $b.slowCallRate) }}
+{{- include "breakwater.flag" (list "max-ejection-percent" $b.maxEjectionPercent) }}
+{{- $k := .bulkhead }}
+{{- include "breakwater.flag" (list "max-concurrent" $k.maxConcurrent) }}
+{{- include "breakwater.flag" (list "max-concurrent-min" $k.maxConcurrentMin) }}
+{{- include "breakwater.flag" (list "max-concurrent-max" $k.maxConcurrentMax) }}
+{{- include "breakwater.flag" (list "max-queue" $k.maxQueue) }}
+{{- include "breakwater.flag" (list "queue-timeout" $k.queueTimeout) }}
+{{- include "breakwater.flag" (list "inbound-max-concurrent" .inbound.maxConcurrent) }}
+{{- include "breakwater.flag" (list "inbound-max-queue" .inbound.maxQueue) }}
+{{- include "breakwater.flag" (list "inbound-queue-timeout" .inbound.queueTimeout) }}
+{{- range $route := .routes }}
+{{- include "breakwater.route" $route }}
+{{- end }}
+{{- $h := .appHealth }}
+{{- include "breakwater.flag" (list "app-health-path" $h.path) }}
+{{- include "breakwater.flag" (list "app-health-interval" $h.interval) }}
+{{- include "breakwater.flag" (list "app-health-timeout" $h.timeout) }}
+{{- include "breakwater.flag" (list "app-health-healthy-threshold" $h.healthyThreshold) }}
+{{- include "breakwater.flag" (list "app-health-unhealthy-threshold" $h.unhealthyThreshold) }}
+{{- include "breakwater.flag" (list "drain-delay" .drain.delay) }}
+{{- include "breakwater.flag" (list "drain-timeout" .drain.timeout) }}
+{{- $l := .limits }}
+{{- include "breakwater.flag" (list "max-request-header-bytes" $l.maxRequestHeaderBytes) }}
+{{- include "breakwater.flag" (list "max-request-headers" $l.maxRequestHeaders) }}
+{{- include "breakwater.flag" (list "max-uri-bytes" $l.maxUriBytes) }}
+{{- include "breakwater.flag" (list "header-read-timeout" $l.headerReadTimeout) }}
+{{- include "breakwater.flag" (list "idle-timeout" $l.idleTimeout) }}
+{{- include "breakwater.flag" (list "max-connections" $l.maxConnections) }}
+{{- include "breakwater.flag" (list "upstream-idle-timeout" .upstream.idleTimeout) }}
+{{- include "breakwater.flag" (list "dns-ttl" .upstream.dnsTtl) }}
+{{- include "breakwater.flag" (list "protocol-detect-timeout" .transparent.protocolDetectTimeout) }}
+{{- with .tls.inbound }}
+{{- if .secretName }}
+- --inbound-tls-cert=/etc/breakwater/tls/inbound/tls.crt
+- --inbound-tls-key=/etc/breakwater/tls/inbound/tls.key
+{{- if .clientCa }}
+- --inbound-tls-client-ca=/etc/breakwater/tls/inbound/ca.crt
+{{- end }}
+{{- end }}
+{{- include "breakwater.flag" (list "inbound-tls-identity-header" .identityHeader) }}
+{{- end }}
+{{- with .tls.outbound }}
+{{- if and .secretName .ca }}
+- --outbound-tls-ca=/etc/breakwater/tls/outbound/ca.crt
+{{- end }}
+{{- if and .secretName .clientCert }}
+- --outbound-tls-cert=/etc/breakwater/tls/outbound/tls.crt
+- --outbound-tls-key=/etc/breakwater/tls/outbound/tls.key
+{{- end }}
+{{- end }}
+{{- include "breakwater.flag" (list "log-format" .logging.format) }}
+{{- include "breakwater.flag" (list "log-level" .logging.level) }}
+{{- include "breakwater.flag" (list "access-log" .logging.accessLog) }}
+{{- include "breakwater.flag" (list "metrics-max-destinations" .metrics.maxDestinations) }}
+{{- include "breakwater.flag" (list "threads" .threads) }}
+{{- range .extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* One flag, (list name value): nothing for null or false, --name for true, a
+comma list for a list, whole numbers without a decimal point. */}}
+{{- define "breakwater.flag" -}}
+{{- $name := index . 0 -}}
+{{- $value := index . 1 -}}
+{{- if kindIs "bool" $value -}}
+{{- if $value }}
+- --{{ $name }}
+{{- end -}}
+{{- else if kindIs "slice" $value -}}
+{{- if $value }}
+- {{ printf "--%s=%s" $name (join "," $value) | quote }}
+{{- end -}}
+{{- else if not (kindIs "invalid" $value) }}
+- {{ printf "--%s=%s" $name (include "breakwater.scalar" $value) | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* A value as a flag takes it: numbers from values files arrive as floats. */}}
+{{- define "breakwater.scalar" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One --route: HOST[:PORT],key=value,...; retry-on conditions joined by '+'. */}}
+{{- define "breakwater.route" -}}
+{{- $route := . -}}
+{{- $parts := list (ternary (printf "%s:%s" $route.host (include "breakwater.scalar" $route.port)) $route.host (not (kindIs "invalid" $route.port))) -}}
+{{- $keys := list "timeout" "connectTimeout" "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout" -}}
+{{- range $key := $keys -}}
+{{- $value := index $route $key -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- if kindIs "slice" $value -}}
+{{- $value = join "+" $value -}}
+{{- else -}}
+{{- $value = include "breakwater.scalar" $value | replace "," "+" | nospace -}}
+{{- end -}}
+{{- $parts = append $parts (printf "%s=%s" (kebabcase $key) $value) -}}
+{{- end -}}
+{{- end }}
+- {{ printf "--route=%s" (join "," $parts) | quote }}
+{{- end -}}

@@ -1,0 +1,212 @@
+//! The flags of `breakwater inject`, and the [`Plan`] they make once checked: the run
+//! flags as `breakwater run --check` checks them, the iptables flags as
+//! `breakwater init-iptables` parses them, so that a bad flag fails before any YAML
+//! is read, not later in a pod.
+
+use clap::{Args, CommandFactory, Parser, ValueEnum};
+
+use super::pod;
+use crate::config::cli::{Cli, Command};
+
+/// Flags of `breakwater inject`. Flags after inject's own are `breakwater run` flags
+/// for the sidecar, checked here as `breakwater run --check` would check them.
+#[derive(Args, Debug, Clone)]
+pub struct InjectArgs {
+    /// How the app's traffic reaches breakwater: transparent (an init container redirects
+    /// the pod's TCP with iptables; needs NET_ADMIN and NET_RAW) or explicit (HTTP_PROXY
+    /// on the app containers, no privileges; point the Service's targetPort at 15006).
+    #[arg(long, value_enum, default_value = "transparent")]
+    pub mode: Mode,
+
+    /// native: an init container with restartPolicy: Always (Kubernetes 1.29+), started
+    /// before the app and stopped after it; classic: a plain container, for older clusters.
+    #[arg(long, value_enum, default_value = "native")]
+    pub sidecar: SidecarForm,
+
+    /// The breakwater image.
+    #[arg(long, default_value = concat!("breakwater:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
+    /// The image of the iptables init container (the Dockerfile's `init` target).
+    #[arg(long, default_value = concat!("breakwater:", env!("CARGO_PKG_VERSION"), "-init"))]
+    pub init_image: String,
+
+    /// The port the app listens on [default: the first containerPort of the pod's first
+    /// container, else 8080].
+    #[arg(long)]
+    pub app_port: Option<u16>,
+
+    /// The user id breakwater runs as; iptables leaves its traffic alone.
+    #[arg(long, default_value_t = 1717)]
+    pub proxy_uid: u32,
+
+    /// Inbound ports iptables does not redirect (comma list).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_inbound_ports: Vec<u16>,
+
+    /// Outbound destination ports iptables does not redirect (comma list).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+
+    /// Outbound destination ranges iptables does not redirect (comma list of CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_cidrs: Vec<String>,
+
+    /// `breakwater run` flags for the sidecar, e.g. `--retries 3 --route
+    /// payments:8080,timeout=2s` (after inject's own flags, or after `--`).
+    #[arg(
+        value_name = "RUN_FLAGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub run_flags: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Transparent,
+    Explicit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Transparent => "transparent",
+            Mode::Explicit => "explicit",
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidecarForm {
+    Native,
+    Classic,
+}
+
+/// The checked flags: what every pod gets.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub mode: Mode,
+    pub sidecar: SidecarForm,
+    pub image: String,
+    pub init_image: String,
+    pub app_port: Option<u16>,
+    pub proxy_uid: u32,
+    pub exclude_inbound_ports: Vec<String>,
+    pub exclude_outbound_ports: Vec<String>,
+    pub exclude_outbound_cidrs: Vec<String>,
+    /// `--flag=value` each, in the order given.
+    pub run_flags: Vec<String>,
+}
+
+/// `breakwater run` flags that inject sets itself.
+const OWN_RUN_FLAGS: [(&str, &str); 5] = [
+    ("--inbound-addr", "the inbound port is 15006"),
+    ("--outbound-addr", "the outbound port is 15001"),
+    ("--admin-addr", "the admin port is 15000"),
+    ("--app-addr", "use --app-port"),
+    ("--check", "inject checks the flags itself"),
+];
+
+impl Plan {
+    /// Checks the flags: the run flags as `breakwater run --check` does, the iptables
+    /// flags as `breakwater init-iptables` parses them, so that a bad flag fails here
+    /// and not in a pod.
+    pub fn from_args(args: InjectArgs) -> Result<Plan, String> {
+        let run_flags = normalize_run_flags(&args.run_flags);
+        for flag in &run_flags {
+            let name = flag.split('=').next().unwrap_or(flag);
+            if let Some((_, why)) = OWN_RUN_FLAGS.iter().find(|(f, _)| *f == name) {
+                return Err(format!("{name} is set by inject ({why})"));
+            }
+            if InjectArgs::is_own_flag(name) {
+                return Err(format!(
+                    "{name} is a flag of inject: put it before the run flags"
+                ));
+            }
+        }
+        let plan = Plan {
+            mode: args.mode,
+            sidecar: args.sidecar,
+            image: args.image,
+            init_image: args.init_image,
+            app_port: args.app_port,
+            proxy_uid: args.proxy_uid,
+            exclude_inbound_ports: args
+                .exclude_inbound_ports
+                .iter()
+                .map(u16::to_string)
+                .collect(),
+            exclude_outbound_ports: args
+                .exclude_outbound_ports
+                .iter()
+                .map(u16::to_string)
+                .collect(),
+            exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+            run_flags,
+        };
+        let run = pod::run_args(&plan, plan.app_port.unwrap_or(pod::DEFAULT_APP_PORT));
+        match parse_subcommand(&run)? {
+            Command::Run(run_args) => {
+                crate::Config::from_args(*run_args).map_err(|e| format!("run flags: {e}"))?;
+            }
+            other => return Err(format!("unexpected parse of the run flags: {other:?}")),
+        }
+        if plan.mode == Mode::Transparent {
+            parse_subcommand(&pod::iptables_args(&plan))?;
+        }
+        Ok(plan)
+    }
+}
+
+impl InjectArgs {
+    fn is_own_flag(name: &str) -> bool {
+        let Some(long) = name.strip_prefix("--") else {
+            return false;
+        };
+        let cli = Cli::command();
+        cli.find_subcommand("inject")
+            .is_some_and(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
+    }
+}
+
+/// `breakwater <args>` parsed by the real command line, the first line of clap's
+/// message on error.
+fn parse_subcommand(args: &[String]) -> Result<Command, String> {
+    let argv = std::iter::once("breakwater").chain(args.iter().map(String::as_str));
+    Cli::try_parse_from(argv)
+        .map(|cli| cli.command)
+        .map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid flags");
+            format!(
+                "{} flags: {}",
+                args.first().map_or("", String::as_str),
+                first.trim_start_matches("error: ")
+            )
+        })
+}
+
+/// `--retries 3` → `--retries=3`, so the sidecar's args read one flag per line, as the
+/// chart renders them.
+fn normalize_run_flags(flags: &[String]) -> Vec<String> {
+    let cli = Cli::command();
+    let takes_value = |name: &str| {
+        cli.find_subcommand("run").is_some_and(|run| {
+            run.get_arguments()
+                .any(|a| a.get_long() == Some(name) && a.get_action().takes_values())
+        })
+    };
+    let mut out = Vec::with_capacity(flags.len());
+    let mut it = flags.iter().peekable();
+    while let Some(flag) = it.next() {
+        match flag.strip_prefix("--") {
+            Some(name) if !name.contains('=') && takes_value(name) => match it.next() {
+                Some(value) => out.push(format!("{flag}={value}")),
+                None => out.push(flag.clone()),
+            },
+            _ => out.push(flag.clone()),
+        }
+    }
+    out
+}
