@@ -60,24 +60,26 @@ pub struct TlsMetrics {
 
 impl TlsMetrics {
     pub fn register(registry: &Registry) -> Self {
-        let handshakes = IntCounterVec::new(
-            Opts::new(
-                "breakwater_tls_handshakes_total",
-                "TLS handshakes, by direction and outcome (ok, failed, certificate-error).",
+        let handshakes = crate::metrics::register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_tls_handshakes_total",
+                    "TLS handshakes, by direction and outcome (ok, failed, certificate-error).",
+                ),
+                &["direction", "result"],
             ),
-            &["direction", "result"],
-        )
-        .expect("valid metric");
-        let expiry = GaugeVec::new(
-            Opts::new(
-                "breakwater_tls_cert_expiry_timestamp_seconds",
-                "When a loaded certificate expires (notAfter), as a Unix timestamp.",
+        );
+        let expiry = crate::metrics::register(
+            registry,
+            GaugeVec::new(
+                Opts::new(
+                    "breakwater_tls_cert_expiry_timestamp_seconds",
+                    "When a loaded certificate expires (notAfter), as a Unix timestamp.",
+                ),
+                &["cert"],
             ),
-            &["cert"],
-        )
-        .expect("valid metric");
-        let _ = registry.register(Box::new(handshakes.clone()));
-        let _ = registry.register(Box::new(expiry.clone()));
+        );
         TlsMetrics { handshakes, expiry }
     }
 
