@@ -1,12 +1,14 @@
 //! Prometheus metric families and the cached per-destination handles the data path
 //! updates. Label values are resolved once per destination, never per request.
 
-use std::sync::OnceLock;
+mod handles;
+
+pub use handles::{AppHealthMetrics, DestinationMetrics, ListenerMetrics, OpaqueMetrics};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Which way a request crosses the pod boundary; the `direction` label.
@@ -417,121 +419,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Cached handles for one (direction, destination): the hot path touches only atomics.
-pub struct DestinationMetrics {
-    requests: IntCounterVec,
-    direction: Direction,
-    label: Box<str>,
-    common: [OnceLock<IntCounter>; COMMON_CODES.len()],
-    pub inflight: IntGauge,
-    pub duration: Histogram,
-    failures: [IntCounter; FAILURE_REASONS.len()],
-    retries: [IntCounter; RETRY_REASONS.len()],
-    retries_skipped: [IntCounter; SKIP_REASONS.len()],
-    circuit_state: IntGaugeVec,
-    rejected: IntCounterVec,
-    transitions: [IntCounter; 3],
-    pub limit: IntGauge,
-    pub queued: IntGauge,
-}
-
-impl DestinationMetrics {
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn count_response(&self, code: u16) {
-        match COMMON_CODES.iter().position(|&c| c == code) {
-            Some(i) => self.common[i].get_or_init(|| self.counter_for(code)).inc(),
-            None => self.counter_for(code).inc(),
-        }
-    }
-
-    /// Counts a failure by its reason, one of [`FAILURE_REASONS`].
-    pub fn count_failure(&self, reason: &str) {
-        count_by(&self.failures, &FAILURE_REASONS, reason);
-    }
-
-    /// The circuit-state gauge of one endpoint, made once when the endpoint is.
-    pub fn circuit_gauge(&self, endpoint: &str) -> IntGauge {
-        self.circuit_state
-            .with_label_values(&[self.direction.as_str(), &self.label, endpoint])
-    }
-
-    /// Counts a circuit entering `to` (`closed`, `open`, `half-open`).
-    pub fn count_transition(&self, to: &str) {
-        count_by(&self.transitions, &["closed", "open", "half-open"], to);
-    }
-
-    /// Counts a request breakwater refused itself for this destination.
-    pub fn count_rejected(&self, reason: &str) {
-        self.rejected
-            .with_label_values(&[self.direction.as_str(), reason])
-            .inc();
-    }
-
-    /// Counts a retry by its reason, one of [`RETRY_REASONS`].
-    pub fn count_retry(&self, reason: &str) {
-        count_by(&self.retries, &RETRY_REASONS, reason);
-    }
-
-    /// Counts a retry not made, one of [`SKIP_REASONS`].
-    pub fn count_retry_skipped(&self, reason: &str) {
-        count_by(&self.retries_skipped, &SKIP_REASONS, reason);
-    }
-
-    fn counter_for(&self, code: u16) -> IntCounter {
-        let mut buf = itoa::Buffer::new();
-        self.requests
-            .with_label_values(&[self.direction.as_str(), &self.label, buf.format(code)])
-    }
-}
-
-/// Increments the counter whose label is `reason`, among cached ones.
-fn count_by(counters: &[IntCounter], reasons: &[&str], reason: &str) {
-    if let Some(i) = reasons.iter().position(|&r| r == reason) {
-        counters[i].inc();
-    }
-}
-
-/// Handles the app health prober updates.
-pub struct AppHealthMetrics {
-    healthy: IntGauge,
-    transitions: IntCounterVec,
-    ok: IntCounter,
-    failed: IntCounter,
-    duration: Histogram,
-}
-
-impl AppHealthMetrics {
-    pub fn observe(&self, ok: bool, seconds: f64) {
-        if ok { &self.ok } else { &self.failed }.inc();
-        self.duration.observe(seconds);
-    }
-
-    pub fn transition(&self, to: &str, healthy: bool) {
-        self.transitions.with_label_values(&[to]).inc();
-        self.healthy.set(i64::from(healthy));
-    }
-}
-
-/// Handles for one listener's opaque TCP relays.
-#[derive(Clone)]
-pub struct OpaqueMetrics {
-    pub connections: IntCounter,
-    pub connect_failures: IntCounter,
-    pub sent: IntCounter,
-    pub received: IntCounter,
-}
-
-/// Handles for one listener's connection counters.
-#[derive(Clone)]
-pub struct ListenerMetrics {
-    pub accepted: IntCounter,
-    pub active: IntGauge,
-    pub refused: IntCounter,
 }
 
 #[cfg(test)]
