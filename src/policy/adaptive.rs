@@ -1,33 +1,51 @@
 //! `--max-concurrent auto`: the bulkhead limit found from observed latency, a
-//! gradient limiter after Netflix concurrency-limits' Gradient2.
+//! gradient limiter after Netflix concurrency-limits' Gradient, with a
+//! minimum-RTT baseline as in TCP Vegas and BBR.
 //!
 //! Why a gradient and not plain AIMD: AIMD only learns of overload from drops
 //! (timeouts, refusals), that is after callers have already been hurt, and needs
 //! a latency threshold someone must choose per upstream. The gradient compares
-//! the recent round-trip time with a long-term baseline: when requests start to
-//! queue upstream, latency rises before anything fails, and the limit falls in
-//! proportion. Drops still count, as AIMD's multiplicative decrease.
+//! the recent round-trip time with the upstream's unloaded one: when requests
+//! start to queue upstream, latency rises before anything fails, and the limit
+//! falls in proportion. Drops still count, as AIMD's multiplicative decrease.
+//!
+//! Why a minimum for the baseline: a request that waits in the upstream's queue
+//! cannot be faster than the service time plus that wait, so the fastest
+//! request of many windows is the unloaded latency, even for a limiter whose
+//! first traffic is an overload (whose first requests still find the upstream
+//! idle). An average would judge a fresh limiter against the overload it
+//! starts in. The recent side is the window's mean, since that, not the
+//! minimum, is what callers wait: so the limit settles where the mean latency
+//! is about `TOLERANCE` × the unloaded one. The price: an upstream whose
+//! latency varies widely even when idle (mean ≫ minimum) is held to a smaller
+//! limit than it could take.
 //!
 //! The rule, once per window of at least [`WINDOW`] and [`WINDOW_SAMPLES`] samples:
 //!
-//! - `short` = the window's mean RTT; `long` = an exponential average of
-//!   `short` over about [`LONG_WINDOWS`] windows (ten minutes at one a second),
-//!   pulled down 5 % a window while it is more than twice `short`, so that a
-//!   recovery is not judged against the overload it follows;
-//! - `gradient = clamp(TOLERANCE × long / short, 0.5, 1)`: 1 while latency is
-//!   within 1.5× the baseline, down to halving (never more, so one outlier
-//!   window cannot collapse the limit);
-//! - `target = limit × gradient + queue`, where `queue` = max(4, √limit) is the
-//!   headroom that lets the limit probe upward (Gradient2's 4 for small limits,
-//!   the first Gradient's √limit so that large limits still grow at a useful
-//!   pace), then smoothed: `limit += 0.2 × (target − limit)`;
+//! - `recent` = the window's mean answered RTT; `baseline` = the fastest
+//!   answered RTT of the last [`BASELINE_WINDOWS`] windows (the minimum of
+//!   their minima), so it falls at once when the upstream gets faster and
+//!   rises once a slower upstream has been seen for that long;
+//! - `gradient = clamp(TOLERANCE × baseline / recent, 0.5, 1)`: 1 while
+//!   queueing costs at most 20 % of the unloaded latency, down to halving
+//!   (never more, so one outlier window cannot collapse the limit);
+//! - `target = limit × gradient + queue`, where `queue` = max(2, √limit / 2)
+//!   is the headroom that lets the limit probe upward; then smoothed:
+//!   `limit += 0.2 × (target − limit)` upward, `0.5 ×` downward, so that an
+//!   overload is left within a few windows;
 //! - a window with a drop instead multiplies the limit by 0.9;
 //! - a window whose peak in-flight stayed under half the limit is app-limited:
 //!   it says nothing about the upstream's capacity, so the limit may fall but
-//!   not grow (Gradient2 ignores such windows altogether, which would miss a
-//!   latency rise under light load);
+//!   not grow;
+//! - under constant saturation every request may queue, and the baseline would
+//!   then expire into a queued latency and let the limit creep up. So when no
+//!   window's minimum has come within 10 % of the baseline for [`PROBE_AFTER`]
+//!   windows, the next window (of at least [`PROBE_WINDOW`]) runs at half the
+//!   limit, draining the upstream's queue so that its minimum is the unloaded
+//!   latency again (BBR's ProbeRTT); the limit is restored after it;
 //! - always within `[min, max]`.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -37,16 +55,23 @@ use tokio::time::Instant;
 pub const WINDOW: Duration = Duration::from_secs(1);
 /// Fewest samples in a window; a quieter window waits for more.
 pub const WINDOW_SAMPLES: u32 = 10;
-/// Windows the long-term RTT averages over.
-pub const LONG_WINDOWS: f64 = 600.0;
-/// Latency may grow this much over the baseline before the limit falls.
-const TOLERANCE: f64 = 1.5;
+/// Windows the baseline is the minimum over.
+pub const BASELINE_WINDOWS: usize = 30;
+/// Windows without a minimum near the baseline before a probe; fewer than
+/// [`BASELINE_WINDOWS`], so the probe's minimum is in before the old one expires.
+pub const PROBE_AFTER: u32 = 20;
+/// Shortest probe window: a short one, since it halves the limit.
+pub const PROBE_WINDOW: Duration = Duration::from_millis(250);
+/// A window's minimum within this of the baseline refreshes it.
+const NEAR_BASELINE: f64 = 1.1;
+/// The limit during a probe.
+const PROBE_FACTOR: f64 = 0.5;
+/// The mean latency may exceed the baseline this much before the limit falls.
+const TOLERANCE: f64 = 1.2;
 const MIN_GRADIENT: f64 = 0.5;
-const SMOOTHING: f64 = 0.2;
-const MIN_QUEUE: f64 = 4.0;
-/// The long-term RTT is pulled down while it exceeds the recent one this much.
-const DRIFT_RATIO: f64 = 2.0;
-const DRIFT: f64 = 0.95;
+const GROW_SMOOTHING: f64 = 0.2;
+const SHRINK_SMOOTHING: f64 = 0.5;
+const MIN_QUEUE: f64 = 2.0;
 /// AIMD's multiplicative decrease on a drop (concurrency-limits' default).
 const BACKOFF: f64 = 0.9;
 
@@ -56,9 +81,10 @@ pub struct AdaptiveSnapshot {
     pub limit: usize,
     pub min: usize,
     pub max: usize,
-    /// The last window's mean RTT.
+    /// The last window's mean answered RTT.
     pub rtt_short_us: Option<u64>,
-    /// The long-term baseline it is compared with.
+    /// The baseline it is compared with: the fastest of the last
+    /// [`BASELINE_WINDOWS`] windows.
     pub rtt_long_us: Option<u64>,
 }
 
@@ -66,10 +92,11 @@ pub struct AdaptiveSnapshot {
 struct Window {
     start: Option<Instant>,
     samples: u32,
-    /// Sum and count of the RTTs of requests that were not dropped: a timeout's
-    /// "RTT" is the timeout, not the upstream's latency.
+    /// Sum, count and minimum of the RTTs of requests that were not dropped: a
+    /// timeout's "RTT" is the timeout, and a fast 503 no service time.
     rtt_sum_ns: f64,
     rtt_count: u32,
+    min_rtt_ns: Option<f64>,
     peak_in_flight: usize,
     dropped: bool,
 }
@@ -83,7 +110,12 @@ pub struct AdaptiveLimit {
     estimate: f64,
     limit: usize,
     short_rtt_ns: Option<f64>,
-    long_rtt_ns: Option<f64>,
+    /// The last windows' minima, oldest first.
+    minima: VecDeque<f64>,
+    /// Windows since one whose minimum was near the baseline (or a probe).
+    stale: u32,
+    /// The current window is a probe.
+    probing: bool,
     window: Window,
 }
 
@@ -100,7 +132,9 @@ impl AdaptiveLimit {
             estimate: limit as f64,
             limit,
             short_rtt_ns: None,
-            long_rtt_ns: None,
+            minima: VecDeque::with_capacity(BASELINE_WINDOWS),
+            stale: 0,
+            probing: false,
             window: Window::default(),
         }
     }
@@ -126,10 +160,13 @@ impl AdaptiveLimit {
         if dropped {
             w.dropped = true;
         } else {
-            w.rtt_sum_ns += rtt.as_nanos() as f64;
+            let ns = rtt.as_nanos() as f64;
+            w.rtt_sum_ns += ns;
             w.rtt_count += 1;
+            w.min_rtt_ns = Some(w.min_rtt_ns.map_or(ns, |m| m.min(ns)));
         }
-        if now.saturating_duration_since(start) < WINDOW || w.samples < WINDOW_SAMPLES {
+        let span = if self.probing { PROBE_WINDOW } else { WINDOW };
+        if now.saturating_duration_since(start) < span || w.samples < WINDOW_SAMPLES {
             return None;
         }
         let done = std::mem::replace(
@@ -140,33 +177,58 @@ impl AdaptiveLimit {
             },
         );
         self.update(&done);
-        let limit = (self.estimate as usize).clamp(self.min, self.max);
+        let limit = if self.probing {
+            self.estimate * PROBE_FACTOR
+        } else {
+            self.estimate
+        };
+        let limit = (limit as usize).clamp(self.min, self.max);
         (limit != std::mem::replace(&mut self.limit, limit)).then_some(limit)
     }
 
+    fn baseline(&self) -> Option<f64> {
+        self.minima.iter().copied().reduce(f64::min)
+    }
+
     fn update(&mut self, w: &Window) {
-        let gradient = (w.rtt_count > 0).then(|| {
-            let short = w.rtt_sum_ns / f64::from(w.rtt_count);
-            let mut long = match self.long_rtt_ns {
-                None => short,
-                Some(long) => long + (short - long) * 2.0 / (LONG_WINDOWS + 1.0),
-            };
-            if long > DRIFT_RATIO * short {
-                long *= DRIFT;
+        let probe = std::mem::take(&mut self.probing);
+        let gradient = w.min_rtt_ns.map(|fastest| {
+            if self.minima.len() == BASELINE_WINDOWS {
+                self.minima.pop_front();
             }
-            self.short_rtt_ns = Some(short);
-            self.long_rtt_ns = Some(long);
-            if short > 0.0 {
-                (TOLERANCE * long / short).clamp(MIN_GRADIENT, 1.0)
+            self.minima.push_back(fastest);
+            let baseline = self.baseline().unwrap_or(fastest);
+            let recent = w.rtt_sum_ns / f64::from(w.rtt_count.max(1));
+            self.short_rtt_ns = Some(recent);
+            if probe || fastest <= NEAR_BASELINE * baseline {
+                self.stale = 0;
+            } else {
+                self.stale = self.stale.saturating_add(1);
+            }
+            if recent > 0.0 {
+                (TOLERANCE * baseline / recent).clamp(MIN_GRADIENT, 1.0)
             } else {
                 1.0
             }
         });
+        if probe {
+            // The probe's latency says how fast the upstream is unloaded, not
+            // whether the limit before it was right: that is restored.
+            if w.dropped {
+                self.estimate = (self.estimate * BACKOFF).clamp(self.min as f64, self.max as f64);
+            }
+            return;
+        }
         let target = match gradient {
             Some(gradient) if !w.dropped => {
-                let queue = self.estimate.sqrt().max(MIN_QUEUE);
+                let queue = (self.estimate.sqrt() / 2.0).max(MIN_QUEUE);
                 let target = self.estimate * gradient + queue;
-                self.estimate + SMOOTHING * (target - self.estimate)
+                let smoothing = if target < self.estimate {
+                    SHRINK_SMOOTHING
+                } else {
+                    GROW_SMOOTHING
+                };
+                self.estimate + smoothing * (target - self.estimate)
             }
             _ => self.estimate * BACKOFF,
         };
@@ -177,6 +239,9 @@ impl AdaptiveLimit {
             target
         };
         self.estimate = target.clamp(self.min as f64, self.max as f64);
+        // A probe only helps if it lowers the limit.
+        let lower = ((self.estimate * PROBE_FACTOR) as usize).max(self.min);
+        self.probing = self.stale >= PROBE_AFTER && lower < self.estimate as usize;
     }
 
     pub fn snapshot(&self) -> AdaptiveSnapshot {
@@ -186,7 +251,7 @@ impl AdaptiveLimit {
             min: self.min,
             max: self.max,
             rtt_short_us: self.short_rtt_ns.map(us),
-            rtt_long_us: self.long_rtt_ns.map(us),
+            rtt_long_us: self.baseline().map(us),
         }
     }
 }
@@ -254,8 +319,112 @@ mod tests {
         let mut now = Instant::now();
         window(&mut l, &mut now, 10 * MS, true, false);
         let before = l.limit();
-        let after = window(&mut l, &mut now, 14 * MS, true, false);
+        let after = window(&mut l, &mut now, 12 * MS, true, false);
         assert!(after >= before, "{before} → {after}");
+    }
+
+    /// An upstream that serves 8 requests at a time in 20ms and queues the rest,
+    /// saturated at the limit: its latency is 20ms × max(1, limit / 8).
+    fn queued(limit: usize) -> Duration {
+        Duration::from_micros(20_000 * limit.max(8) as u64 / 8)
+    }
+
+    fn window_at(l: &mut AdaptiveLimit, now: &mut Instant) -> usize {
+        let rtt = queued(l.limit());
+        window(l, now, rtt, true, false)
+    }
+
+    #[test]
+    fn a_saturated_queueing_upstream_settles_near_its_unloaded_latency() {
+        let mut l = AdaptiveLimit::new(1, 1000, 20);
+        let mut now = Instant::now();
+        // Warmed: a few unloaded windows teach the 20ms baseline.
+        for _ in 0..3 {
+            window(&mut l, &mut now, 20 * MS, false, false);
+        }
+        let mut limits = Vec::new();
+        for _ in 0..200 {
+            limits.push(window_at(&mut l, &mut now));
+        }
+        // Within a few windows the limit is where the upstream is busy (≥ 8)
+        // and its queue short (latency ≤ 1.5 × 20ms, i.e. limit ≤ 12), apart
+        // from the probes, which halve it for a short window.
+        let settled: Vec<_> = limits[5..].iter().filter(|&&x| x >= 8).collect();
+        assert!(settled.iter().all(|&&x| x <= 12), "{limits:?}");
+        assert!(settled.len() >= 180, "{limits:?}");
+        assert_eq!(l.snapshot().rtt_long_us, Some(20_000));
+    }
+
+    #[test]
+    fn a_limiter_started_under_overload_finds_the_unloaded_latency() {
+        let mut l = AdaptiveLimit::new(1, 1000, 40);
+        let mut now = Instant::now();
+        // Its first window is already queued (100ms), with no fast request.
+        window_at(&mut l, &mut now);
+        assert_eq!(l.snapshot().rtt_long_us, Some(100_000));
+        for _ in 0..150 {
+            window_at(&mut l, &mut now);
+        }
+        // The probes drained the queue: the baseline is the unloaded 20ms.
+        assert_eq!(l.snapshot().rtt_long_us, Some(20_000));
+        let limit = window_at(&mut l, &mut now);
+        assert!((8..=12).contains(&limit), "{limit}");
+    }
+
+    #[test]
+    fn the_baseline_rises_when_the_upstream_gets_slower() {
+        let mut l = AdaptiveLimit::new(1, 1000, 20);
+        let mut now = Instant::now();
+        for _ in 0..10 {
+            window(&mut l, &mut now, 10 * MS, true, false);
+        }
+        let before = l.limit();
+        // Three times slower at any load: at first that looks like queueing,
+        // so the limit falls, and a probe finds no faster latency.
+        let mut lowest = before;
+        for _ in 0..BASELINE_WINDOWS {
+            lowest = lowest.min(window(&mut l, &mut now, 30 * MS, true, false));
+        }
+        assert!(lowest <= before / 2, "{before} fell only to {lowest}");
+        assert_eq!(l.snapshot().rtt_long_us, Some(30_000));
+        // Once the old minimum has expired, the slower latency is the baseline
+        // and flat latency grows the limit again.
+        let after = l.limit();
+        for _ in 0..20 {
+            window(&mut l, &mut now, 30 * MS, true, false);
+        }
+        assert!(l.limit() > after, "{after} → {}", l.limit());
+    }
+
+    #[test]
+    fn a_probe_halves_the_limit_for_one_short_window() {
+        let mut l = AdaptiveLimit::new(1, 1000, 40);
+        let mut now = Instant::now();
+        window(&mut l, &mut now, 10 * MS, true, false);
+        // Slightly above the baseline but within the tolerance: no fall, but
+        // the baseline is not seen again.
+        let slow = Duration::from_micros(11_500);
+        for _ in 1..PROBE_AFTER {
+            window(&mut l, &mut now, slow, true, false);
+        }
+        assert!(!l.probing);
+        let before = l.limit();
+        // The twentieth such window starts a probe at half the limit.
+        let halved = window(&mut l, &mut now, slow, true, false);
+        assert!(l.probing);
+        assert!(
+            halved < before && halved <= before.div_ceil(2) + 1,
+            "{before} → {halved}"
+        );
+        // A probe window closes after PROBE_WINDOW, here 10 samples 25ms apart,
+        // and the limit is back.
+        let mut restored = None;
+        for _ in 0..WINDOW_SAMPLES {
+            now += 25 * MS;
+            restored = l.on_sample(10 * MS, halved, false, now).or(restored);
+        }
+        assert!(!l.probing);
+        assert!(restored.is_some_and(|r| r >= before), "{restored:?}");
     }
 
     #[test]
