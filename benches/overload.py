@@ -325,7 +325,7 @@ def limit_stats(args):
             for d in dests:
                 if d.get("direction") == "outbound" and d.get("adaptive_limit"):
                     a = d["adaptive_limit"]
-                    polls.append((float(t), a["limit"], a.get("rtt_short_us"), a.get("rtt_long_us"),
+                    polls.append((float(t), a["limit"], a.get("rtt_recent_us"), a.get("rtt_baseline_us"),
                                   (d.get("bulkhead") or {}).get("in_flight")))
     if t0 is not None:
         polls = [p for p in polls if t0 + args.from_s <= p[0] < t0 + args.secs]

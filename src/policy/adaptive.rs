@@ -82,10 +82,10 @@ pub struct AdaptiveSnapshot {
     pub min: usize,
     pub max: usize,
     /// The last window's mean answered RTT.
-    pub rtt_short_us: Option<u64>,
+    pub rtt_recent_us: Option<u64>,
     /// The baseline it is compared with: the fastest of the last
     /// [`BASELINE_WINDOWS`] windows.
-    pub rtt_long_us: Option<u64>,
+    pub rtt_baseline_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -250,8 +250,8 @@ impl AdaptiveLimit {
             limit: self.limit,
             min: self.min,
             max: self.max,
-            rtt_short_us: self.short_rtt_ns.map(us),
-            rtt_long_us: self.baseline().map(us),
+            rtt_recent_us: self.short_rtt_ns.map(us),
+            rtt_baseline_us: self.baseline().map(us),
         }
     }
 }
@@ -309,8 +309,8 @@ mod tests {
         }
         assert!(last < before * 2 / 3, "{before} fell only to {last}");
         let s = l.snapshot();
-        assert_eq!(s.rtt_short_us, Some(40_000));
-        assert!(s.rtt_long_us.is_some_and(|us| us < 12_000), "{s:?}");
+        assert_eq!(s.rtt_recent_us, Some(40_000));
+        assert!(s.rtt_baseline_us.is_some_and(|us| us < 12_000), "{s:?}");
     }
 
     #[test]
@@ -352,7 +352,7 @@ mod tests {
         let settled: Vec<_> = limits[5..].iter().filter(|&&x| x >= 8).collect();
         assert!(settled.iter().all(|&&x| x <= 12), "{limits:?}");
         assert!(settled.len() >= 180, "{limits:?}");
-        assert_eq!(l.snapshot().rtt_long_us, Some(20_000));
+        assert_eq!(l.snapshot().rtt_baseline_us, Some(20_000));
     }
 
     #[test]
@@ -361,12 +361,12 @@ mod tests {
         let mut now = Instant::now();
         // Its first window is already queued (100ms), with no fast request.
         window_at(&mut l, &mut now);
-        assert_eq!(l.snapshot().rtt_long_us, Some(100_000));
+        assert_eq!(l.snapshot().rtt_baseline_us, Some(100_000));
         for _ in 0..150 {
             window_at(&mut l, &mut now);
         }
         // The probes drained the queue: the baseline is the unloaded 20ms.
-        assert_eq!(l.snapshot().rtt_long_us, Some(20_000));
+        assert_eq!(l.snapshot().rtt_baseline_us, Some(20_000));
         let limit = window_at(&mut l, &mut now);
         assert!((8..=12).contains(&limit), "{limit}");
     }
@@ -386,7 +386,7 @@ mod tests {
             lowest = lowest.min(window(&mut l, &mut now, 30 * MS, true, false));
         }
         assert!(lowest <= before / 2, "{before} fell only to {lowest}");
-        assert_eq!(l.snapshot().rtt_long_us, Some(30_000));
+        assert_eq!(l.snapshot().rtt_baseline_us, Some(30_000));
         // Once the old minimum has expired, the slower latency is the baseline
         // and flat latency grows the limit again.
         let after = l.limit();
@@ -456,7 +456,7 @@ mod tests {
         for _ in 0..60 {
             window(&mut l, &mut now, 10 * MS, true, false);
         }
-        let long = l.snapshot().rtt_long_us.expect("measured");
+        let long = l.snapshot().rtt_baseline_us.expect("measured");
         assert!(long <= 20_000, "baseline still {long}us");
         // Three times the new baseline is overload, though far below the old one.
         let before = l.limit();
