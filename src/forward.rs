@@ -115,6 +115,7 @@ impl Forwarder {
         let exchange = async {
             if use_h2 {
                 *req.version_mut() = Version::HTTP_2;
+                authority_form_for_h2(&mut req);
                 endpoint.pool.send_h2(req).await.map(|r| (r, None))
             } else {
                 if req.version() == Version::HTTP_2 {
@@ -186,6 +187,26 @@ fn report(state: &DestinationState, endpoint: &Endpoint, t: Transition) {
         tracing::warn!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), cause = t.cause.as_str(), open_for_ms, "circuit opened");
     } else {
         tracing::info!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
+    }
+}
+
+/// HTTP/2 carries the host in `:authority`, taken from the URI: the name the
+/// client used (its `Host`), not the address breakwater connects to, and no
+/// `Host` beside it — servers such as nginx refuse a request with both.
+fn authority_form_for_h2(req: &mut Request<ReplayBody>) {
+    let Some(host) = req.headers_mut().remove(http::header::HOST) else {
+        return;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(authority);
+    if parts.scheme.is_none() {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 
