@@ -239,13 +239,14 @@ impl Proxy {
         tokio::spawn(outbound.serve(outbound_watch));
         tokio::spawn(inbound.serve(inbound_watch));
 
-        let prober = Prober::new(config.app_health.clone(), config.app_addr);
-        let probing = tokio::spawn(prober.run(health.clone(), metrics.app_health()));
+        // One prober for the interval loop and for GET /app-health: one client pool.
+        let prober = Arc::new(Prober::new(config.app_health.clone(), config.app_addr));
+        let probing = tokio::spawn(prober.clone().run(health.clone(), metrics.app_health()));
         let admin_endpoint = Arc::new(Admin {
             metrics: metrics.clone(),
             state: state.clone(),
             health,
-            prober: Arc::new(Prober::new(config.app_health.clone(), config.app_addr)),
+            prober,
             shutdown,
             config_json: describe(&config).into(),
             registries: vec![out_registry, in_registry],

@@ -214,7 +214,11 @@ impl Prober {
 
     /// Probes every `--app-health-interval` until dropped, moving `health` through
     /// its states. The first probe runs at once.
-    pub async fn run(self, health: std::sync::Arc<AppHealth>, metrics: AppHealthMetrics) {
+    pub async fn run(
+        self: std::sync::Arc<Self>,
+        health: std::sync::Arc<AppHealth>,
+        metrics: AppHealthMetrics,
+    ) {
         let mut tracker = HealthTracker::new(
             self.config.healthy_threshold,
             self.config.unhealthy_threshold,
