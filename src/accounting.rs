@@ -109,11 +109,13 @@ pub async fn take_slot(
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         self.metrics.inflight.dec();
         self.metrics.count_response(self.status);
         self.metrics.duration.observe(elapsed.as_secs_f64());
-        self.activity.request_finished();
+        self.activity
+            .request_finished(tokio::time::Instant::from_std(now));
         if let Some(a) = self.access.take() {
             tracing::info!(
                 target: "breakwater::access",

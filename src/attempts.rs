@@ -11,8 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,13 +21,13 @@ use tracing::debug;
 use crate::config::units::format_duration;
 use crate::error::ProxyError;
 use crate::forward::replay::ReplayBody;
-use crate::forward::{Forwarder, Hold, Sent};
+use crate::forward::{Failed, Forwarder, Hold, Sent};
 use crate::policy::deadline;
 use crate::policy::retry::{self, Outcome};
 use crate::upstream::DestinationState;
 
 /// Which attempt this is, on every request sent upstream (1 for the first).
-pub const ATTEMPT_HEADER: &str = "x-breakwater-attempt";
+pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-breakwater-attempt");
 
 /// How long a gRPC response's first body frame is awaited to see whether it is
 /// the trailers (a failing server sends headers, then trailers at once). Longer
@@ -44,36 +43,44 @@ pub struct Answer {
 }
 
 /// Sends the request until an attempt's outcome is final or nothing allows
-/// another; returns the last outcome.
+/// another; returns the last outcome. `now` is the caller's clock reading, for
+/// the first attempt.
 pub async fn send(
     forwarder: &Forwarder,
     state: &DestinationState,
-    parts: Parts,
-    body: Incoming,
+    req: Request<Incoming>,
     started: Instant,
     deadline: Instant,
+    now: Instant,
 ) -> Result<Answer, ProxyError> {
     let policy = &state.policy.retry;
-    let idempotent = retry::is_idempotent(&parts.method, &parts.headers);
-    let mut body = if policy.retries == 0 {
-        ReplayBody::once(body)
-    } else {
-        // A request that is not safe to repeat keeps nothing: only a body that was
-        // never sent (a connect failure) goes out again.
-        ReplayBody::replayable(body, if idempotent { policy.body_limit } else { 0 })
-    };
-    state.budget.deposit();
+    let idempotent = retry::is_idempotent(req.method(), req.headers());
+    let mut req = req.map(|body| {
+        if policy.retries == 0 {
+            ReplayBody::once(body)
+        } else {
+            // A request that is not safe to repeat keeps nothing: only a body that
+            // was never sent (a connect failure) goes out again.
+            ReplayBody::replayable(body, if idempotent { policy.body_limit } else { 0 })
+        }
+    });
+    // A retry after the upstream has seen the request needs a copy made before
+    // it leaves; a request that never left comes back from the forwarder.
+    let copies = idempotent && policy.retries_sent();
+    state.budget.deposit_at(now);
     let mut attempt: u32 = 1;
+    let mut now = now;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(timeout(state, deadline - started));
         }
         let per_try = policy.per_try_timeout.map_or(left, |t| t.min(left));
-        let next_body = (attempt <= policy.retries)
-            .then(|| body.try_clone())
-            .flatten();
-        let mut req = request(&parts, body);
+        let copy = if copies && attempt <= policy.retries {
+            copy_of(&req)
+        } else {
+            None
+        };
         req.headers_mut()
             .insert(ATTEMPT_HEADER, attempt_value(attempt));
         deadline::announce(req.headers_mut(), left);
@@ -85,15 +92,31 @@ pub async fn send(
         let sent = forwarder
             .send(state, req, per_try, || timeout(state, per_try_ended))
             .await;
-        let result = match sent {
-            Ok(sent) => Ok(peek_grpc_trailers(sent, policy.retry_on.unavailable).await),
-            Err(e) => Err(e),
+        let (result, unsent) = match sent {
+            Ok(sent) if policy.retry_on.unavailable && awaits_grpc_status(&sent.response) => {
+                // Rare, so boxed: the common path's future stays small.
+                (Ok(Box::pin(peek_grpc_trailers(sent)).await), None)
+            }
+            Ok(Sent { response, hold }) => (
+                Ok(Answer {
+                    response,
+                    hold,
+                    first_frame: None,
+                }),
+                None,
+            ),
+            Err(Failed { error, unsent }) => (Err(error), unsent),
         };
 
         let outcome = match &result {
             Ok(answer) => Outcome::Answered {
                 status: answer.response.status(),
-                grpc_status: answer.grpc_status(),
+                // Only `unavailable` reads it: most answers are spared the lookup.
+                grpc_status: if policy.retry_on.unavailable {
+                    answer.grpc_status()
+                } else {
+                    None
+                },
             },
             Err(e) => Outcome::Failed(e),
         };
@@ -103,12 +126,12 @@ pub async fn send(
         if attempt > policy.retries || !(reason.unsent || idempotent) {
             return result;
         }
-        let next = match next_body {
-            Some(b) if b.too_large() => {
+        let next = match unsent.map(|r| *r).or(copy) {
+            Some(r) if r.body().too_large() => {
                 state.metrics.count_retry_skipped("body-too-large");
                 return result;
             }
-            Some(b) => b,
+            Some(r) => r,
             None => return result,
         };
         let wait = match &result {
@@ -129,8 +152,9 @@ pub async fn send(
         debug!(dest = %state.dest, attempt, reason = reason.label, wait_ms = wait.as_millis() as u64, "retrying");
         drop(result);
         tokio::time::sleep(wait).await;
-        body = next;
+        req = next;
         attempt += 1;
+        now = Instant::now();
     }
 }
 
@@ -147,23 +171,21 @@ impl Answer {
     }
 }
 
+/// A gRPC response without a status in its headers: its status is in trailers.
+fn awaits_grpc_status(response: &Response<Incoming>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        && !response.headers().contains_key(retry::GRPC_STATUS)
+}
+
 /// For a gRPC response without a status in its headers, reads the first body
 /// frame if it comes within [`GRPC_PEEK`]: when it is the trailers, their
 /// `grpc-status` can still make the attempt retryable. Envoy cannot do this
 /// (envoyproxy/envoy#11049); linkerd2-proxy does.
-async fn peek_grpc_trailers(sent: Sent, wanted: bool) -> Answer {
+async fn peek_grpc_trailers(sent: Sent) -> Answer {
     let Sent { mut response, hold } = sent;
-    let is_grpc = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !wanted || !is_grpc || response.headers().contains_key("grpc-status") {
-        return Answer {
-            response,
-            hold,
-            first_frame: None,
-        };
-    }
     let first_frame = match tokio::time::timeout(GRPC_PEEK, response.body_mut().frame()).await {
         // A frame or an error, handed on to the client as they came.
         Ok(Some(frame)) => Some(frame),
@@ -184,14 +206,15 @@ fn timeout(state: &DestinationState, after: Duration) -> ProxyError {
     }
 }
 
-/// The request for one attempt: the same head, a fresh copy of the body.
-fn request(parts: &Parts, body: ReplayBody) -> Request<ReplayBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
+/// Another attempt's request: the same head, and the body replayed (none when
+/// it cannot be).
+fn copy_of(req: &Request<ReplayBody>) -> Option<Request<ReplayBody>> {
+    let mut copy = Request::new(req.body().try_clone()?);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 fn attempt_value(attempt: u32) -> HeaderValue {

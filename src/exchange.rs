@@ -30,11 +30,7 @@ pub fn prepare(req: &mut Request<Incoming>) -> Option<OnUpgrade> {
 }
 
 /// Starts the access-log entry for a request, when the access log is on.
-pub fn access_entry(
-    direction: Direction,
-    req: &Request<Incoming>,
-    id: &HeaderValue,
-) -> AccessEntry {
+pub fn access_entry(direction: Direction, req: &Request<Incoming>) -> AccessEntry {
     let authority = req
         .uri()
         .authority()
@@ -51,7 +47,10 @@ pub fn access_entry(
         method: req.method().clone(),
         authority,
         path: req.uri().path().to_string(),
-        request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+        request_id: headers::request_id(req.headers())
+            .map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
+            .unwrap_or_default(),
+
         reason: None,
         broken_body: false,
     }
@@ -99,10 +98,14 @@ pub async fn send(
     }
     let in_flight_at_start = state.bulkhead.as_ref().map_or(0, |b| b.in_flight());
     // The limiter judges the upstream, so its clock starts once a slot is held:
-    // time in breakwater's own queue is not the upstream's latency.
-    let slot_granted = Instant::now();
-    let (parts, body) = req.into_parts();
-    let sent = attempts::send(forwarder, state, parts, body, started, started + budget).await;
+    // time in breakwater's own queue is not the upstream's latency. Without a
+    // bulkhead there was no wait.
+    let slot_granted = match state.bulkhead {
+        Some(_) => Instant::now(),
+        None => started,
+    };
+    let deadline = started + budget;
+    let sent = attempts::send(forwarder, state, req, started, deadline, slot_granted).await;
     adapt_limit(state, &sent, slot_granted, in_flight_at_start);
     let (mut resp, first, hold) = match sent {
         Ok(answer) => (answer.response, answer.first_frame, answer.hold),

@@ -9,8 +9,7 @@ pub mod replay;
 use std::error::Error as _;
 use std::sync::Arc;
 
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -53,6 +52,31 @@ pub struct Sent {
     pub hold: Hold,
 }
 
+/// An attempt that got no response: why, and the request itself when it never
+/// left (no connection, no endpoint), for a retry to send as it is.
+pub struct Failed {
+    pub error: ProxyError,
+    pub unsent: Option<Box<Request<ReplayBody>>>,
+}
+
+impl Failed {
+    /// The request left, so it is gone: a retry needs a copy made beforehand.
+    fn sent(error: ProxyError) -> Self {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+
+    /// The request never left and comes back as it was given.
+    fn unsent(error: ProxyError, req: Request<ReplayBody>) -> Self {
+        Failed {
+            error,
+            unsent: Some(Box::new(req)),
+        }
+    }
+}
+
 impl Forwarder {
     pub fn new(connector: Arc<Connector>) -> Self {
         Forwarder { connector }
@@ -69,26 +93,30 @@ impl Forwarder {
     pub async fn send(
         &self,
         state: &DestinationState,
-        mut req: Request<ReplayBody>,
+        req: Request<ReplayBody>,
         per_try: Duration,
         timed_out: impl FnOnce() -> ProxyError,
-    ) -> Result<Sent, ProxyError> {
-        let endpoints = state.endpoints.current(&self.connector).await?;
-        let now = Instant::now();
-        let open = || ProxyError::CircuitOpen {
-            dest: state.dest.to_string(),
-            retry_after: endpoint::next_probe(&endpoints, now),
+    ) -> Result<Sent, Failed> {
+        let endpoints = match state.endpoints.current(&self.connector).await {
+            Ok(endpoints) => endpoints,
+            Err(e) => return Err(Failed::unsent(e, req)),
         };
+        let now = Instant::now();
         let Some(endpoint) = endpoint::pick(&endpoints, now).cloned() else {
-            return Err(open());
+            let open = ProxyError::CircuitOpen {
+                dest: state.dest.to_string(),
+                retry_after: endpoint::next_probe(&endpoints, now),
+            };
+            return Err(Failed::unsent(open, req));
         };
         let permit = match endpoint.breaker.admit(now) {
             Ok(permit) => permit,
             Err(refused) => {
-                return Err(ProxyError::CircuitOpen {
+                let open = ProxyError::CircuitOpen {
                     dest: state.dest.to_string(),
                     retry_after: refused.retry_after,
-                });
+                };
+                return Err(Failed::unsent(open, req));
             }
         };
         if let Some(t) = permit.transition() {
@@ -114,24 +142,13 @@ impl Forwarder {
         let started = now;
         let exchange = async {
             if use_h2 {
-                *req.version_mut() = Version::HTTP_2;
-                authority_form_for_h2(&mut req);
                 endpoint.pool.send_h2(req).await.map(|r| (r, None))
             } else {
-                if req.version() == Version::HTTP_2 {
-                    *req.version_mut() = Version::HTTP_11;
-                }
-                if req.method() != Method::CONNECT {
-                    origin_form(req.uri_mut());
-                }
-                endpoint
-                    .pool
-                    .send_h1_alpn(req, alpn)
-                    .await
-                    .map(|(r, lease)| (r, Some(lease)))
+                let sent = endpoint.pool.send_h1(req, alpn, now).await;
+                sent.map(|(r, lease)| (r, Some(lease)))
             }
         };
-        let sent = tokio::time::timeout(per_try, exchange).await;
+        let sent = tokio::time::timeout_at(now + per_try, exchange).await;
         let ended = Instant::now();
         let latency = ended - started;
         let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
@@ -159,15 +176,18 @@ impl Forwarder {
                     },
                 })
             }
-            Ok(Err(SendError::Connect(cause))) => Err(ProxyError::ConnectFailure {
-                dest: state.dest.to_string(),
-                cause: format!("{}: {cause}", endpoint.addr),
+            Ok(Err(SendError::Connect(cause, req))) => Err(Failed {
+                error: ProxyError::ConnectFailure {
+                    dest: state.dest.to_string(),
+                    cause: format!("{}: {cause}", endpoint.addr),
+                },
+                unsent: Some(req),
             }),
-            Ok(Err(SendError::Broken(e))) => Err(ProxyError::Reset {
+            Ok(Err(SendError::Broken(e))) => Err(Failed::sent(ProxyError::Reset {
                 dest: state.dest.to_string(),
                 cause: causes(&e),
-            }),
-            Err(_) => Err(timed_out()),
+            })),
+            Err(_) => Err(Failed::sent(timed_out())),
         }
     }
 }
@@ -188,35 +208,6 @@ fn report(state: &DestinationState, endpoint: &Endpoint, t: Transition) {
     } else {
         tracing::info!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
     }
-}
-
-/// HTTP/2 carries the host in `:authority`, taken from the URI: the name the
-/// client used (its `Host`), not the address breakwater connects to, and no
-/// `Host` beside it — servers such as nginx refuse a request with both.
-fn authority_form_for_h2(req: &mut Request<ReplayBody>) {
-    let Some(host) = req.headers_mut().remove(http::header::HOST) else {
-        return;
-    };
-    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
-        return;
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.authority = Some(authority);
-    if parts.scheme.is_none() {
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-    }
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
-}
-
-/// HTTP/1.1 sends the path and query only; the host is in `Host`.
-fn origin_form(uri: &mut Uri) {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *uri = Uri::from(path);
 }
 
 /// The error and its causes, joined: "connection closed before message completed".

@@ -121,18 +121,26 @@ impl Inbound {
     pub fn registry(&self) -> &Arc<Registry> {
         &self.ports
     }
+}
 
-    async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
+impl Handler for Inbound {
+    // One async fn from the listener to `exchange::send`: each layer of future
+    // would be another copy of it per request.
+    async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ClientConn>,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let app = self.target(conn);
+        let app = self.target(&conn);
         let mut in_flight = InFlight::start(
             app.metrics.clone(),
             conn.activity.clone(),
             started.into_std(),
         );
-        let id = headers::request_id(req.headers_mut());
+        headers::ensure_request_id(req.headers_mut());
         if self.access_log {
-            in_flight.set_access(exchange::access_entry(Direction::Inbound, &req, &id));
+            in_flight.set_access(exchange::access_entry(Direction::Inbound, &req));
         }
         if let Err(e) = exchange::check_request(&req, self.max_uri_bytes) {
             return exchange::fail(e, in_flight);
@@ -166,16 +174,6 @@ impl Inbound {
             &self.drain,
         )
         .await
-    }
-}
-
-impl Handler for Inbound {
-    async fn handle(
-        self: Arc<Self>,
-        conn: Arc<ClientConn>,
-        req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
-        self.serve(&conn, req).await
     }
 
     /// Opaque TCP goes to the app, on the port the client targeted.

@@ -3,6 +3,7 @@
 //! connections, and wind down on drain.
 
 pub mod activity;
+mod woken;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,9 +28,31 @@ use crate::interception::{self, detect, relay};
 use crate::metrics::{ListenerMetrics, OpaqueMetrics};
 use crate::tls::ServerTls;
 use activity::{ActivityIo, ConnActivity, Expiry};
+use woken::PollWhenWoken;
 
 /// Most concurrent HTTP/2 streams per client connection (Envoy's edge guidance: 100).
 const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+pin_project_lite::pin_project! {
+    /// A handler's response in the `Result` that hyper's service contract asks for.
+    /// An `async` block would do the same but hold the handler's future twice (as
+    /// its argument and as what it awaits), and that future is moved per request.
+    struct NeverFails<F> {
+        #[pin]
+        response: F,
+    }
+}
+
+impl<F: Future> Future for NeverFails<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().response.poll(cx).map(Ok)
+    }
+}
 
 /// What a listener hands each request to.
 pub trait Handler: Send + Sync + 'static {
@@ -337,14 +360,15 @@ async fn serve_http<H: Handler, I>(
     });
     let handler = shared.handler.clone();
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
-    let service = service_fn(move |req| {
-        let response = handler.clone().handle(client.clone(), req);
-        async move { Ok::<_, Infallible>(response.await) }
+    let service = service_fn(move |req| NeverFails {
+        response: handler.clone().handle(client.clone(), req),
     });
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing = false;
-    let watchdog = activity.expired(limits.header_read_timeout, limits.idle_timeout);
+    // Beside the connection, polled only when their own event comes (see `woken`).
+    let watchdog =
+        PollWhenWoken::new(activity.expired(limits.header_read_timeout, limits.idle_timeout));
     tokio::pin!(watchdog);
     loop {
         tokio::select! {
@@ -354,7 +378,7 @@ async fn serve_http<H: Handler, I>(
                 }
                 break;
             }
-            _ = drain.signaled(), if !closing => {
+            _ = PollWhenWoken::new(drain.signaled()), if !closing => {
                 // HTTP/1: `Connection: close` on the current response, or close now
                 // if idle. HTTP/2: GOAWAY, then in-flight streams finish.
                 conn.as_mut().graceful_shutdown();

@@ -68,18 +68,25 @@ impl Outbound {
         &self.registry
     }
 
-    async fn serve(&self, conn: &ClientConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// The request's way out: its destination, then `CONNECT` to a tunnel or the
+    /// rest to `exchange::send`. One async fn from the listener to there, since
+    /// each layer of future would be another copy of it per request.
+    async fn serve(
+        self: Arc<Self>,
+        conn: Arc<ClientConn>,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let destination = exchange::check_request(&req, self.max_uri_bytes)
-            .and_then(|()| self.destination(conn, &req));
+            .and_then(|()| self.destination(&conn, &req));
         let metrics = match &destination {
             Ok(state) => state.metrics.clone(),
             Err(_) => self.unrouted.clone(),
         };
         let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started.into_std());
-        let id = headers::request_id(req.headers_mut());
+        headers::ensure_request_id(req.headers_mut());
         if self.access_log {
-            in_flight.set_access(exchange::access_entry(Direction::Outbound, &req, &id));
+            in_flight.set_access(exchange::access_entry(Direction::Outbound, &req));
         }
         let state = match destination {
             Ok(state) => state,
@@ -185,12 +192,12 @@ impl Outbound {
 }
 
 impl Handler for Outbound {
-    async fn handle(
+    fn handle(
         self: Arc<Self>,
         conn: Arc<ClientConn>,
         req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
-        self.serve(&conn, req).await
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        self.serve(conn, req)
     }
 
     /// Opaque TCP goes where the app sent it.

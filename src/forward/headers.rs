@@ -55,12 +55,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // bit 7: Upgrade), so only those are looked up again.
     let mut present = 0u8;
     for name in headers.keys() {
+        if !may_be_hop_by_hop(name) {
+            continue;
+        }
         if name == header::UPGRADE {
             present |= 1 << 7;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         }
     }
+
     if present == 0 {
         return;
     }
@@ -117,6 +121,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether `name` has the length of a hop-by-hop header or `Upgrade`: most
+/// names are ruled out on that alone, before any comparison.
+fn may_be_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19)
+}
+
 /// Appends this hop to `X-Forwarded-For` (the client's address) and
 /// `X-Forwarded-Proto` (the scheme it used with us).
 pub fn append_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str) {
@@ -144,19 +154,23 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     }
 }
 
-/// The id that follows this request across services: the trace id of W3C
-/// `traceparent` or B3, else `x-request-id`. A request with none gets a fresh
-/// `x-request-id`. Tracing headers themselves pass through untouched.
-pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = existing_id(headers) {
-        return id;
+/// Gives a request that carries no id (see [`request_id`]) a fresh
+/// `x-request-id`, so that logs on both sides can be joined on it. Tracing
+/// headers themselves pass through untouched.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    // Most requests carry none of the id headers: one scan of the names (standard
+    // ones compare by tag) settles that without hashing four custom names.
+    let named = headers
+        .keys()
+        .any(|k| *k == TRACEPARENT || *k == X_B3_TRACEID || *k == B3 || *k == X_REQUEST_ID);
+    if !named || request_id(headers).is_none() {
+        headers.insert(X_REQUEST_ID, new_request_id());
     }
-    let id = new_request_id();
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
 }
 
-fn existing_id(headers: &HeaderMap) -> Option<HeaderValue> {
+/// The id that follows this request across services: the trace id of W3C
+/// `traceparent` or B3, else `x-request-id`.
+pub fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     if let Some(tp) = headers.get(&TRACEPARENT) {
         // version-traceid-parentid-flags
         if let Some(trace) = tp.as_bytes().split(|&b| b == b'-').nth(1) {
@@ -250,6 +264,18 @@ mod tests {
     }
 
     #[test]
+    fn the_length_filter_lets_every_hop_by_hop_name_through() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            assert!(may_be_hop_by_hop(name), "{name}");
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(header::HOST, HeaderValue::from_static("a"));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name} is stripped");
+        }
+    }
+
+    #[test]
     fn forwarded_headers_are_appended() {
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
         append_forwarded(&mut h, &HeaderValue::from_static("10.0.0.7"), "http");
@@ -261,14 +287,28 @@ mod tests {
     fn trace_ids_are_reused_and_missing_ones_generated() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut h = map(&[("traceparent", tp)]);
-        assert_eq!(request_id(&mut h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        ensure_request_id(&mut h);
+        assert_eq!(request_id(&h).unwrap(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(!h.contains_key("x-request-id"), "trace context is enough");
         let mut h = map(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
-        assert_eq!(request_id(&mut h), "80f198ee56343ba864fe8b2a57d3eff7");
+        ensure_request_id(&mut h);
+        assert_eq!(request_id(&h).unwrap(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert!(!h.contains_key("x-request-id"));
+        // A traceparent without a trace id is no id: the request gets one.
+        let mut h = map(&[("traceparent", "garbage")]);
+        ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"].len(), 32);
+        let mut h = map(&[("x-request-id", "abc")]);
+        ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"], "abc");
         let mut h = HeaderMap::new();
-        let id = request_id(&mut h);
+        assert_eq!(request_id(&h), None);
+        ensure_request_id(&mut h);
+        let id = request_id(&h).unwrap();
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
-        assert_ne!(request_id(&mut HeaderMap::new()), id);
+        let mut other = HeaderMap::new();
+        ensure_request_id(&mut other);
+        assert_ne!(other["x-request-id"], id);
     }
 }

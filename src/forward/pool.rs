@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,10 +28,10 @@ const MAX_IDLE: usize = 512;
 const STALE_RETRIES: usize = 3;
 
 /// Why an attempt on this endpoint got no response.
-#[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made.
-    Connect(String),
+    /// No connection could be made. The request was not sent and comes back as
+    /// it was given, so a retry needs no copy of it made in advance.
+    Connect(String, Box<Request<ReplayBody>>),
     /// The connection broke before a complete response head.
     Broken(hyper::Error),
 }
@@ -105,25 +106,21 @@ impl EndpointPool {
         self.addr
     }
 
-    /// Sends over HTTP/1.1: a pooled connection if one is ready, else a new one.
-    /// A request that a pooled connection closed on before sending goes on to the
-    /// next connection: nothing reached the upstream.
+    /// Sends over HTTP/1.1: a pooled connection if one is ready, else a new one,
+    /// offering `alpn` on a new TLS connection: with [`Alpn::Any`] an upstream that
+    /// picks HTTP/2 gets the request over HTTP/2. A request that a pooled
+    /// connection closed on before sending goes on to the next connection: nothing
+    /// reached the upstream. `req` comes with an absolute URI; `now` is the
+    /// caller's clock reading.
     pub async fn send_h1(
-        self: &Arc<Self>,
-        req: Request<ReplayBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        self.send_h1_alpn(req, Alpn::H1).await
-    }
-
-    /// [`send_h1`](Self::send_h1), offering `alpn` on a new TLS connection: with
-    /// [`Alpn::Any`] an upstream that picks HTTP/2 gets the request over HTTP/2.
-    pub async fn send_h1_alpn(
         self: &Arc<Self>,
         mut req: Request<ReplayBody>,
         alpn: Alpn,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let as_given = h1_wire_form(&mut req);
         for _ in 0..STALE_RETRIES {
-            let Some(mut sender) = self.checkout() else {
+            let Some(mut sender) = self.checkout(now) else {
                 break;
             };
             if sender.ready().await.is_err() {
@@ -137,11 +134,19 @@ impl EndpointPool {
                 },
             }
         }
-        let mut sender = match self.connect_fresh(alpn).await? {
-            Fresh::H1(sender) => sender,
-            Fresh::H2(sender) => {
+        // Connecting is the rare path, and its future (TCP, TLS, handshake) is
+        // large: boxed, so the future of every pooled exchange stays small.
+        let fresh = Box::pin(self.connect_fresh(alpn)).await;
+        let mut sender = match fresh {
+            Ok(Fresh::H1(sender)) => sender,
+            Err(cause) => {
+                as_given.restore(&mut req);
+                return Err(SendError::Connect(cause, Box::new(req)));
+            }
+            Ok(Fresh::H2(sender)) => {
                 *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
-                let resp = self.send_h2(req).await?;
+                as_given.restore(&mut req);
+                let resp = Box::pin(self.send_h2(req)).await?;
                 return Ok((
                     resp,
                     Lease {
@@ -158,13 +163,11 @@ impl EndpointPool {
     }
 
     /// Sends over the endpoint's HTTP/2 connection, opening it when there is none.
+    /// `req` comes with an absolute URI.
     pub async fn send_h2(
         &self,
         mut req: Request<ReplayBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        if self.tls.is_some() {
-            https_absolute(&mut req);
-        }
         let existing = self
             .h2
             .lock()
@@ -173,13 +176,16 @@ impl EndpointPool {
             .filter(|s| !s.is_closed());
         let mut sender = match existing {
             Some(s) => s,
-            None => {
-                let s = self.connect_h2().await?;
-                *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
-                s
-            }
+            None => match Box::pin(self.connect_h2()).await {
+                Ok(s) => {
+                    *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                    s
+                }
+                Err(cause) => return Err(SendError::Connect(cause, Box::new(req))),
+            },
         };
         sender.ready().await.map_err(SendError::Broken)?;
+        h2_wire_form(&mut req, self.tls.is_some());
         sender.send_request(req).await.map_err(SendError::Broken)
     }
 
@@ -191,10 +197,10 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection still open and young enough.
-    fn checkout(&self) -> Option<http1::SendRequest<ReplayBody>> {
+    fn checkout(&self, now: Instant) -> Option<http1::SendRequest<ReplayBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+            if !sender.is_closed() && now.saturating_duration_since(since) < self.idle_timeout {
                 return Some(sender);
             }
         }
@@ -205,55 +211,43 @@ impl EndpointPool {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
+        let fresh = |since: Instant| now.saturating_duration_since(since) < self.idle_timeout;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // The oldest sit at the bottom: when it is past its time, sweep.
-        let timeout = self.idle_timeout;
-        if idle
-            .first()
-            .is_some_and(|(_, since)| since.elapsed() >= timeout)
-        {
-            idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+        if idle.first().is_some_and(|(_, since)| !fresh(*since)) {
+            idle.retain(|(s, since)| !s.is_closed() && fresh(*since));
         }
         if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+            idle.push((sender, now));
         }
     }
 
-    async fn connect(&self, alpn: Alpn) -> Result<(TokioIo<UpstreamIo>, bool), SendError> {
+    /// A new connection, TLS when the endpoint asks for it, and whether it speaks
+    /// HTTP/2 (ALPN); or why there is none.
+    async fn connect(&self, alpn: Alpn) -> Result<(TokioIo<UpstreamIo>, bool), String> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| {
-                SendError::Connect(format!(
-                    "connect timed out after {:?}",
-                    self.connect_timeout
-                ))
-            })?
-            .map_err(|e| SendError::Connect(e.to_string()))?;
+            .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
+            .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let Some(origin) = &self.tls else {
             return Ok((TokioIo::new(UpstreamIo::Plain(stream)), false));
         };
         let Some(name) = origin.server_name.clone() else {
-            return Err(SendError::Connect(
-                "the host is not a valid TLS server name".into(),
-            ));
+            return Err("the host is not a valid TLS server name".into());
         };
         let handshake = origin.client.connect(name, stream, alpn);
         let (tls, h2) = tokio::time::timeout(self.connect_timeout, handshake)
             .await
-            .map_err(|_| {
-                SendError::Connect(format!(
-                    "TLS handshake timed out after {:?}",
-                    self.connect_timeout
-                ))
-            })?
+            .map_err(|_| format!("TLS handshake timed out after {:?}", self.connect_timeout))?
             .map_err(|e| {
                 if e.contains("certificate") {
                     warn!(addr = %self.addr, error = %e, "upstream TLS certificate error");
                 } else {
                     debug!(addr = %self.addr, error = %e, "upstream TLS handshake failed");
                 }
-                SendError::Connect(e)
+                e
             })?;
         if h2 {
             self.alpn_h2.store(true, Ordering::Relaxed);
@@ -261,12 +255,14 @@ impl EndpointPool {
         Ok((TokioIo::new(UpstreamIo::Tls(Box::new(tls))), h2))
     }
 
-    async fn connect_fresh(&self, alpn: Alpn) -> Result<Fresh, SendError> {
+    /// A new connection with its HTTP handshake done: nothing has been sent on it
+    /// yet, so a failure here is a connect failure.
+    async fn connect_fresh(&self, alpn: Alpn) -> Result<Fresh, String> {
         let (io, h2) = self.connect(alpn).await?;
         if h2 {
             return self.handshake_h2(io).await.map(Fresh::H2);
         }
-        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Broken)?;
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -276,7 +272,7 @@ impl EndpointPool {
         Ok(Fresh::H1(sender))
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<ReplayBody>, SendError> {
+    async fn connect_h2(&self) -> Result<http2::SendRequest<ReplayBody>, String> {
         let (io, _) = self.connect(Alpn::H2).await?;
         self.handshake_h2(io).await
     }
@@ -284,10 +280,11 @@ impl EndpointPool {
     async fn handshake_h2(
         &self,
         io: TokioIo<UpstreamIo>,
-    ) -> Result<http2::SendRequest<ReplayBody>, SendError> {
+    ) -> Result<http2::SendRequest<ReplayBody>, String> {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new()).adaptive_window(true);
-        let (sender, conn) = builder.handshake(io).await.map_err(SendError::Broken)?;
+        let (sender, conn) = builder.handshake(io).await.map_err(|e| e.to_string())?;
+
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -298,27 +295,123 @@ impl EndpointPool {
     }
 }
 
-/// An HTTP/2 request to a TLS upstream: `https` scheme, and the authority from
-/// `Host` when the URI is in origin form (a request first meant for HTTP/1.1).
-fn https_absolute(req: &mut Request<ReplayBody>) {
-    let uri = req.uri().clone();
-    let authority = match uri.authority() {
-        Some(a) => Some(a.clone()),
-        None => req
-            .headers_mut()
-            .remove(http::header::HOST)
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()),
-    };
-    let mut parts = uri.into_parts();
-    if let Some(authority) = authority {
-        parts.authority = Some(authority);
-        parts.scheme = Some(http::uri::Scheme::HTTPS);
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        if let Ok(uri) = http::Uri::from_parts(parts) {
+/// What [`h1_wire_form`] changed, to give an unsent request back as it came.
+struct AsGiven {
+    uri: Option<Uri>,
+    version: Version,
+}
+
+impl AsGiven {
+    fn restore(self, req: &mut Request<ReplayBody>) {
+        if let Some(uri) = self.uri {
             *req.uri_mut() = uri;
         }
+        *req.version_mut() = self.version;
     }
-    *req.version_mut() = http::Version::HTTP_2;
+}
+
+/// HTTP/1.1 on the wire: an HTTP/2 client's request as 1.1, and the target in
+/// origin form (the path and query; the host is in `Host`), but for CONNECT's
+/// authority form.
+fn h1_wire_form(req: &mut Request<ReplayBody>) -> AsGiven {
+    let version = req.version();
+    if version == Version::HTTP_2 {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    let uri = (req.method() != Method::CONNECT).then(|| {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        std::mem::replace(req.uri_mut(), Uri::from(path))
+    });
+    AsGiven { uri, version }
+}
+
+/// HTTP/2 on the wire: the host in `:authority`, taken from `Host` (the name the
+/// client used, not the address breakwater connects to) and no `Host` beside it,
+/// as servers such as nginx refuse a request with both; `https` to a TLS upstream.
+fn h2_wire_form(req: &mut Request<ReplayBody>, tls: bool) {
+    *req.version_mut() = Version::HTTP_2;
+    let host = req
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let mut parts = req.uri().clone().into_parts();
+    if let Some(authority) = host {
+        parts.authority = Some(authority);
+    }
+    if tls {
+        parts.scheme = Some(Scheme::HTTPS);
+    } else if parts.scheme.is_none() {
+        parts.scheme = Some(Scheme::HTTP);
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn absolute(version: Version) -> Request<ReplayBody> {
+        let mut req = Request::new(ReplayBody::empty());
+        *req.uri_mut() = Uri::from_static("http://app.local:8080/path?q=1");
+        *req.version_mut() = version;
+        req.headers_mut()
+            .insert(http::header::HOST, "app.local:8080".parse().unwrap());
+        req
+    }
+
+    /// A port nothing listens on: connecting is refused at once.
+    async fn closed_port() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_that_found_no_connection_comes_back_as_given() {
+        let addr = closed_port().await;
+        let pool = EndpointPool::new(addr, Duration::from_secs(1), Duration::from_secs(60));
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let Err(SendError::Connect(cause, req)) = pool
+                .send_h1(absolute(version), Alpn::H1, Instant::now())
+                .await
+            else {
+                panic!("expected a connect failure");
+            };
+            assert!(!cause.is_empty());
+            assert_eq!(req.uri(), "http://app.local:8080/path?q=1");
+            assert_eq!(req.version(), version);
+            assert_eq!(req.headers()[http::header::HOST], "app.local:8080");
+        }
+        let Err(SendError::Connect(_, req)) = pool.send_h2(absolute(Version::HTTP_2)).await else {
+            panic!("expected a connect failure");
+        };
+        assert_eq!(req.uri(), "http://app.local:8080/path?q=1");
+        assert_eq!(req.headers()[http::header::HOST], "app.local:8080");
+    }
+
+    #[test]
+    fn wire_forms() {
+        let mut req = absolute(Version::HTTP_2);
+        let as_given = h1_wire_form(&mut req);
+        assert_eq!(req.uri(), "/path?q=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        as_given.restore(&mut req);
+        assert_eq!(req.uri(), "http://app.local:8080/path?q=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+
+        let mut req = absolute(Version::HTTP_11);
+        *req.uri_mut() = Uri::from_static("http://10.0.0.1:80/x");
+        h2_wire_form(&mut req, true);
+        assert_eq!(req.uri(), "https://app.local:8080/x");
+        assert!(!req.headers().contains_key(http::header::HOST));
+        assert_eq!(req.version(), Version::HTTP_2);
+    }
 }

@@ -53,6 +53,13 @@ struct Shared<B> {
 #[error("the request body was larger than --retry-body-limit and cannot be sent again")]
 struct NotReplayable;
 
+impl<B> ReplayBody<B> {
+    /// No body at all.
+    pub fn empty() -> Self {
+        ReplayBody { kind: Kind::Empty }
+    }
+}
+
 impl<B: Body + Unpin> ReplayBody<B> {
     /// A body that is sent once, as it comes.
     pub fn once(body: B) -> Self {

@@ -49,7 +49,11 @@ impl ConnActivity {
     }
 
     fn now_ms(&self) -> u64 {
-        self.accepted.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.accepted).as_millis() as u64
     }
 
     pub fn request_started(&self) {
@@ -57,9 +61,10 @@ impl ConnActivity {
         self.head_started.store(NONE, Relaxed);
     }
 
-    pub fn request_finished(&self) {
+    /// A request ended at `now` (the caller's clock reading, spared another).
+    pub fn request_finished(&self, now: Instant) {
         if self.active.fetch_sub(1, Relaxed) == 1 {
-            self.idle_since.store(self.now_ms(), Relaxed);
+            self.idle_since.store(self.ms_at(now), Relaxed);
         }
     }
 
@@ -85,10 +90,12 @@ impl ConnActivity {
     /// Resolves when the connection should be closed, re-arming its one timer as
     /// activity moves the deadlines.
     ///
-    /// The timer never sleeps longer than the header timeout, so a head that
-    /// starts while it sleeps is seen before its own deadline, and is cut off
-    /// exactly then. Requests never wake it: waking another task per request would
-    /// cost more than an idle connection's check every few seconds.
+    /// The timer never sleeps longer than the header timeout or the idle timeout.
+    /// So a head that starts while it sleeps is seen before its own deadline and
+    /// is cut off exactly then; and a request that ends while it sleeps leaves an
+    /// idle deadline that is no earlier than the wake-up, so the connection is
+    /// closed exactly then too. Requests never wake it: a wake-up per request
+    /// would cost more than a busy connection's check every few seconds.
     pub async fn expired(&self, header_read: Duration, idle: Duration) -> Expiry {
         let (header_ms, idle_ms) = (header_read.as_millis() as u64, idle.as_millis() as u64);
         loop {
@@ -103,11 +110,12 @@ impl ConnActivity {
             if idle_deadline.is_some_and(|d| now >= d) {
                 return Expiry::Idle;
             }
-            let next = [idle_deadline, head_deadline, Some(now + header_ms)]
+            let recheck = now + header_ms.min(idle_ms);
+            let next = [idle_deadline, head_deadline, Some(recheck)]
                 .into_iter()
                 .flatten()
                 .min()
-                .unwrap_or(now + header_ms);
+                .unwrap_or(recheck);
             tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
         }
     }
@@ -226,8 +234,32 @@ mod tests {
         a.request_started();
         let expiry = tokio::time::timeout(Duration::from_secs(120), a.expired(hdr, idle)).await;
         assert!(expiry.is_err(), "a long request is not idle");
-        a.request_finished();
+        a.request_finished(Instant::now());
         assert_eq!(a.expired(hdr, idle).await, Expiry::Idle);
+    }
+
+    /// The watchdog first sees a request in flight; it ends while the watchdog
+    /// sleeps: the connection closes one idle timeout after it, not at the next
+    /// header-timeout check.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_the_end_of_the_last_request() {
+        let a = std::sync::Arc::new(ConnActivity::new());
+        let (hdr, idle) = (Duration::from_secs(10), Duration::from_millis(300));
+        a.on_read(true, b"GET / HTTP/1.1\r\n\r\n");
+        a.request_started();
+        let watchdog = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(hdr, idle).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1234)).await;
+        let finished = Instant::now();
+        a.request_finished(finished);
+        assert_eq!(watchdog.await.ok(), Some(Expiry::Idle));
+        let took = finished.elapsed();
+        assert!(
+            took >= idle && took < idle + Duration::from_millis(5),
+            "closed {took:?} after the request, idle timeout {idle:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

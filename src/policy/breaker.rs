@@ -243,6 +243,9 @@ impl Inner {
         if config.consecutive_failures > 0 && self.consecutive >= config.consecutive_failures {
             return Some(Cause::ConsecutiveFailures);
         }
+        if config.failure_rate == 0 && config.slow_call.is_none() {
+            return None; // no rate rule: spare every call the window's sum
+        }
         let c = self.window.counts(now);
         if c.calls < config.min_requests.max(1) {
             return None;

@@ -49,11 +49,6 @@ impl RetryBudget {
         }
     }
 
-    /// Records a request: it earns a share of a retry.
-    pub fn deposit(&self) {
-        self.deposit_at(Instant::now());
-    }
-
     /// Takes one retry from the budget, if there is one.
     pub fn withdraw(&self) -> bool {
         self.withdraw_at(Instant::now())
@@ -64,7 +59,9 @@ impl RetryBudget {
         now.saturating_duration_since(self.epoch).as_secs() + 1
     }
 
-    fn deposit_at(&self, now: Instant) {
+    /// Records a request, at the caller's clock reading `now`: it earns a share
+    /// of a retry.
+    pub fn deposit_at(&self, now: Instant) {
         let second = self.second(now);
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         w.current(second).requests += 1;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use serde::Serialize;
 
 use crate::error::ProxyError;
@@ -164,6 +164,20 @@ impl RetryPolicy {
         Some(RetryReason { label, unsent })
     }
 
+    /// Whether a condition can retry a request the upstream has seen: a response,
+    /// a reset or a per-try timeout — everything but a connect failure. Only
+    /// then must an attempt keep a copy of the request before it leaves.
+    pub fn retries_sent(&self) -> bool {
+        let on = &self.retry_on;
+        on.reset
+            || on.gateway_error
+            || on.server_error
+            || on.too_many_requests
+            || on.unavailable
+            || !on.statuses.is_empty()
+            || self.per_try_timeout.is_some()
+    }
+
     /// The wait before retry number `retry` (1-based): exponential from
     /// `backoff`, capped at `backoff_max`, with full jitter (`jitter` in 0..=1, a
     /// uniform draw; tests pass 1.0 for the cap itself).
@@ -203,15 +217,12 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     )
 }
 
+/// Where gRPC puts its status: trailers, or the headers of a trailers-only response.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The gRPC status in a response's headers (a trailers-only response).
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -235,6 +246,50 @@ mod tests {
         Outcome::Answered {
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
             grpc_status: None,
+        }
+    }
+
+    /// `retries_sent` must say yes to every condition that `reason` can meet
+    /// with a request the upstream has seen, or such retries lose their copy.
+    #[test]
+    fn retries_sent_covers_every_condition_but_connect_failure() {
+        let reset = ProxyError::Reset {
+            dest: "d".into(),
+            cause: "c".into(),
+        };
+        let timeout = ProxyError::Timeout {
+            dest: "d".into(),
+            after: "1s".into(),
+        };
+        for on in [
+            "connect-failure",
+            "reset",
+            "gateway-error",
+            "5xx",
+            "429",
+            "unavailable",
+            "418",
+        ] {
+            for per_try in [None, Some(Duration::from_secs(1))] {
+                let mut p = policy(on);
+                p.per_try_timeout = per_try;
+                let outcomes = [
+                    Outcome::Failed(&reset),
+                    Outcome::Failed(&timeout),
+                    answered(502),
+                    answered(500),
+                    answered(429),
+                    answered(418),
+                    Outcome::Answered {
+                        status: StatusCode::OK,
+                        grpc_status: Some(GRPC_UNAVAILABLE),
+                    },
+                ];
+                let sent_retry = outcomes
+                    .iter()
+                    .any(|o| p.reason(o).is_some_and(|r| !r.unsent));
+                assert_eq!(p.retries_sent(), sent_retry, "{on}, per-try {per_try:?}");
+            }
         }
     }
 
