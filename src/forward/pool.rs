@@ -24,6 +24,10 @@ use crate::tls::{Alpn, Origin, UpstreamIo};
 
 /// Idle HTTP/1.1 connections kept per endpoint at most.
 const MAX_IDLE: usize = 512;
+/// Most bytes an upstream HTTP/1.1 connection buffers each way (hyper's floor is
+/// 8 KiB): a response head must fit, as in Envoy's 60 KiB default, and a flat
+/// write buffer keeps no more than this.
+const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 /// Tries on pooled connections that turn out closed before a fresh one.
 const STALE_RETRIES: usize = 3;
 
@@ -262,7 +266,16 @@ impl EndpointPool {
         if h2 {
             return self.handshake_h2(io).await.map(Fresh::H2);
         }
-        let (sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+        // Requests are mostly a head alone: one flat buffer and send(2) cost less
+        // than hyper's vectored queue and writev(2). Responses to clients stay
+        // vectored: a flat buffer would keep, on every client connection, the
+        // capacity of the largest response it carried.
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .max_buf_size(UPSTREAM_MAX_BUF)
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
