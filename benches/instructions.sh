@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# benches/instructions.sh - user-space instructions per proxied request, counted
+# by valgrind's callgrind: breakwater's inbound path and HAProxy's, same backend.
+#
+#   benches/instructions.sh [--no-build] [-n REQUESTS] [--profile DIR]
+#
+# Instruction counts repeat to within a fraction of a percent whatever else the
+# machine is doing, where req/s on these shared 2-core machines moves by 5-10 %
+# between runs: this is how a change to the request path is judged before the
+# peer benchmark (peer.sh) is run on a quiet machine. It counts user space only;
+# the kernel's share (about two thirds of a proxy's CPU here) is the same for
+# breakwater and HAProxy, which make the same system calls per request.
+#
+# Each proxy (breakwater `run --threads 1`, HAProxy `nbthread 1`) runs under
+# callgrind in front of one nginx worker answering "ok"; h2load sends 3000
+# warm-up requests, the counters are zeroed, then REQUESTS (default 20000)
+# keep-alive GETs over 20 connections are counted. With --profile DIR the
+# callgrind files are kept there (callgrind_annotate DIR/breakwater.out.1).
+# Needs valgrind, nginx, haproxy, h2load (apt: valgrind nginx haproxy nghttp2-client).
+# Ports 28500-28502 on 127.0.0.1; everything started here is stopped by PID.
+
+set -uo pipefail
+
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$TOP/target/release/breakwater"
+HOST=127.0.0.1
+BACKEND_PORT=28500
+BW_PORT=28501
+HA_PORT=28502
+N=20000
+BUILD=1
+PROFILE_DIR=
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --no-build) BUILD=0 ;;
+    -n) N=$2; shift ;;
+    --profile) PROFILE_DIR=$2; shift ;;
+    -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $1" ;;
+  esac
+  shift
+done
+
+for tool in valgrind callgrind_control nginx haproxy h2load; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+if [[ $BUILD == 1 ]]; then
+  log "cargo build --release --locked"
+  (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed"
+fi
+[[ -x $BIN ]] || die "no $BIN (build it, or drop --no-build)"
+
+WORK=$(mktemp -d /tmp/breakwater-instructions.XXXXXX)
+chmod 755 "$WORK" # nginx's worker runs as nobody
+declare -a STARTED=()
+
+stop_pid() { # TERM, wait up to 10 s (callgrind writes its file on exit), then KILL
+  local i
+  kill -TERM "$1" 2>/dev/null
+  for ((i = 0; i < 100; i++)); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+  return 0
+}
+
+cleanup() {
+  local p
+  trap - EXIT INT TERM
+  for p in "${STARTED[@]}"; do stop_pid "$p"; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+wait_port() { # wait_port <port> <pid>: until something accepts (max 60 s: valgrind starts slowly)
+  local i
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$2" 2>/dev/null || return 1
+    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server { listen $HOST:$BACKEND_PORT; location = / { return 200 "ok\n"; } }
+}
+EOF
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind $HOST:$HA_PORT
+  default_backend be
+backend be
+  server s1 $HOST:$BACKEND_PORT
+EOF
+
+nginx -p "$WORK/" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" >"$WORK/nginx.out" 2>&1 &
+STARTED+=("$!")
+wait_port "$BACKEND_PORT" "$!" || die "nginx did not start"
+
+# count <name> <port> cmd...: prints instructions per request
+count() {
+  local name=$1 port=$2 pid out tot
+  shift 2
+  out="$WORK/$name.out"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
+  pid=$!
+  STARTED+=("$pid")
+  wait_port "$port" "$pid" || die "$name did not start under valgrind (see $WORK/$name.log)"
+  h2load --h1 -n 3000 -c 20 "http://$HOST:$port/" >/dev/null || die "$name: warm-up failed"
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  h2load --h1 -n "$N" -c 20 "http://$HOST:$port/" >"$WORK/$name.h2load" || die "$name: load failed"
+  grep -q "$N succeeded" "$WORK/$name.h2load" || die "$name: not every request succeeded"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  stop_pid "$pid"
+  tot=$(awk '/^summary:/ {print $2; exit}' "$out".1)
+  [[ -n $tot ]] || die "$name: no callgrind summary"
+  [[ -n $PROFILE_DIR ]] && mkdir -p "$PROFILE_DIR" && cp "$out".1 "$PROFILE_DIR/$name.out.1"
+  echo $((tot / N))
+}
+
+log "breakwater under callgrind ($N requests)"
+bw=$(count breakwater "$BW_PORT" "$BIN" run --threads 1 --log-level warn \
+  --inbound-addr "$HOST:$BW_PORT" --app-addr "$HOST:$BACKEND_PORT" \
+  --outbound-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0) || exit 1
+log "HAProxy under callgrind ($N requests)"
+ha=$(count haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db) || exit 1
+
+echo "| proxy | user-space instructions per request |"
+echo "|---|---:|"
+echo "| breakwater | $bw |"
+echo "| HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}') | $ha |"
+awk -v b="$bw" -v h="$ha" 'BEGIN { printf "\nbreakwater / HAProxy: %.2f\n", b / h }'
