@@ -50,7 +50,6 @@ pub fn access_entry(direction: Direction, req: &Request<Incoming>) -> AccessEntr
         request_id: headers::request_id(req.headers())
             .map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
             .unwrap_or_default(),
-
         reason: None,
         broken_body: false,
     }
