@@ -48,7 +48,7 @@ pub fn access_entry(direction: Direction, req: &Request<Incoming>) -> AccessEntr
         authority,
         path: req.uri().path().to_string(),
         request_id: headers::request_id(req.headers())
-            .map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
+            .map(|id| String::from_utf8_lossy(id).into_owned())
             .unwrap_or_default(),
         reason: None,
         broken_body: false,

@@ -121,12 +121,11 @@ impl Inbound {
     pub fn registry(&self) -> &Arc<Registry> {
         &self.ports
     }
-}
 
-impl Handler for Inbound {
-    // One async fn from the listener to `exchange::send`: each layer of future
-    // would be another copy of it per request.
-    async fn handle(
+    /// The request's way in: limits, id and `X-Forwarded-*`, then
+    /// `exchange::send` to the app. One async fn from the listener to there,
+    /// since each layer of future would be another copy of it per request.
+    async fn serve(
         self: Arc<Self>,
         conn: Arc<ClientConn>,
         mut req: Request<Incoming>,
@@ -174,6 +173,16 @@ impl Handler for Inbound {
             &self.drain,
         )
         .await
+    }
+}
+
+impl Handler for Inbound {
+    fn handle(
+        self: Arc<Self>,
+        conn: Arc<ClientConn>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        self.serve(conn, req)
     }
 
     /// Opaque TCP goes to the app, on the port the client targeted.

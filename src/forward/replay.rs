@@ -64,7 +64,7 @@ impl<B: Body + Unpin> ReplayBody<B> {
     /// A body that is sent once, as it comes.
     pub fn once(body: B) -> Self {
         if body.is_end_stream() {
-            return ReplayBody { kind: Kind::Empty };
+            return Self::empty();
         }
         ReplayBody {
             kind: Kind::Stream(body),
@@ -75,7 +75,7 @@ impl<B: Body + Unpin> ReplayBody<B> {
     /// limit keeps nothing from the start.
     pub fn replayable(body: B, limit: usize) -> Self {
         if body.is_end_stream() {
-            return ReplayBody { kind: Kind::Empty };
+            return Self::empty();
         }
         let size_hint = body.size_hint();
         let overflowed = size_hint.lower() > limit as u64;
@@ -102,7 +102,7 @@ impl<B: Body + Unpin> ReplayBody<B> {
     /// body cannot be sent again.
     pub fn try_clone(&self) -> Option<ReplayBody<B>> {
         match &self.kind {
-            Kind::Empty => Some(ReplayBody { kind: Kind::Empty }),
+            Kind::Empty => Some(Self::empty()),
             Kind::Stream(_) => None,
             Kind::Replay {
                 shared, size_hint, ..

@@ -197,8 +197,11 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || headers.contains_key("idempotency-key")
+    ) || headers.contains_key(IDEMPOTENCY_KEY)
 }
+
+/// The header a client sets to mark a request as safe to repeat.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// `Retry-After` on a 429 or 503, as a wait: delta-seconds or an HTTP date. A
 /// value that does not parse is ignored.
