@@ -31,8 +31,8 @@ N=20000
 BUILD=1
 PROFILE_DIR=
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, port_free, wait_port, descendants, stop_tree
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -58,32 +58,13 @@ WORK=$(mktemp -d /tmp/breakwater-instructions.XXXXXX)
 chmod 755 "$WORK" # nginx's worker runs as nobody
 declare -a STARTED=()
 
-stop_pid() { # TERM, wait up to 10 s (callgrind writes its file on exit), then KILL
-  local i
-  kill -TERM "$1" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null
-  wait "$1" 2>/dev/null
-  return 0
-}
-
 cleanup() {
   local p
   trap - EXIT INT TERM
-  for p in "${STARTED[@]}"; do stop_pid "$p"; done
+  for p in "${STARTED[@]}"; do stop_tree "$p" 10; done # callgrind writes its file on exit
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
-
-wait_port() { # wait_port <port> <pid>: until something accepts (max 60 s: valgrind starts slowly)
-  local i
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -124,13 +105,13 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
   pid=$!
   STARTED+=("$pid")
-  wait_port "$port" "$pid" || die "$name did not start under valgrind (see $WORK/$name.log)"
+  wait_port "$port" "$pid" 60 || die "$name did not start under valgrind (see $WORK/$name.log)"
   h2load --h1 -n 3000 -c 20 "http://$HOST:$port/" >/dev/null || die "$name: warm-up failed"
   callgrind_control -z "$pid" >/dev/null 2>&1
   h2load --h1 -n "$N" -c 20 "http://$HOST:$port/" >"$WORK/$name.h2load" || die "$name: load failed"
   grep -q "$N succeeded" "$WORK/$name.h2load" || die "$name: not every request succeeded"
   callgrind_control -d "$pid" >/dev/null 2>&1
-  stop_pid "$pid"
+  stop_tree "$pid" 10
   tot=$(awk '/^summary:/ {print $2; exit}' "$out".1)
   [[ -n $tot ]] || die "$name: no callgrind summary"
   [[ -n $PROFILE_DIR ]] && mkdir -p "$PROFILE_DIR" && cp "$out".1 "$PROFILE_DIR/$name.out.1"

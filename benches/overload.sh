@@ -72,8 +72,8 @@ WORK=""
 BIN=""
 declare -a STARTED=()
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, port_free, wait_port, descendants, stop_tree
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
 parse_args() {
@@ -103,8 +103,6 @@ parse_args() {
   for v in $STATIC_LIMITS; do [[ $v =~ ^[1-9][0-9]*$ ]] || die "static limits are positive integers"; done
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
 fresh_port() {  # next free port from NEXT_PORT (at most 50 tries); sets PORT
   local i
   for ((i = 0; i < 50; i++)); do
@@ -114,16 +112,6 @@ fresh_port() {  # next free port from NEXT_PORT (at most 50 tries); sets PORT
   die "no free port near $NEXT_PORT"
 }
 
-wait_port() {  # wait_port <port> <pid>: until something accepts on port (max 20 s)
-  local i
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 start_bg() {  # start_bg <logfile> cmd... ; sets PID
   local logf=$1; shift
   "$@" >"$logf" 2>&1 &
@@ -131,12 +119,9 @@ start_bg() {  # start_bg <logfile> cmd... ; sets PID
   STARTED+=("$PID")
 }
 
-stop_pid() {  # TERM, wait up to 5 s, then KILL
+stop_pid() {  # stop_tree, and no longer count it as started
   local p=$1 i
-  kill -TERM "$p" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
-  wait "$p" 2>/dev/null
+  stop_tree "$p"
   local -a keep=()
   for i in "${STARTED[@]}"; do [[ $i != "$p" ]] && keep+=("$i"); done
   STARTED=("${keep[@]}")

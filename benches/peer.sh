@@ -35,8 +35,8 @@ NGINX=${NGINX:-nginx}
 HAPROXY=${HAPROXY:-haproxy}
 HOST=127.0.0.1
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, port_free, wait_port, descendants, stop_tree
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # breakwater's command line; {host} {port} {backend} are filled in by peer-bench.sh
 # (and by start_breakwater below).
@@ -100,26 +100,12 @@ WORK=""
 declare -a STARTED=()
 declare -A PID_OF=()
 
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-wait_port() {  # wait_port <port> <pid>
-  local i
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 start_bg() {  # start_bg <key> cmd...
   local key=$1; shift
   "$@" >"$WORK/logs/$key.out" 2>&1 &
   PID_OF[$key]=$!; STARTED+=("$!")
   log "started $key (pid $!)"
 }
-
-descendants() { local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$c"; descendants "$c"; done; }
 
 mem_kb() {  # mem_kb <pid> <VmRSS|RssAnon>: summed over the process tree, kB
   local p v sum=0
@@ -130,20 +116,10 @@ mem_kb() {  # mem_kb <pid> <VmRSS|RssAnon>: summed over the process tree, kB
   echo "$sum"
 }
 
-stop_pid() {  # TERM, wait up to 5 s, KILL the tree's leftovers
-  local top=$1 p i
-  local -a all=("$top" $(descendants "$top"))
-  kill -TERM "$top" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do kill -0 "$top" 2>/dev/null || break; sleep 0.1; done
-  for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-  wait "$top" 2>/dev/null
-  return 0
-}
-
 stop_key() {
   local key=$1 pid=${PID_OF[$1]:-} i
   [[ -n $pid ]] || return 0
-  stop_pid "$pid"
+  stop_tree "$pid"
   unset "PID_OF[$key]"
   for i in "${!STARTED[@]}"; do [[ ${STARTED[$i]} == "$pid" ]] && unset "STARTED[$i]"; done
   return 0
@@ -152,7 +128,7 @@ stop_key() {
 cleanup() {
   local p
   trap - EXIT INT TERM
-  for p in "${STARTED[@]}"; do stop_pid "$p"; done
+  for p in "${STARTED[@]}"; do stop_tree "$p"; done
   if [[ -n $WORK && -d $WORK ]]; then
     if [[ $KEEP == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
   fi

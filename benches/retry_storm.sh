@@ -80,8 +80,8 @@ declare -a ROWS=()
 declare -a BW_STOP_FLAGS=()
 declare -a LOAD_ARGS=()         # extra h2load arguments of the current row (pacing)
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, port_free, wait_port, descendants, stop_tree
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
 parse_args() {
@@ -126,8 +126,6 @@ EOF
   command -v envoy
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
 fresh_port() {  # next free port from NEXT_PORT (at most 50 tries)
   local i
   for ((i = 0; i < 50; i++)); do
@@ -137,16 +135,6 @@ fresh_port() {  # next free port from NEXT_PORT (at most 50 tries)
   die "no free port near $NEXT_PORT"
 }
 
-wait_port() {  # wait_port <port> <pid>: until something accepts on port (max 20 s)
-  local i
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 start_bg() {  # start_bg <logfile> cmd... ; sets PID
   local logf=$1; shift
   "$@" >"$logf" 2>&1 &
@@ -154,15 +142,9 @@ start_bg() {  # start_bg <logfile> cmd... ; sets PID
   STARTED+=("$PID")
 }
 
-descendants() { local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$c"; descendants "$c"; done; }
-
-stop_pid() {  # TERM the process (and what it started), wait up to 5 s, then KILL leftovers
-  local top=$1 p i
-  local -a all=("$top" $(descendants "$top"))
-  kill -TERM "$top" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do kill -0 "$top" 2>/dev/null || break; sleep 0.1; done
-  for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-  wait "$top" 2>/dev/null
+stop_pid() {  # stop_tree, and no longer count it as started
+  local top=$1 p
+  stop_tree "$top"
   local -a keep=()
   for p in "${STARTED[@]}"; do [[ $p != "$top" ]] && keep+=("$p"); done
   STARTED=("${keep[@]}")

@@ -45,8 +45,8 @@ BW_ADMIN=$((BASE_PORT + 4)); BW_H2_ADMIN=$((BASE_PORT + 5))
 EN_PORT=$((BASE_PORT + 6)); EN_H2_PORT=$((BASE_PORT + 7)); EN_ADMIN=$((BASE_PORT + 8))
 REPS=3; SECS=5; HS_N=${HS_N:-}; HS_N_ECDSA=${HS_N_ECDSA:-12000}; HS_N_RSA=${HS_N_RSA:-6000}; HS_PAR=${HS_PAR:-4}; KEYS="ecdsa rsa"; OUT=""; KEEP=0; BUILD=1; PAUSE=1
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, port_free, wait_port, descendants, stop_tree
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -88,35 +88,18 @@ start_bg() {  # start_bg <key> cmd...
   "$@" >"$WORK/logs/$key.out" 2>&1 &
   PID_OF[$key]=$!; STARTED+=($!)
 }
-stop_pid() {
-  local p=$1 i
-  kill -TERM "$p" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
-  wait "$p" 2>/dev/null
-}
-stop_key() { [[ -n ${PID_OF[$1]:-} ]] && stop_pid "${PID_OF[$1]}"; unset "PID_OF[$1]"; }
+stop_key() { [[ -n ${PID_OF[$1]:-} ]] && stop_tree "${PID_OF[$1]}"; unset "PID_OF[$1]"; }
 cleanup() {
   local i
   trap - EXIT INT TERM
   for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-    kill -0 "${STARTED[$i]}" 2>/dev/null && stop_pid "${STARTED[$i]}"
+    kill -0 "${STARTED[$i]}" 2>/dev/null && stop_tree "${STARTED[$i]}"
   done
   if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-wait_port() {
-  local i
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 for p in $(seq "$BASE_PORT" $((BASE_PORT + 9))); do port_free "$p" || die "port $p busy"; done
 
 # ------------------------------------------------------------ certificates --
