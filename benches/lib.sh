@@ -36,3 +36,42 @@ stop_tree() {
   wait "$top" 2>/dev/null
   return 0
 }
+
+# ------------------------------------------------------------------------------
+# For scripts that keep what they started in a plain list, STARTED (declared by
+# the script), and their files in WORK (kept when KEEP=1). Ports come from
+# NEXT_PORT up, each with its +100 twin free (the admin port).
+
+fresh_port() { # next free port after NEXT_PORT (at most 50 tries); sets PORT
+  local i
+  for ((i = 0; i < 50; i++)); do
+    NEXT_PORT=$((NEXT_PORT + 1))
+    port_free "$NEXT_PORT" && port_free $((NEXT_PORT + 100)) && { PORT=$NEXT_PORT; return 0; }
+  done
+  die "no free port near $NEXT_PORT"
+}
+
+start_tracked() { # start_tracked <logfile> cmd... ; sets PID
+  local logf=$1
+  shift
+  "$@" >"$logf" 2>&1 &
+  PID=$!
+  STARTED+=("$PID")
+}
+
+stop_tracked() { # stop_tree <pid>, and no longer count it as started
+  local top=$1 p
+  stop_tree "$top"
+  local -a keep=()
+  for p in "${STARTED[@]}"; do [[ $p != "$top" ]] && keep+=("$p"); done
+  STARTED=("${keep[@]}")
+}
+
+cleanup_tracked() { # for `trap cleanup_tracked EXIT`: stop all, newest first; drop WORK
+  local i
+  trap - EXIT INT TERM
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_tracked "${STARTED[$i]}"; done
+  if [[ -n ${WORK:-} && -d $WORK ]]; then
+    if [[ ${KEEP:-0} == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
+  fi
+}

@@ -72,7 +72,7 @@ WORK=""
 BIN=""
 declare -a STARTED=()
 
-# log, die, port_free, wait_port, descendants, stop_tree
+# log, die, port_free, wait_port, stop_tree; fresh_port, start_tracked, stop_tracked, cleanup_tracked
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
@@ -103,39 +103,6 @@ parse_args() {
   for v in $STATIC_LIMITS; do [[ $v =~ ^[1-9][0-9]*$ ]] || die "static limits are positive integers"; done
 }
 
-fresh_port() {  # next free port from NEXT_PORT (at most 50 tries); sets PORT
-  local i
-  for ((i = 0; i < 50; i++)); do
-    NEXT_PORT=$((NEXT_PORT + 1))
-    port_free "$NEXT_PORT" && port_free $((NEXT_PORT + 100)) && { PORT=$NEXT_PORT; return 0; }
-  done
-  die "no free port near $NEXT_PORT"
-}
-
-start_bg() {  # start_bg <logfile> cmd... ; sets PID
-  local logf=$1; shift
-  "$@" >"$logf" 2>&1 &
-  PID=$!
-  STARTED+=("$PID")
-}
-
-stop_pid() {  # stop_tree, and no longer count it as started
-  local p=$1 i
-  stop_tree "$p"
-  local -a keep=()
-  for i in "${STARTED[@]}"; do [[ $i != "$p" ]] && keep+=("$i"); done
-  STARTED=("${keep[@]}")
-}
-
-cleanup() {
-  local i
-  trap - EXIT INT TERM
-  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
-  if [[ -n $WORK && -d $WORK ]]; then
-    if [[ $KEEP == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
-  fi
-}
-
 merge() { "$PYTHON" -c 'import json, sys
 d = {}
 for a in sys.argv[1:]:
@@ -146,7 +113,7 @@ jstr() { "$PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
 
 start_breakwater() {  # start_breakwater [flags...]; sets PORT ADMIN BW_PID
   fresh_port; ADMIN=$((PORT + 100))
-  start_bg "$WORK/bw-$PORT.log" "$BIN" run --threads 1 --log-level warn --log-format text \
+  start_tracked "$WORK/bw-$PORT.log" "$BIN" run --threads 1 --log-level warn --log-format text \
     --outbound-addr "$HOST:$PORT" --inbound-addr "$HOST:0" --admin-addr "$HOST:$ADMIN" \
     --app-addr "$HOST:9" --drain-delay 0s --drain-timeout 1s "$@"
   BW_PID=$PID
@@ -182,7 +149,7 @@ overload_row() {  # overload_row <key> <label> <static|auto|none> <warm 0|1> [br
   poller=$!; STARTED+=("$poller")
   timeout $((SECS + 60)) "$H2LOAD" --h1 -c "$CONC" -n $((CONC * RPS * SECS)) --rps "$RPS" -r 1 --rate-period "$STAGGER" \
     -H ":authority: $HOST:$UP_PORT" --log-file "$hlog" "http://$HOST:$PORT/" >"$WORK/load-$key.txt" 2>&1
-  stop_pid "$poller"
+  stop_tracked "$poller"
   rej1=$(bw_metric "$ADMIN" breakwater_rejected_total 'reason="bulkhead-full"')
   st=$("$PYTHON" "$HELPER" load-stats --log "$hlog" --from-s "$WARMUP" --secs "$SECS")
   lim="{}"
@@ -190,12 +157,12 @@ overload_row() {  # overload_row <key> <label> <static|auto|none> <warm 0|1> [br
   merge "$st" "$lim" "{\"row\": $(jstr "$label"), \"key\": \"$key\", \"kind\": \"load\", \"static\": $([[ $type == static ]] && echo true || echo false),
     \"auto\": $([[ $type == auto ]] && echo true || echo false), \"rejected_metric\": $((rej1 - rej0))}" >>"$WORK/load.jsonl"
   log "  $label: $(tail -1 "$WORK/load.jsonl" | cut -c1-400)"
-  stop_pid "$BW_PID"
+  stop_tracked "$BW_PID"
 }
 
 run_overload() {
   port_free "$UP_PORT" || die "port $UP_PORT busy (set BASE_PORT)"
-  start_bg "$WORK/upstream.log" "$PYTHON" "$HELPER" upstream --port "$UP_PORT" --parallel "$PARALLEL" --service-ms "$SERVICE_MS"
+  start_tracked "$WORK/upstream.log" "$PYTHON" "$HELPER" upstream --port "$UP_PORT" --parallel "$PARALLEL" --service-ms "$SERVICE_MS"
   local up=$PID
   wait_port "$UP_PORT" "$up" || die "upstream did not start: $(tail -5 "$WORK/upstream.log")"
   log "(a) upstream :$UP_PORT ($PARALLEL at a time, $SERVICE_MS ms), pid $up"
@@ -207,7 +174,7 @@ run_overload() {
   done
   overload_row auto "--max-concurrent auto, fresh" auto 0 --max-concurrent auto --max-queue 0
   overload_row autowarm "--max-concurrent auto, after the unloaded run" auto 1 --max-concurrent auto --max-queue 0
-  stop_pid "$up"
+  stop_tracked "$up"
 }
 
 # -------------------------------------------------------------- (b) outage --
@@ -215,7 +182,7 @@ outage_row() {  # outage_row <key> <label> <500|refuse> [breakwater flags...]
   local key=$1 label=$2 mode=$3; shift 3
   local port=$((UP_PORT + 1)) up st opens
   port_free "$port" || die "port $port busy"
-  start_bg "$WORK/outage-up-$key.jsonl" "$PYTHON" "$HELPER" outage-upstream --port "$port" \
+  start_tracked "$WORK/outage-up-$key.jsonl" "$PYTHON" "$HELPER" outage-upstream --port "$port" \
     --healthy "$HEALTHY_S" --outage "$OUTAGE_S" --mode "$mode"
   up=$PID
   wait_port "$port" "$up" || die "outage upstream did not start"
@@ -226,8 +193,8 @@ outage_row() {  # outage_row <key> <label> <500|refuse> [breakwater flags...]
   st=$("$PYTHON" "$HELPER" outage-stats --log "$WORK/outage-$key.tsv" --events "$WORK/outage-up-$key.jsonl")
   merge "$st" "{\"row\": $(jstr "$label"), \"mode\": \"$([[ $mode == 500 ]] && echo '500' || echo 'connection refused')\", \"trips\": $opens}" >>"$WORK/outage.jsonl"
   log "  $label ($mode): $(tail -1 "$WORK/outage.jsonl" | cut -c1-400)"
-  stop_pid "$BW_PID"
-  stop_pid "$up"
+  stop_tracked "$BW_PID"
+  stop_tracked "$up"
 }
 
 run_outage() {
@@ -248,7 +215,7 @@ main() {
     (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed (--no-build measures the binary already in target/release)"
   fi
   [[ -x $TOP/target/release/breakwater ]] || die "no binary at $TOP/target/release/breakwater"
-  trap cleanup EXIT
+  trap cleanup_tracked EXIT
   trap 'exit 130' INT TERM
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/overload.XXXXXX")
   # a copy, so that a rebuild during the run cannot change the binary under us

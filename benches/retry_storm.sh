@@ -80,7 +80,7 @@ declare -a ROWS=()
 declare -a BW_STOP_FLAGS=()
 declare -a LOAD_ARGS=()         # extra h2load arguments of the current row (pacing)
 
-# log, die, port_free, wait_port, descendants, stop_tree
+# log, die, port_free, wait_port, stop_tree; fresh_port, start_tracked, stop_tracked, cleanup_tracked
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
@@ -126,39 +126,6 @@ EOF
   command -v envoy
 }
 
-fresh_port() {  # next free port from NEXT_PORT (at most 50 tries)
-  local i
-  for ((i = 0; i < 50; i++)); do
-    NEXT_PORT=$((NEXT_PORT + 1))
-    port_free "$NEXT_PORT" && port_free $((NEXT_PORT + 100)) && { PORT=$NEXT_PORT; return 0; }
-  done
-  die "no free port near $NEXT_PORT"
-}
-
-start_bg() {  # start_bg <logfile> cmd... ; sets PID
-  local logf=$1; shift
-  "$@" >"$logf" 2>&1 &
-  PID=$!
-  STARTED+=("$PID")
-}
-
-stop_pid() {  # stop_tree, and no longer count it as started
-  local top=$1 p
-  stop_tree "$top"
-  local -a keep=()
-  for p in "${STARTED[@]}"; do [[ $p != "$top" ]] && keep+=("$p"); done
-  STARTED=("${keep[@]}")
-}
-
-cleanup() {
-  local i
-  trap - EXIT INT TERM
-  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
-  if [[ -n $WORK && -d $WORK ]]; then
-    if [[ $KEEP == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
-  fi
-}
-
 # ---------------------------------------------------------------- upstream --
 start_upstreams() {
   port_free "$OUTAGE_PORT" && port_free "$FLAKY_PORT" || die "port $OUTAGE_PORT or $FLAKY_PORT busy (set BASE_PORT)"
@@ -191,7 +158,7 @@ http {
   }
 }
 EOF
-  start_bg "$WORK/nginx/out.log" "$NGINX" -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+  start_tracked "$WORK/nginx/out.log" "$NGINX" -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
   wait_port "$OUTAGE_PORT" "$PID" && wait_port "$FLAKY_PORT" "$PID" || die "nginx did not start (see $WORK/nginx)"
   log "nginx upstreams: outage :$OUTAGE_PORT (always 503), flaky :$FLAKY_PORT (10 % 503), pid $PID"
 }
@@ -205,7 +172,7 @@ start_breakwater() {  # start_breakwater <retries> [extra flags...]; sets PORT A
   local retries=$1; shift
   fresh_port; ADMIN=$((PORT + 100))
   # shellcheck disable=SC2086
-  start_bg "$WORK/bw-$PORT.log" "$BIN" run --threads 1 --log-level warn --log-format text \
+  start_tracked "$WORK/bw-$PORT.log" "$BIN" run --threads 1 --log-level warn --log-format text \
     --outbound-addr "$HOST:$PORT" --inbound-addr "$HOST:0" --admin-addr "$HOST:$ADMIN" \
     --app-addr "$HOST:9" "${BW_STOP_FLAGS[@]}" --retries "$retries" \
     --breaker-consecutive-failures 0 --breaker-failure-rate 0 "$@" $BW_EXTRA
@@ -258,7 +225,7 @@ $breakers
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: $HOST, port_value: $up } } }
 EOF
-  start_bg "$WORK/envoy-$PORT.out" "$ENVOY" -c "$cfg" --concurrency 1 --disable-hot-restart \
+  start_tracked "$WORK/envoy-$PORT.out" "$ENVOY" -c "$cfg" --concurrency 1 --disable-hot-restart \
     --log-level warn --log-path "$WORK/envoy-$PORT.log"
   wait_port "$PORT" "$PID" && wait_port "$ADMIN" "$PID" || die "envoy did not start: $(tail -5 "$WORK/envoy-$PORT.out" "$WORK/envoy-$PORT.log")"
 }
@@ -326,8 +293,8 @@ row() {
   for ((rep = 1; rep <= REPS; rep++)); do
     case "$1" in
       direct) run_load "$key" "$rep" "$up" "$n" "$(upstream_port "$up")" direct ;;
-      bw) shift; start_breakwater "$@"; run_load "$key" "$rep" "$up" "$n" "$PORT" bw "$ADMIN"; stop_pid "$PID"; set -- bw "$@" ;;
-      envoy) start_envoy "$(upstream_port "$up")" "$2" "$3"; run_load "$key" "$rep" "$up" "$n" "$PORT" envoy "$ADMIN"; stop_pid "$PID" ;;
+      bw) shift; start_breakwater "$@"; run_load "$key" "$rep" "$up" "$n" "$PORT" bw "$ADMIN"; stop_tracked "$PID"; set -- bw "$@" ;;
+      envoy) start_envoy "$(upstream_port "$up")" "$2" "$3"; run_load "$key" "$rep" "$up" "$n" "$PORT" envoy "$ADMIN"; stop_tracked "$PID" ;;
     esac
   done
 }
@@ -412,7 +379,7 @@ main() {
   BW_STOP_FLAGS=(--drain-timeout 1s)
   "$BIN" run --help 2>/dev/null | grep -q -- --drain-delay && BW_STOP_FLAGS+=(--drain-delay 0s)
   LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-  trap cleanup EXIT
+  trap cleanup_tracked EXIT
   trap 'exit 130' INT TERM
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/retry-storm.XXXXXX")
   chmod 755 "$WORK"   # nginx workers run as nobody when started as root
