@@ -21,6 +21,8 @@ pub use route::{Protocol, RouteOverride};
 pub struct Config {
     pub inbound_addr: SocketAddr,
     pub app_addr: SocketAddr,
+    /// `--app-protocol`: the HTTP version spoken to the app.
+    pub app_protocol: Protocol,
     pub outbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     #[serde(serialize_with = "units::serialize_duration")]
@@ -251,6 +253,7 @@ impl Config {
         Ok(Config {
             inbound_addr: args.inbound_addr,
             app_addr: args.app_addr,
+            app_protocol: args.app_protocol,
             outbound_addr: args.outbound_addr,
             admin_addr: args.admin_addr,
             timeout: args.timeout,

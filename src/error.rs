@@ -19,6 +19,15 @@ pub enum ProxyError {
     /// The upstream broke the exchange before a complete response head.
     #[error("{dest} closed or reset the connection before responding: {cause}")]
     Reset { dest: String, cause: String },
+    /// The endpoint does not speak the HTTP version the request needs: gRPC
+    /// toward an HTTP/1.1-only endpoint, or a route pinned to `protocol=h2`.
+    #[error("{dest}: the endpoint {endpoint} does not speak HTTP/2{}", if *grpc { ", which gRPC needs" } else { " (protocol=h2)" })]
+    Protocol {
+        dest: String,
+        endpoint: std::net::SocketAddr,
+        /// Answered the gRPC way: HTTP 200, `grpc-status` 14 and the reason.
+        grpc: bool,
+    },
     /// The request's deadline passed before the response headers arrived.
     #[error("no response from {dest} within {after}")]
     Timeout { dest: String, after: String },
@@ -51,7 +60,10 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::ConnectFailure { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Protocol { grpc: true, .. } => StatusCode::OK,
+            ProxyError::ConnectFailure { .. }
+            | ProxyError::Reset { .. }
+            | ProxyError::Protocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoRoute(_)
             | ProxyError::AppNotReady(_)
@@ -68,6 +80,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailure { .. } => "connect-failure",
             ProxyError::Reset { .. } => "reset",
+            ProxyError::Protocol { .. } => "protocol",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::AppNotReady(_) => "app-not-ready",
@@ -80,8 +93,15 @@ impl ProxyError {
     }
 }
 
+/// `grpc-status` UNAVAILABLE: what a gRPC client's own transport reports for a
+/// peer it cannot use, so client code already handles it.
+const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
+
 /// The response for a request breakwater could not complete.
 pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
+    if let ProxyError::Protocol { grpc: true, .. } = err {
+        return grpc_rescue(err);
+    }
     let body = format!("breakwater: {err}\n");
     let mut resp = Response::new(ProxyBody::local(body.into()));
     *resp.status_mut() = err.status();
@@ -104,6 +124,39 @@ pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// A trailers-only gRPC answer (HTTP 200, no body): gRPC clients show
+/// `grpc-message` to the application, where an HTTP 502 would become a bare
+/// `UNAVAILABLE` that names no reason.
+fn grpc_rescue(err: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    let headers = resp.headers_mut();
+    headers.insert(REASON_HEADER, HeaderValue::from_static(err.reason()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", GRPC_UNAVAILABLE);
+    let message = percent_encode(&format!("breakwater: {err}"));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// `grpc-message` encoding: printable ASCII but `%` as is, the rest as `%XX`
+/// of its UTF-8 bytes (gRPC over HTTP/2, "Responses").
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Whole seconds, rounded up, at least one: `Retry-After` has no fractions.
@@ -133,5 +186,29 @@ mod tests {
             rescue(&ProxyError::NoRoute("none")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn a_grpc_client_gets_a_grpc_status_that_names_the_reason() {
+        let endpoint = "127.0.0.1:9".parse().unwrap();
+        let grpc = ProxyError::Protocol {
+            dest: "app:8080".into(),
+            endpoint,
+            grpc: true,
+        };
+        let resp = rescue(&grpc);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        assert_eq!(resp.headers()[REASON_HEADER], "protocol");
+        let message = resp.headers()["grpc-message"].to_str().unwrap();
+        assert!(message.contains("does not speak HTTP/2"), "{message}");
+        let plain = ProxyError::Protocol {
+            dest: "app:8080".into(),
+            endpoint,
+            grpc: false,
+        };
+        assert_eq!(rescue(&plain).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
     }
 }

@@ -56,12 +56,19 @@ pub fn access_entry(direction: Direction, req: &Request<Incoming>) -> AccessEntr
 }
 
 /// Rejects what the HTTP parser lets through but a proxy must not forward: a
-/// request target longer than `max` bytes (`--max-uri-bytes`), and more than one
-/// `Host` (RFC 9112 §3.2: the app and breakwater could each pick another).
-pub fn check_request(req: &Request<Incoming>, max: usize) -> Result<(), ProxyError> {
+/// request target longer than `max` bytes (`--max-uri-bytes`), an HTTP/1.1
+/// request without `Host` or with more than one (RFC 9112 §3.2: a server MUST
+/// answer 400; with two, the app and breakwater could each pick another).
+pub fn check_request<B>(req: &Request<B>, max: usize) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest(
+                "an HTTP/1.1 request needs a Host header",
+            ));
+        }
+        _ => {}
     }
     let uri = req.uri();
     let len = uri.path_and_query().map_or(0, |p| p.as_str().len())

@@ -5,6 +5,7 @@
 pub mod headers;
 pub mod pool;
 pub mod replay;
+pub mod speaks;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -125,45 +126,70 @@ impl Forwarder {
         let in_flight = endpoint.start();
         let upgrade =
             req.method() == Method::CONNECT || req.headers().contains_key(http::header::UPGRADE);
-        let use_h2 = match state.policy.protocol {
+        let grpc = is_grpc(req.headers());
+        let protocol = state.policy.protocol;
+        let pool = &endpoint.pool;
+        let h2 = pool.speaks_h2();
+        if grpc && h2 == Some(false) && protocol != Protocol::H1 {
+            // gRPC needs HTTP/2 end to end; sent as HTTP/1.1 it would only fail
+            // further on, after the app had seen it.
+            return Err(Failed::unsent(
+                protocol_mismatch(state, &endpoint, true),
+                req,
+            ));
+        }
+        let use_h2 = match protocol {
             Protocol::H2 => true,
             Protocol::H1 => false,
-            Protocol::Auto => {
-                req.version() == Version::HTTP_2 || (endpoint.pool.speaks_h2() && !upgrade)
-            }
+            // HTTP/1.1 stays HTTP/1.1 unless TLS agreed to HTTP/2; HTTP/2 goes as
+            // HTTP/2 where the endpoint speaks it, else as HTTP/1.1. Over TLS an
+            // untried endpoint is asked by ALPN on the HTTP/1.1 path, but gRPC
+            // must not end up there.
+            Protocol::Auto if upgrade => false,
+            Protocol::Auto if pool.is_tls() => h2 == Some(true) || grpc,
+            Protocol::Auto => req.version() == Version::HTTP_2 && h2 != Some(false),
         };
         // A TLS upstream may pick HTTP/2 on ALPN unless the route pins HTTP/1.1
         // (or the request upgrades, which HTTP/2 cannot carry).
-        let alpn = match state.policy.protocol {
-            Protocol::Auto if endpoint.pool.is_tls() && !upgrade => crate::tls::Alpn::Any,
+        let alpn = match protocol {
+            Protocol::Auto if pool.is_tls() && !upgrade => crate::tls::Alpn::Any,
             _ => crate::tls::Alpn::H1,
         };
         // The pick's clock reading starts the attempt's clock: one read fewer.
         let started = now;
         let exchange = async {
-            if use_h2 {
-                endpoint.pool.send_h2(req).await.map(|r| (r, None))
-            } else {
-                let sent = endpoint.pool.send_h1(req, alpn, now).await;
-                sent.map(|(r, lease)| (r, Some(lease)))
+            if !use_h2 {
+                let sent = pool.send_h1(req, alpn, now).await;
+                return sent.map(|(r, lease)| (r, Some(lease)));
+            }
+            match pool.send_h2(req).await {
+                // Learned just now: this request and the next go as HTTP/1.1.
+                Err(SendError::Refused(req)) if protocol == Protocol::Auto && !grpc => {
+                    let sent = Box::pin(pool.send_h1(*req, crate::tls::Alpn::H1, now)).await;
+                    sent.map(|(r, lease)| (r, Some(lease)))
+                }
+                sent => sent.map(|r| (r, None)),
             }
         };
         let sent = tokio::time::timeout_at(now + per_try, exchange).await;
         let ended = Instant::now();
         let latency = ended - started;
-        let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
-        let total = endpoints.len();
-        let cap = state.policy.max_ejection_percent;
-        let transition = permit.record_gated(success, latency, ended, || {
-            state
-                .ejected
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                    may_eject(e, total, cap).then_some(e + 1)
-                })
-                .is_ok()
-        });
-        if let Some(t) = transition {
-            report(state, &endpoint, t);
+        // A refusal of HTTP/2 is not the endpoint's failure: no outcome recorded.
+        if !matches!(sent, Ok(Err(SendError::Refused(_)))) {
+            let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
+            let total = endpoints.len();
+            let cap = state.policy.max_ejection_percent;
+            let transition = permit.record_gated(success, latency, ended, || {
+                state
+                    .ejected
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                        may_eject(e, total, cap).then_some(e + 1)
+                    })
+                    .is_ok()
+            });
+            if let Some(t) = transition {
+                report(state, &endpoint, t);
+            }
         }
         match sent {
             Ok(Ok((response, lease))) => {
@@ -187,8 +213,27 @@ impl Forwarder {
                 dest: state.dest.to_string(),
                 cause: causes(&e),
             })),
+            Ok(Err(SendError::Refused(req))) => Err(Failed::unsent(
+                protocol_mismatch(state, &endpoint, grpc),
+                *req,
+            )),
             Err(_) => Err(Failed::sent(timed_out())),
         }
+    }
+}
+
+/// A gRPC request (`content-type: application/grpc`, `+proto`, `+json`, …).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn protocol_mismatch(state: &DestinationState, endpoint: &Endpoint, grpc: bool) -> ProxyError {
+    ProxyError::Protocol {
+        dest: state.dest.to_string(),
+        endpoint: endpoint.addr,
+        grpc,
     }
 }
 

@@ -55,7 +55,7 @@ impl Inbound {
         let policy = RoutePolicy {
             timeout: config.timeout,
             connect_timeout: config.connect_timeout,
-            protocol: crate::config::Protocol::Auto,
+            protocol: config.app_protocol,
             retry,
             // The app is one endpoint that breakwater must not eject: its health
             // is the readiness probe's business. Without a bulkhead, no limit.

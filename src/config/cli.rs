@@ -63,6 +63,17 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_APP_ADDR", default_value = "127.0.0.1:8080")]
     pub app_addr: SocketAddr,
 
+    /// The HTTP version spoken to the app: auto (HTTP/1.1 requests as HTTP/1.1; HTTP/2
+    /// requests as HTTP/2 once the app has shown it speaks it, else translated to
+    /// HTTP/1.1), h1, or h2 (prior knowledge, e.g. a gRPC-only app).
+    #[arg(
+        long,
+        value_enum,
+        env = "BREAKWATER_APP_PROTOCOL",
+        default_value = "auto"
+    )]
+    pub app_protocol: crate::config::Protocol,
+
     /// Listener for traffic out of the app (point HTTP_PROXY here).
     #[arg(
         long,

@@ -16,11 +16,13 @@ use crate::policy::breaker::BreakerConfig;
 use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
 use crate::policy::retry::{RetryOn, RetryPolicy};
 
-/// Which HTTP version breakwater speaks to an upstream.
+/// Which HTTP version breakwater speaks to an upstream or the app.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// The version the request arrived with: HTTP/2 stays HTTP/2 (gRPC keeps its trailers).
+    /// Learned per endpoint: HTTP/1.1 stays HTTP/1.1; HTTP/2 stays HTTP/2 where the
+    /// endpoint speaks it (ALPN, or its answer to a prior-knowledge preface), else
+    /// goes as HTTP/1.1. gRPC needs HTTP/2 and is refused toward HTTP/1.1 only.
     #[default]
     Auto,
     /// HTTP/1.1.
@@ -148,9 +150,11 @@ impl LimitOverrides {
             "breaker-open-duration" => {
                 self.breaker_open_duration = Some(parse_positive_duration(value)?)
             }
-            "breaker-half-open-requests" => {
-                self.breaker_half_open_requests = Some(count(value)?.max(1))
-            }
+            // As the flag: a half-open circuit closes after this many probes succeed.
+            "breaker-half-open-requests" => match count(value)? {
+                0 => return Err("must be at least 1".into()),
+                n => self.breaker_half_open_requests = Some(n),
+            },
             "breaker-slow-call" => self.breaker_slow_call = Some(parse_positive_duration(value)?),
             "breaker-slow-call-rate" => self.breaker_slow_call_rate = Some(rate(value)?),
             "max-ejection-percent" => self.max_ejection_percent = Some(rate(value)?),

@@ -6,7 +6,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
 /// Hop-by-hop headers: they describe one connection, not the message.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// `HTTP2-Settings` belongs to an `Upgrade: h2c` offer (RFC 7540 §3.2.1).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -14,6 +15,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Headers a `Connection` list may not remove: the message needs them to be routed
@@ -28,10 +30,20 @@ const B3: HeaderName = HeaderName::from_static("b3");
 const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
 
 /// Whether the request asks for a protocol switch (WebSocket and friends): HTTP/1.1
-/// with `Upgrade` and `Connection: upgrade`.
+/// with `Upgrade` and `Connection: upgrade`. An offer of `h2c` alone (Java's
+/// `HttpClient` makes one on every plain request) is no switch: the request is
+/// served as HTTP/1.1 and the offer stops here, as RFC 9110 §7.8 lets a server
+/// ignore it. Passed on, an app that speaks h2c would switch the connection
+/// under breakwater's HTTP/1.1 client.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
         && connection_has(req.headers(), "upgrade")
 }
 
@@ -52,14 +64,15 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// scan of the names with no hashing and no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One scan notes which hop-by-hop headers are present (bit i: HOP_BY_HOP[i],
-    // bit 7: Upgrade), so only those are looked up again.
-    let mut present = 0u8;
+    // bit 8: Upgrade), so only those are looked up again.
+    const UPGRADE_BIT: u16 = 1 << 8;
+    let mut present = 0u16;
     for name in headers.keys() {
         if !may_be_hop_by_hop(name) {
             continue;
         }
         if name == header::UPGRADE {
-            present |= 1 << 7;
+            present |= UPGRADE_BIT;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         }
@@ -113,7 +126,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if present & (1 << 7) != 0 {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
     if te_trailers {
@@ -124,7 +137,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Whether `name` has the length of a hop-by-hop header or `Upgrade`: most
 /// names are ruled out on that alone, before any comparison.
 fn may_be_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19)
+    matches!(name.as_str().len(), 2 | 7 | 10 | 14 | 16..=19)
 }
 
 /// Appends this hop to `X-Forwarded-For` (the client's address) and
@@ -253,6 +266,36 @@ mod tests {
             !h.contains_key("upgrade"),
             "an upgrade offer without the switch is dropped"
         );
+    }
+
+    #[test]
+    fn an_h2c_offer_is_no_upgrade_and_stops_here() {
+        let mut req = Request::new(());
+        let h = req.headers_mut();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQBAAAAAAIAAAAA"),
+        );
+        h.insert("host", HeaderValue::from_static("app"));
+        assert!(!is_upgrade(&req));
+        strip_hop_by_hop(req.headers_mut(), false);
+        let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host"]);
+        // Without Connection naming it, HTTP2-Settings goes all the same.
+        let mut h = map(&[("http2-settings", "AAMA"), ("upgrade", "h2c")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
+        req.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&req), "WebSocket still switches");
     }
 
     #[test]

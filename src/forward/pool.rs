@@ -6,7 +6,6 @@
 //! in `Host` and `:authority`. No lock is shared between endpoints.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::replay::ReplayBody;
+use super::speaks::{ServerPreface, Speaks};
 use crate::tls::{Alpn, Origin, UpstreamIo};
 
 /// Idle HTTP/1.1 connections kept per endpoint at most.
@@ -38,6 +38,18 @@ pub enum SendError {
     Connect(String, Box<Request<ReplayBody>>),
     /// The connection broke before a complete response head.
     Broken(hyper::Error),
+    /// The endpoint does not speak HTTP/2 (ALPN, or its answer to the preface).
+    /// Nothing was sent: the request comes back for HTTP/1.1.
+    Refused(Box<Request<ReplayBody>>),
+}
+
+/// How an HTTP/2 connection attempt ended.
+enum H2Connect {
+    Ready(http2::SendRequest<ReplayBody>),
+    /// The endpoint answered, but not in HTTP/2.
+    Refused,
+    /// It could not be reached.
+    Failed(String),
 }
 
 pub struct EndpointPool {
@@ -48,8 +60,8 @@ pub struct EndpointPool {
     h2: Mutex<Option<http2::SendRequest<ReplayBody>>>,
     /// TLS to this endpoint (`--route HOST,tls=true`).
     tls: Option<Origin>,
-    /// The upstream agreed to HTTP/2 on ALPN: later requests go over HTTP/2.
-    alpn_h2: AtomicBool,
+    /// What the endpoint was learned to speak.
+    speaks: Speaks,
 }
 
 /// A new connection, in the protocol the upstream agreed to.
@@ -93,7 +105,7 @@ impl EndpointPool {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             tls,
-            alpn_h2: AtomicBool::new(false),
+            speaks: Speaks::default(),
         })
     }
 
@@ -101,9 +113,14 @@ impl EndpointPool {
         self.tls.is_some()
     }
 
-    /// A TLS upstream that negotiated HTTP/2 on ALPN.
-    pub fn speaks_h2(&self) -> bool {
-        self.alpn_h2.load(Ordering::Relaxed)
+    /// Whether the endpoint speaks HTTP/2: learned yes, learned no, or untried.
+    pub fn speaks_h2(&self) -> Option<bool> {
+        self.speaks.h2()
+    }
+
+    /// What the endpoint was learned to speak, for `/upstreams`.
+    pub fn speaks(&self) -> &Speaks {
+        &self.speaks
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -131,7 +148,10 @@ impl EndpointPool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(sender))),
+                Ok(resp) => {
+                    self.speaks.learned_http1();
+                    return Ok((resp, self.lease(sender)));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::Broken(e.into_error())),
@@ -161,13 +181,17 @@ impl EndpointPool {
             }
         };
         match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(sender))),
+            Ok(resp) => {
+                self.speaks.learned_http1();
+                Ok((resp, self.lease(sender)))
+            }
             Err(e) => Err(SendError::Broken(e)),
         }
     }
 
     /// Sends over the endpoint's HTTP/2 connection, opening it when there is none.
-    /// `req` comes with an absolute URI.
+    /// `req` comes with an absolute URI. An endpoint that turns out not to speak
+    /// HTTP/2 gives the request back unsent ([`SendError::Refused`]).
     pub async fn send_h2(
         &self,
         mut req: Request<ReplayBody>,
@@ -181,11 +205,12 @@ impl EndpointPool {
         let mut sender = match existing {
             Some(s) => s,
             None => match Box::pin(self.connect_h2()).await {
-                Ok(s) => {
+                H2Connect::Ready(s) => {
                     *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
                     s
                 }
-                Err(cause) => return Err(SendError::Connect(cause, Box::new(req))),
+                H2Connect::Refused => return Err(SendError::Refused(Box::new(req))),
+                H2Connect::Failed(cause) => return Err(SendError::Connect(cause, Box::new(req))),
             },
         };
         sender.ready().await.map_err(SendError::Broken)?;
@@ -229,14 +254,23 @@ impl EndpointPool {
 
     /// A new connection, TLS when the endpoint asks for it, and whether it speaks
     /// HTTP/2 (ALPN); or why there is none.
-    async fn connect(&self, alpn: Alpn) -> Result<(TokioIo<UpstreamIo>, bool), String> {
+    async fn connect(&self, alpn: Alpn) -> Result<(UpstreamIo, bool), String> {
+        let connected = self.connect_io(alpn).await;
+        if connected.is_err() {
+            // It may come back as another build, speaking something else.
+            self.speaks.forget();
+        }
+        connected
+    }
+
+    async fn connect_io(&self, alpn: Alpn) -> Result<(UpstreamIo, bool), String> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let Some(origin) = &self.tls else {
-            return Ok((TokioIo::new(UpstreamIo::Plain(stream)), false));
+            return Ok((UpstreamIo::Plain(stream), false));
         };
         let Some(name) = origin.server_name.clone() else {
             return Err("the host is not a valid TLS server name".into());
@@ -253,16 +287,17 @@ impl EndpointPool {
                 }
                 e
             })?;
-        if h2 {
-            self.alpn_h2.store(true, Ordering::Relaxed);
+        if alpn != Alpn::H1 {
+            self.speaks.learned_h2(h2);
         }
-        Ok((TokioIo::new(UpstreamIo::Tls(Box::new(tls))), h2))
+        Ok((UpstreamIo::Tls(Box::new(tls)), h2))
     }
 
     /// A new connection with its HTTP handshake done: nothing has been sent on it
     /// yet, so a failure here is a connect failure.
     async fn connect_fresh(&self, alpn: Alpn) -> Result<Fresh, String> {
         let (io, h2) = self.connect(alpn).await?;
+        let io = TokioIo::new(io);
         if h2 {
             return self.handshake_h2(io).await.map(Fresh::H2);
         }
@@ -285,15 +320,50 @@ impl EndpointPool {
         Ok(Fresh::H1(sender))
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<ReplayBody>, String> {
-        let (io, _) = self.connect(Alpn::H2).await?;
-        self.handshake_h2(io).await
+    /// A new HTTP/2 connection, once the endpoint has shown it speaks HTTP/2:
+    /// over TLS by ALPN, in plaintext by the SETTINGS frame that opens a
+    /// server's side (see [`super::speaks`]). No request is sent before.
+    async fn connect_h2(&self) -> H2Connect {
+        let (io, h2) = match self.connect(Alpn::H2).await {
+            Ok(connected) => connected,
+            Err(cause) => return H2Connect::Failed(cause),
+        };
+        if self.tls.is_some() {
+            if !h2 {
+                return H2Connect::Refused;
+            }
+            return match self.handshake_h2(TokioIo::new(io)).await {
+                Ok(sender) => H2Connect::Ready(sender),
+                Err(cause) => H2Connect::Failed(cause),
+            };
+        }
+        let (watched, verdict) = ServerPreface::new(io);
+        let sender = match self.handshake_h2(TokioIo::new(watched)).await {
+            Ok(sender) => sender,
+            Err(cause) => return H2Connect::Failed(cause),
+        };
+        match tokio::time::timeout(self.connect_timeout, verdict).await {
+            Ok(Ok(true)) => {
+                self.speaks.learned_h2(true);
+                H2Connect::Ready(sender)
+            }
+            // A status line, a close, or a dropped watcher: no HTTP/2 here.
+            Ok(Ok(false)) | Ok(Err(_)) => {
+                debug!(addr = %self.addr, "endpoint refused HTTP/2 prior knowledge; HTTP/1.1 from now on");
+                self.speaks.learned_h2(false);
+                H2Connect::Refused
+            }
+            Err(_) => H2Connect::Failed(format!(
+                "no HTTP/2 SETTINGS from the endpoint within {:?}",
+                self.connect_timeout
+            )),
+        }
     }
 
-    async fn handshake_h2(
-        &self,
-        io: TokioIo<UpstreamIo>,
-    ) -> Result<http2::SendRequest<ReplayBody>, String> {
+    async fn handshake_h2<I>(&self, io: I) -> Result<http2::SendRequest<ReplayBody>, String>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new()).adaptive_window(true);
         let (sender, conn) = builder.handshake(io).await.map_err(|e| e.to_string())?;

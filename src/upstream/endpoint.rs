@@ -95,6 +95,7 @@ impl Endpoint {
             "circuit": self.breaker.snapshot(now),
             "in_flight": self.in_flight(),
             "latency_ewma_ms": ewma.as_secs_f64() * 1000.0,
+            "speaks": self.pool.speaks().snapshot(),
         })
     }
 }

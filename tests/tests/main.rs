@@ -12,6 +12,7 @@ mod interception;
 mod kubernetes;
 mod lifecycle;
 mod limits;
+mod protocols;
 mod proxying;
 mod resilience;
 mod retries;

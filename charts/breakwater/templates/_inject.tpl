@@ -209,6 +209,7 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 - --outbound-addr=127.0.0.1:15001
 - --admin-addr=0.0.0.0:15000
 - {{ printf "--app-addr=127.0.0.1:%d" (.app.port | int64) | quote }}
+{{- include "breakwater.flag" (list "app-protocol" .app.protocol) }}
 {{- $r := .resilience }}
 {{- include "breakwater.flag" (list "timeout" $r.timeout) }}
 {{- include "breakwater.flag" (list "connect-timeout" $r.connectTimeout) }}
