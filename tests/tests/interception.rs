@@ -22,7 +22,12 @@ struct Pod {
 
 impl Pod {
     fn create() -> Result<Pod, String> {
-        let tag = std::process::id() % 100_000;
+        Pod::create_tagged("")
+    }
+
+    /// `suffix` keeps pods of concurrent tests apart (names of at most 15 bytes).
+    fn create_tagged(suffix: &str) -> Result<Pod, String> {
+        let tag = format!("{}{suffix}", std::process::id() % 100_000);
         let pod = Pod {
             pod: format!("bwpod{tag}"),
             svc: format!("bwsvc{tag}"),
@@ -318,5 +323,83 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     assert!(
         !after.contains("BREAKWATER"),
         "--clean left rules behind:\n{after}"
+    );
+}
+
+/// The interop matrix's transparent path: real clients (curl, Python requests)
+/// in the pod call a service by address with no proxy settings, and iptables
+/// sends them through breakwater: 1 MiB each way, SSE, a retried 503 and an
+/// open circuit, as the client sees them (tests/interop/intercepted.py).
+#[test]
+fn real_clients_are_intercepted_transparently() {
+    let requests = Command::new("python3")
+        .args(["-c", "import requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if skip_unless(
+        capable() && requests,
+        "root, iproute2, iptables, setpriv, curl, python3 and python requests",
+    ) {
+        return;
+    }
+    let mut pod = Pod::create_tagged("i").expect("namespaces");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
+    let (servers, clients) = (format!("{dir}/servers.py"), format!("{dir}/intercepted.py"));
+    std::fs::create_dir_all(&pod.dir).expect("temp dir");
+    let bin = pod.dir.join("breakwater");
+    std::fs::copy(binary(), &bin).expect("copy the binary");
+    run(&[
+        "chmod",
+        "755",
+        pod.dir.to_str().expect("path"),
+        bin.to_str().expect("path"),
+    ])
+    .expect("chmod");
+    let bin = bin.to_str().expect("path").to_string();
+    let (p, s) = (pod.pod.clone(), pod.svc.clone());
+    let seed = "7";
+    for (port, mode) in [("8080", "app"), ("8081", "flaky"), ("8082", "broken")] {
+        pod.spawn(&s, &["python3", &servers, SVC_IP, port, mode, seed])
+            .expect("service");
+    }
+    pod.exec(&p, &[&bin, "init-iptables"])
+        .expect("init-iptables");
+    pod.spawn(
+        &p,
+        &[
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            &bin,
+            "run",
+            "--app-addr=127.0.0.1:8080",
+            "--log-level=warn",
+            "--drain-delay=0s",
+        ],
+    )
+    .expect("breakwater");
+    pod.wait_for(&p, "http://127.0.0.1:15000/live");
+    pod.wait_for(&s, &format!("http://{SVC_IP}:8080/hello"));
+    let out = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &p, "python3", &clients])
+        .args([SVC_IP, "8080", "8081", "8082", seed])
+        .output()
+        .expect("run intercepted.py");
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "intercepted cells failed:\n{table}");
+    let m = pod.metrics();
+    assert!(
+        sample(
+            &m,
+            &format!(
+                r#"breakwater_requests_total{{code="200",destination="{SVC_IP}:8080",direction="outbound"}}"#
+            )
+        ) >= 6.0,
+        "the clients' calls went through breakwater:\n{m}"
     );
 }

@@ -9,6 +9,7 @@ mod cli;
 mod faults;
 mod health;
 mod interception;
+mod interop;
 mod kubernetes;
 mod lifecycle;
 mod limits;
