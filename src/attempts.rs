@@ -139,7 +139,11 @@ pub async fn send(
             Err(_) => None,
         }
         .unwrap_or_else(|| policy.backoff(attempt, fastrand::f64()));
-        if Instant::now() + wait >= deadline {
+        // A `Retry-After` from the upstream may be any number of seconds.
+        if Instant::now()
+            .checked_add(wait)
+            .is_none_or(|at| at >= deadline)
+        {
             // The caller would be gone before the retry answered.
             return result;
         }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod route;
 pub mod units;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub struct Config {
     /// `--inbound-tls-*`: `None` serves plain HTTP.
     pub inbound_tls: Option<crate::tls::InboundTlsConfig>,
     pub outbound_tls: crate::tls::OutboundTlsConfig,
+    /// Combinations that work but do not do what they seem to, logged at start-up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// How the app's health is probed.
@@ -84,12 +88,16 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// A flag whose value parses but makes no sense; the message names the flag.
+/// Flags that parse but make no sense; the message names the flag, or the route
+/// and both keys.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid value for {flag}: {reason}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub reason: String,
+pub enum ConfigError {
+    /// One flag's value.
+    #[error("invalid value for {flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+    /// Values valid one by one that cannot work together (see [`validate`]).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
@@ -97,7 +105,7 @@ const MIN_HEADER_BYTES: usize = 8192;
 
 impl Config {
     pub fn from_args(args: cli::RunArgs) -> Result<Self, ConfigError> {
-        let err = |flag, reason: &str| ConfigError {
+        let err = |flag, reason: &str| ConfigError::Invalid {
             flag,
             reason: reason.to_string(),
         };
@@ -147,19 +155,6 @@ impl Config {
             budget_min_per_sec: args.retry_budget_min,
             body_limit: args.retry_body_limit,
         };
-        if retry.backoff_max < retry.backoff {
-            return Err(err("--retry-backoff-max", "is below --retry-backoff"));
-        }
-        for route in &args.routes {
-            let mut merged = retry.clone();
-            route.apply(&mut merged);
-            if merged.backoff_max < merged.backoff {
-                return Err(err(
-                    "--route",
-                    &format!("{}: retry-backoff-max is below retry-backoff", route.host),
-                ));
-            }
-        }
         let (b, q) = (&args.breaker, &args.bulkhead);
         let breaker = BreakerConfig {
             consecutive_failures: b.breaker_consecutive_failures,
@@ -171,12 +166,6 @@ impl Config {
             slow_call: b.breaker_slow_call,
             slow_call_rate: b.breaker_slow_call_rate,
         };
-        if q.max_concurrent_min == 0 {
-            return Err(err("--max-concurrent-min", "must be at least 1"));
-        }
-        if q.max_concurrent_max < q.max_concurrent_min {
-            return Err(err("--max-concurrent-max", "is below --max-concurrent-min"));
-        }
         let bulkhead = BulkheadPolicy {
             max_concurrent: q.max_concurrent,
             min: q.max_concurrent_min,
@@ -250,7 +239,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             return Err(err("--log-level", &e.to_string()));
         }
-        Ok(Config {
+        let mut config = Config {
             inbound_addr: args.inbound_addr,
             app_addr: args.app_addr,
             app_protocol: args.app_protocol,
@@ -292,7 +281,16 @@ impl Config {
             metrics_max_destinations: args.metrics_max_destinations,
             inbound_tls,
             outbound_tls,
-        })
+            warnings: Vec::new(),
+        };
+        config.warnings = config.validate()?;
+        Ok(config)
+    }
+
+    /// The cross-field rules of [`validate`] on this configuration: the warnings,
+    /// or the first combination the proxy cannot serve.
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        validate::check(self)
     }
 
     /// The defaults of every flag, with all three listeners and the app on loopback

@@ -23,11 +23,17 @@ fn run(args: RunArgs) -> ExitCode {
     };
     if check {
         println!("{}", breakwater::app::describe(&config));
+        for warning in &config.warnings {
+            eprintln!("breakwater: warning: {warning}");
+        }
         eprintln!("breakwater: configuration ok");
         return ExitCode::SUCCESS;
     }
     if let Err(e) = telemetry::init(config.log_format, &config.log_level, config.access_log) {
         return fail(&e);
+    }
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration");
     }
     let runtime = match build_runtime(config.threads) {
         Ok(rt) => rt,

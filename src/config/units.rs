@@ -2,9 +2,19 @@
 
 use std::time::Duration;
 
-/// `250ms`, `2s`, `1m`: humantime's grammar, which the chart and README use.
+/// The longest duration any flag takes. Far beyond any sensible timeout, and
+/// short enough that adding it to a clock reading can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `250ms`, `2s`, `1m`: humantime's grammar, which the chart and README use; at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (expected e.g. 250ms, 2s, 1m)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected e.g. 250ms, 2s, 1m)"))?;
+    if d > MAX_DURATION {
+        return Err(format!("'{}' is longer than 365 days", s.trim()));
+    }
+    Ok(d)
 }
 
 /// A positive duration: zero would make a timeout fire before any work starts.
@@ -90,6 +100,9 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("366d").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl ConnActivity {
             if idle_deadline.is_some_and(|d| now >= d) {
                 return Expiry::Idle;
             }
-            let recheck = now + header_ms.min(idle_ms);
+            let recheck = now.saturating_add(header_ms.min(idle_ms));
             let next = [idle_deadline, head_deadline, Some(recheck)]
                 .into_iter()
                 .flatten()

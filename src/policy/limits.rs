@@ -55,11 +55,16 @@ pub struct BulkheadPolicy {
 
 impl BulkheadPolicy {
     /// The limit to start with: the fixed one, or for `auto` a modest start
-    /// within its bounds (20, as Netflix's limiters start).
+    /// within its bounds (20, as Netflix's limiters start). Start-up refuses
+    /// `min > max`; were it to get here, `min` wins (as in the adaptive limit)
+    /// rather than `clamp` panicking.
     pub fn initial_limit(&self) -> usize {
         match self.max_concurrent {
             ConcurrencyLimit::Fixed(n) => n,
-            ConcurrencyLimit::Auto => 20.clamp(self.min, self.max),
+            ConcurrencyLimit::Auto => {
+                let min = self.min.max(1);
+                20.min(self.max).max(min)
+            }
         }
     }
 }
@@ -77,5 +82,20 @@ mod tests {
         );
         assert!(ConcurrencyLimit::parse("0").is_err());
         assert!(ConcurrencyLimit::parse("lots").is_err());
+    }
+
+    #[test]
+    fn inverted_bounds_do_not_panic() {
+        let policy = |min, max| BulkheadPolicy {
+            max_concurrent: ConcurrencyLimit::Auto,
+            min,
+            max,
+            max_queue: 0,
+            queue_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(policy(4, 1024).initial_limit(), 20);
+        assert_eq!(policy(2000, 1024).initial_limit(), 2000);
+        assert_eq!(policy(0, 0).initial_limit(), 1);
+        assert_eq!(policy(1, 5).initial_limit(), 5);
     }
 }

@@ -241,6 +241,102 @@ fn bad_flag_values_fail_at_start_up_naming_the_flag() {
     }
 }
 
+/// Values valid one by one that the proxy cannot serve together: `run` and
+/// `run --check` both refuse them, naming the route (its host) and both keys.
+#[test]
+fn conflicting_values_fail_naming_the_route_and_both_keys() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--route=api,max-concurrent=auto,max-concurrent-min=2000"],
+            &[
+                "--route api:",
+                "max-concurrent-min (2000)",
+                "max-concurrent-max (1024",
+            ],
+        ),
+        (
+            &["--max-concurrent-min=8", "--max-concurrent-max=4"],
+            &["--max-concurrent-min (8)", "--max-concurrent-max (4)"],
+        ),
+        (
+            &["--route=api:8080,max-concurrent-max=2"],
+            &[
+                "--route api:8080:",
+                "max-concurrent-min (4",
+                "max-concurrent-max (2)",
+            ],
+        ),
+        (
+            &["--route=api,max-concurrent-min=0"],
+            &["--route api:", "max-concurrent-min (0)"],
+        ),
+        (
+            &["--retry-backoff=1s", "--retry-backoff-max=500ms"],
+            &["--retry-backoff (1s)", "--retry-backoff-max (500ms)"],
+        ),
+        (
+            &["--route=payments,retry-backoff=2s"],
+            &[
+                "--route payments:",
+                "retry-backoff (2s)",
+                "retry-backoff-max (250ms",
+            ],
+        ),
+        (
+            &["--route=api,breaker-half-open-requests=0"],
+            &["--route", "breaker-half-open-requests"],
+        ),
+        (
+            &["--route=api,breaker-failure-rate=101"],
+            &["--route", "breaker-failure-rate"],
+        ),
+        (&["--max-ejection-percent=150"], &["--max-ejection-percent"]),
+        (
+            &["--route=api,timeout=400d"],
+            &["--route", "timeout", "365 days"],
+        ),
+        (&["--drain-timeout=99999999999s"], &["--drain-timeout"]),
+    ];
+    for (flags, named) in cases {
+        for check in [true, false] {
+            let mut args = vec!["run"];
+            if check {
+                args.push("--check");
+            } else {
+                args.extend([
+                    "--inbound-addr=127.0.0.1:0",
+                    "--outbound-addr=127.0.0.1:0",
+                    "--admin-addr=127.0.0.1:0",
+                ]);
+            }
+            args.extend_from_slice(flags);
+            let outcome = run(&args);
+            for name in *named {
+                assert_fails_naming(&outcome, name, &format!("{args:?}"));
+            }
+        }
+    }
+}
+
+/// A per-try timeout longer than the overall one is harmless but never fires:
+/// accepted, as Envoy does, with a warning that names both keys.
+#[test]
+fn a_per_try_timeout_beyond_the_timeout_is_accepted_with_a_warning() {
+    let outcome = run(&[
+        "run",
+        "--check",
+        "--route=api,timeout=1s,per-try-timeout=2s",
+    ]);
+    checked_config(&outcome);
+    assert!(
+        outcome
+            .stderr
+            .contains("warning: --route api: per-try-timeout (2s) is longer than timeout (1s)"),
+        "{}",
+        outcome.stderr
+    );
+}
+
 #[test]
 fn env_vars_set_flags() {
     let mut cmd = breakwater(&["run", "--check"]);

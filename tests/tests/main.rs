@@ -20,3 +20,4 @@ mod retries;
 mod streaming;
 mod tls;
 mod tunnels;
+mod validation;

@@ -1,0 +1,288 @@
+//! Cross-field rules: values that parse one by one but cannot work together.
+//!
+//! They are checked on the global flags and on each `--route` merged over them
+//! (the policy its destination really gets), so `run --check` refuses what the
+//! proxy could not serve, and each message names the route and both keys. A
+//! combination that works but is pointless is a warning, not an error, as in
+//! Envoy (a per-try timeout longer than the overall one simply never fires).
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use super::units::format_duration;
+use super::{BreakerConfig, BulkheadPolicy, Config, ConfigError, RetryPolicy, RouteOverride};
+
+/// The policy of one scope: the flags alone, or a route merged over them.
+struct Effective {
+    timeout: Duration,
+    retry: RetryPolicy,
+    breaker: BreakerConfig,
+    bulkhead: BulkheadPolicy,
+}
+
+impl Effective {
+    fn of_flags(config: &Config) -> Self {
+        Effective {
+            timeout: config.timeout,
+            retry: config.retry.clone(),
+            breaker: config.breaker,
+            bulkhead: config.bulkhead,
+        }
+    }
+
+    /// The same merge as the route table's, so that what is checked is what runs.
+    fn of_route(config: &Config, route: &RouteOverride) -> Self {
+        let mut p = Effective::of_flags(config);
+        p.timeout = route.timeout.unwrap_or(p.timeout);
+        route.apply(&mut p.retry);
+        let mut ejection = config.max_ejection_percent;
+        route
+            .limits
+            .apply(&mut p.breaker, &mut p.bulkhead, &mut ejection);
+        p
+    }
+}
+
+/// Where a value comes from, to name its key the way the user wrote it.
+enum Scope<'a> {
+    Flags,
+    Route(&'a RouteOverride),
+}
+
+impl Scope<'_> {
+    /// `--key (value)` for a flag; `key (value)` for a route's own key, and
+    /// `key (value, from --key)` for one the route inherits.
+    fn key(&self, key: &str, value: impl Display) -> String {
+        match self {
+            Scope::Flags => format!("--{key} ({value})"),
+            Scope::Route(route) if sets(route, key) => format!("{key} ({value})"),
+            Scope::Route(_) => format!("{key} ({value}, from --{key})"),
+        }
+    }
+
+    fn say(&self, text: String) -> String {
+        match self {
+            Scope::Flags => text,
+            Scope::Route(route) => match route.port {
+                Some(port) => format!("--route {}:{port}: {text}", route.host),
+                None => format!("--route {}: {text}", route.host),
+            },
+        }
+    }
+}
+
+/// Whether `route` sets `key` itself (only the keys the rules name).
+fn sets(route: &RouteOverride, key: &str) -> bool {
+    let l = &route.limits;
+    match key {
+        "timeout" => route.timeout.is_some(),
+        "retries" => route.retries.is_some(),
+        "retry-backoff" => route.retry_backoff.is_some(),
+        "retry-backoff-max" => route.retry_backoff_max.is_some(),
+        "per-try-timeout" => route.per_try_timeout.is_some(),
+        "retry-budget" => route.retry_budget.is_some(),
+        "retry-budget-min" => route.retry_budget_min.is_some(),
+        "breaker-half-open-requests" => l.breaker_half_open_requests.is_some(),
+        "max-concurrent-min" => l.max_concurrent_min.is_some(),
+        "max-concurrent-max" => l.max_concurrent_max.is_some(),
+        _ => false,
+    }
+}
+
+/// Checks the flags, then every route over them; returns the warnings.
+pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    rules(&Scope::Flags, &Effective::of_flags(config), &mut warnings)?;
+    for route in &config.routes {
+        let policy = Effective::of_route(config, route);
+        rules(&Scope::Route(route), &policy, &mut warnings)?;
+    }
+    Ok(warnings)
+}
+
+fn rules(scope: &Scope, p: &Effective, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    let conflict = |text: String| Err(ConfigError::Conflict(scope.say(text)));
+    let d = |d: Duration| format_duration(d);
+    let q = &p.bulkhead;
+    if q.min == 0 {
+        return conflict(format!(
+            "{} must be at least 1",
+            scope.key("max-concurrent-min", q.min)
+        ));
+    }
+    if q.min > q.max {
+        return conflict(format!(
+            "{} is greater than {}",
+            scope.key("max-concurrent-min", q.min),
+            scope.key("max-concurrent-max", q.max)
+        ));
+    }
+    let r = &p.retry;
+    if r.backoff > r.backoff_max {
+        return conflict(format!(
+            "{} is greater than {}",
+            scope.key("retry-backoff", d(r.backoff)),
+            scope.key("retry-backoff-max", d(r.backoff_max))
+        ));
+    }
+    if p.breaker.half_open_requests == 0 {
+        return conflict(format!(
+            "{} must be at least 1: a half-open circuit closes after that many probes succeed",
+            scope.key("breaker-half-open-requests", 0)
+        ));
+    }
+    if let Some(per_try) = r.per_try_timeout
+        && per_try > p.timeout
+    {
+        warnings.push(scope.say(format!(
+            "{} is longer than {}, so only the overall timeout applies",
+            scope.key("per-try-timeout", d(per_try)),
+            scope.key("timeout", d(p.timeout))
+        )));
+    }
+    if r.retries > 0 && r.budget_percent == 0.0 && r.budget_min_per_sec == 0 {
+        warnings.push(scope.say(format!(
+            "{} never happen: {} and {} allow none",
+            scope.key("retries", r.retries),
+            scope.key("retry-budget", r.budget_percent),
+            scope.key("retry-budget-min", 0)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cli;
+    use clap::Parser;
+
+    /// `run ARGS` through the whole of start-up validation: the error, or the warnings.
+    fn check(args: &[&str]) -> Result<Vec<String>, String> {
+        let mut argv = vec!["breakwater", "run"];
+        argv.extend_from_slice(args);
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed a run command")
+        };
+        super::Config::from_args(*args)
+            .map(|c| c.warnings)
+            .map_err(|e| e.to_string())
+    }
+
+    #[track_caller]
+    fn refused(args: &[&str], expected: &str) {
+        match check(args) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => assert_eq!(e, expected, "{args:?}"),
+        }
+    }
+
+    #[test]
+    fn bulkhead_bounds_must_hold_in_the_flags_and_each_route() {
+        refused(
+            &["--max-concurrent-min=2000"],
+            "--max-concurrent-min (2000) is greater than --max-concurrent-max (1024)",
+        );
+        refused(
+            &["--route=api,max-concurrent=auto,max-concurrent-min=2000"],
+            "--route api: max-concurrent-min (2000) is greater than \
+             max-concurrent-max (1024, from --max-concurrent-max)",
+        );
+        refused(
+            &["--route=api:8080,max-concurrent-min=20,max-concurrent-max=10"],
+            "--route api:8080: max-concurrent-min (20) is greater than max-concurrent-max (10)",
+        );
+        refused(
+            &["--max-concurrent-min=8", "--route=api,max-concurrent-max=5"],
+            "--route api: max-concurrent-min (8, from --max-concurrent-min) is greater than \
+             max-concurrent-max (5)",
+        );
+        refused(
+            &["--route=api,max-concurrent-min=0"],
+            "--route api: max-concurrent-min (0) must be at least 1",
+        );
+        refused(
+            &["--max-concurrent-min=0"],
+            "--max-concurrent-min (0) must be at least 1",
+        );
+        assert!(
+            check(&[
+                "--route=api,max-concurrent=auto,max-concurrent-min=2000,max-concurrent-max=4000"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn backoff_must_not_exceed_its_cap() {
+        refused(
+            &["--retry-backoff=1s"],
+            "--retry-backoff (1s) is greater than --retry-backoff-max (250ms)",
+        );
+        refused(
+            &["--route=api,retry-backoff=2s"],
+            "--route api: retry-backoff (2s) is greater than \
+             retry-backoff-max (250ms, from --retry-backoff-max)",
+        );
+        refused(
+            &[
+                "--retry-backoff-max=2s",
+                "--route=api,retry-backoff-max=10ms",
+            ],
+            "--route api: retry-backoff (25ms, from --retry-backoff) is greater than \
+             retry-backoff-max (10ms)",
+        );
+        assert!(check(&["--route=api,retry-backoff=2s,retry-backoff-max=2s"]).is_ok());
+    }
+
+    #[test]
+    fn half_open_probes_must_be_at_least_one() {
+        // The route key is refused as it is parsed, like the flag.
+        let e = check(&["--route=api,breaker-half-open-requests=0"]).unwrap_err();
+        assert!(e.contains("breaker-half-open-requests"), "{e}");
+        assert!(check(&["--breaker-half-open-requests=0"]).is_err());
+    }
+
+    #[test]
+    fn a_per_try_timeout_beyond_the_timeout_is_a_warning() {
+        let w = check(&["--per-try-timeout=20s"]).unwrap();
+        assert_eq!(
+            w,
+            ["--per-try-timeout (20s) is longer than --timeout (15s), \
+              so only the overall timeout applies"]
+        );
+        let w = check(&["--per-try-timeout=2s", "--route=api,timeout=1s"]).unwrap();
+        assert_eq!(
+            w,
+            [
+                "--route api: per-try-timeout (2s, from --per-try-timeout) is longer than \
+              timeout (1s), so only the overall timeout applies"
+            ]
+        );
+        assert_eq!(check(&["--per-try-timeout=15s"]), Ok(vec![]));
+    }
+
+    #[test]
+    fn retries_without_any_budget_are_a_warning() {
+        let w = check(&["--route=api,retry-budget=0,retry-budget-min=0"]).unwrap();
+        assert_eq!(
+            w,
+            [
+                "--route api: retries (2, from --retries) never happen: retry-budget (0) and \
+              retry-budget-min (0) allow none"
+            ]
+        );
+        assert_eq!(
+            check(&["--retries=0", "--retry-budget=0", "--retry-budget-min=0"]),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused() {
+        let e = check(&["--timeout=400d"]).unwrap_err();
+        assert!(e.contains("--timeout") && e.contains("365 days"), "{e}");
+        let e = check(&["--route=api,retry-backoff-max=18446744073709551615s"]).unwrap_err();
+        assert!(e.contains("retry-backoff-max"), "{e}");
+    }
+}
