@@ -58,12 +58,12 @@ class Matrix:
 
     def report(self):
         head = ("client", "server", "path", "check", "result", "ms", "detail")
-        widths = [max(len(str(r[i])) for r in self.rows + [head]) for i in range(6)]
+        widths = [max(len(str(r[i])) for r in self.rows + [head]) for i in range(7)]
         print()
-        print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths + [0])) + " |")
-        print("|" + "|".join("-" * (w + 2) for w in widths + [8]) + "|")
+        print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for r in self.rows:
-            print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths + [0])) + " |")
+            print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
         failed = sum(1 for r in self.rows if r[4] == "FAIL")
         print(f"\n{self.family}: {len(self.rows) - failed} passed, {failed} failed")
         return failed == 0
@@ -650,6 +650,20 @@ def family_grpc(m, env):
         with channel(bw.outbound, f"127.0.0.1:{dead}") as ch:
             return breaker(ch)
 
+    def run_connect():
+        # grpc-core reads http_proxy when the channel is made and opens a CONNECT tunnel
+        with proxy_env(f"http://{bw.outbound}"):
+            with grpc.insecure_channel(gs.addr, options=[("grpc.enable_retries", 0)]) as ch:
+                out = f"{unary(ch)} and {stream(ch)}"
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://{bw.admin}/metrics", timeout=5) as r:
+            tunnels = [line for line in r.read().decode().splitlines() if line.startswith("breakwater_tunnels_total")]
+        assert tunnels and any(float(t.rsplit(" ", 1)[1]) >= 1 for t in tunnels), f"no tunnel counted: {tunnels}"
+        return f"{out}; {tunnels[0]}"
+
+    m.cell("grpcio", "grpcio server", "outbound http_proxy (CONNECT tunnel)", "unary 1 MiB + streaming", run_connect)
     m.cell("grpcio", "grpcio UNAVAILABLE x2, OK", "outbound Host (:authority)", "retried to OK, 3 hits", run_retried)
     m.cell("grpcio", "nothing listening", "outbound Host (:authority)", "circuit-open", run_breaker)
 
