@@ -25,6 +25,14 @@ impl Direction {
             Direction::Outbound => "outbound",
         }
     }
+
+    /// The reasons breakwater can refuse a request with in this direction.
+    pub fn rejections(self) -> &'static [&'static str] {
+        match self {
+            Direction::Inbound => &INBOUND_REJECTIONS,
+            Direction::Outbound => &OUTBOUND_REJECTIONS,
+        }
+    }
 }
 
 /// Latency buckets in seconds: sub-millisecond proxy overhead up to long polls.
@@ -54,6 +62,15 @@ pub const RETRY_REASONS: [&str; 8] = [
 
 /// Why a retry-worthy attempt was not retried.
 pub const SKIP_REASONS: [&str; 2] = ["budget-exhausted", "body-too-large"];
+
+/// The 503s breakwater answers itself (`breakwater_rejected_total{reason}`),
+/// as they can happen outbound: a request with no usable destination, every
+/// circuit open, the bulkhead full or its queue timed out.
+pub const OUTBOUND_REJECTIONS: [&str; 4] =
+    ["no-route", "circuit-open", "bulkhead-full", "queue-timeout"];
+/// Inbound there is no route to miss and no breaker in front of the app; the
+/// app may be unready.
+pub const INBOUND_REJECTIONS: [&str; 3] = ["app-not-ready", "bulkhead-full", "queue-timeout"];
 
 /// Every metric family breakwater exports, registered in one registry.
 pub struct Metrics {
@@ -329,6 +346,9 @@ impl Metrics {
     }
 
     pub fn app_health(&self) -> AppHealthMetrics {
+        for to in ["healthy", "unhealthy"] {
+            self.app_health_transitions.with_label_values(&[to]);
+        }
         AppHealthMetrics {
             healthy: self.app_healthy.clone(),
             transitions: self.app_health_transitions.clone(),
@@ -369,6 +389,13 @@ impl Metrics {
                 .map(|to| self.circuit_transitions.with_label_values(&[d, label, to])),
             limit: self.concurrency_limit.with_label_values(&[d, label]),
             queued: self.queued.with_label_values(&[d, label]),
+            // Per direction, not per destination: the registries' overflow
+            // destinations make these at start-up, so they are there at zero.
+            rejections: direction
+                .rejections()
+                .iter()
+                .map(|r| self.rejected.with_label_values(&[d, r]))
+                .collect(),
         }
     }
 

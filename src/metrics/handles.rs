@@ -23,6 +23,8 @@ pub struct DestinationMetrics {
     pub(super) transitions: [IntCounter; 3],
     pub limit: IntGauge,
     pub queued: IntGauge,
+    /// `rejected` for each of the direction's [`Direction::rejections`].
+    pub(super) rejections: Box<[IntCounter]>,
 }
 
 impl DestinationMetrics {
@@ -55,6 +57,10 @@ impl DestinationMetrics {
 
     /// Counts a request breakwater refused itself for this destination.
     pub fn count_rejected(&self, reason: &str) {
+        let reasons = self.direction.rejections();
+        if let Some(i) = reasons.iter().position(|&r| r == reason) {
+            return self.rejections[i].inc();
+        }
         self.rejected
             .with_label_values(&[self.direction.as_str(), reason])
             .inc();

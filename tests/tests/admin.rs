@@ -149,3 +149,67 @@ async fn the_access_log_carries_the_trace_or_request_id() {
     assert_eq!(entries[1]["path"], "/untraced");
     assert_eq!(entries[1]["request_id"], generated.as_str());
 }
+
+/// Counters over a closed set of reasons are exported at zero before the first
+/// event, so a `rate()` alert has a series to evaluate: the refusals of each
+/// direction from start-up, a destination's own reasons from its first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_label_sets_start_at_zero() {
+    use breakwater::metrics::{
+        FAILURE_REASONS, INBOUND_REJECTIONS, OUTBOUND_REJECTIONS, RETRY_REASONS, SKIP_REASONS,
+    };
+    let app = spawn_echo().await;
+    let proxy = spawn_proxy(app.addr, |_| {}).await;
+    let c = client();
+    let fresh = get(&c, &proxy.admin("/metrics")).await.body;
+    let rejected = |direction: &str, reason: &str| {
+        format!(r#"breakwater_rejected_total{{direction="{direction}",reason="{reason}"}}"#)
+    };
+    for reason in OUTBOUND_REJECTIONS {
+        let series = rejected("outbound", reason);
+        assert_eq!(sample(&fresh, &series), Some(0.0), "{series}:\n{fresh}");
+    }
+    for reason in INBOUND_REJECTIONS {
+        let series = rejected("inbound", reason);
+        assert_eq!(sample(&fresh, &series), Some(0.0), "{series}:\n{fresh}");
+    }
+    for to in ["healthy", "unhealthy"] {
+        let series = format!(r#"breakwater_app_health_transitions_total{{to="{to}"}}"#);
+        assert!(sample(&fresh, &series).is_some(), "{series}:\n{fresh}");
+    }
+
+    let dest = app.addr.to_string();
+    assert_eq!(get_via(&c, &proxy, &dest, "/").await.status, 200);
+    let after = get(&c, &proxy.admin("/metrics")).await.body;
+    let per_destination = |family: &str, label: &str, value: &str| {
+        format!(r#"{family}{{destination="{dest}",direction="outbound",{label}="{value}"}}"#)
+    };
+    let mut expected = Vec::new();
+    for r in FAILURE_REASONS {
+        expected.push(per_destination(
+            "breakwater_upstream_failures_total",
+            "reason",
+            r,
+        ));
+    }
+    for r in RETRY_REASONS {
+        expected.push(per_destination("breakwater_retries_total", "reason", r));
+    }
+    for r in SKIP_REASONS {
+        expected.push(per_destination(
+            "breakwater_retries_skipped_total",
+            "reason",
+            r,
+        ));
+    }
+    for to in ["closed", "open", "half-open"] {
+        expected.push(per_destination(
+            "breakwater_circuit_transitions_total",
+            "to",
+            to,
+        ));
+    }
+    for series in expected {
+        assert_eq!(sample(&after, &series), Some(0.0), "{series}:\n{after}");
+    }
+}
