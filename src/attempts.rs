@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::config::units::format_duration;
 use crate::error::ProxyError;
+use crate::forward::client_body::{BodyWatch, ClientBody};
 use crate::forward::replay::ReplayBody;
 use crate::forward::{Failed, Forwarder, Hold, Sent};
 use crate::policy::deadline;
@@ -44,11 +45,13 @@ pub struct Answer {
 
 /// Sends the request until an attempt's outcome is final or nothing allows
 /// another; returns the last outcome. `now` is the caller's clock reading, for
-/// the first attempt.
+/// the first attempt. `body` watches the client's body, so that its faults are
+/// not taken for the upstream's.
 pub async fn send(
     forwarder: &Forwarder,
     state: &DestinationState,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
+    body: Option<&BodyWatch>,
     started: Instant,
     deadline: Instant,
     now: Instant,
@@ -90,7 +93,7 @@ pub async fn send(
             deadline - started
         };
         let sent = forwarder
-            .send(state, req, per_try, || timeout(state, per_try_ended))
+            .send(state, req, per_try, || timeout(state, per_try_ended), body)
             .await;
         let (result, unsent) = match sent {
             Ok(sent) if policy.retry_on.unavailable && awaits_grpc_status(&sent.response) => {

@@ -28,6 +28,16 @@ pub enum ProxyError {
         /// Answered the gRPC way: HTTP 200, `grpc-status` 14 and the reason.
         grpc: bool,
     },
+    /// The client's request body broke the framing rules (a bad chunk size,
+    /// chunk data without its CRLF): the client's fault, not the upstream's.
+    #[error("the request body was malformed: {0}")]
+    MalformedBody(String),
+    /// The client closed or reset its connection before its body ended.
+    #[error("the client went away before its request body ended: {0}")]
+    ClientGone(String),
+    /// The deadline passed while breakwater waited for the client's body.
+    #[error("the request body did not arrive within {0}")]
+    ClientTimeout(String),
     /// The request's deadline passed before the response headers arrived.
     #[error("no response from {dest} within {after}")]
     Timeout { dest: String, after: String },
@@ -70,9 +80,18 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::BulkheadFull(_)
             | ProxyError::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::MalformedBody(_)
+            | ProxyError::ClientGone(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
+    }
+
+    /// The client's doing, not the upstream's (every 4xx of breakwater's own):
+    /// counted in `breakwater_client_errors_total`, never against an upstream.
+    pub fn is_client_fault(&self) -> bool {
+        self.status().is_client_error()
     }
 
     /// The `x-breakwater-reason` value, a stable token users alert and grep on.
@@ -88,6 +107,9 @@ impl ProxyError {
             ProxyError::BulkheadFull(_) => "bulkhead-full",
             ProxyError::QueueTimeout(_) => "queue-timeout",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::MalformedBody(_) => "malformed-body",
+            ProxyError::ClientGone(_) => "client-gone",
+            ProxyError::ClientTimeout(_) => "client-timeout",
             ProxyError::UriTooLong(_) => "uri-too-long",
         }
     }
@@ -157,6 +179,20 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// The error and its causes, joined: "connection closed before message completed".
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Whole seconds, rounded up, at least one: `Retry-After` has no fractions.

@@ -14,6 +14,7 @@ use crate::attempts;
 use crate::body::ProxyBody;
 use crate::drain::DrainWatch;
 use crate::error::{ProxyError, rescue};
+use crate::forward::client_body::ClientBody;
 use crate::forward::{Forwarder, headers};
 use crate::metrics::Direction;
 use crate::policy::deadline;
@@ -91,8 +92,10 @@ pub async fn send(
     started: Instant,
     drain: &DrainWatch,
 ) -> Response<ProxyBody> {
+    let http1 = req.version() < http::Version::HTTP_2;
     if let Err(e) = point_at(&mut req, &state.authority) {
-        return fail(e, in_flight);
+        let unread = body_unread(&req);
+        return fail(e, in_flight, unread);
     }
     // A caller that announced a shorter deadline will not wait for ours.
     let budget = match deadline::incoming(req.headers()) {
@@ -100,7 +103,8 @@ pub async fn send(
         None => state.policy.timeout,
     };
     if let Err(e) = accounting::take_slot(state, &mut in_flight).await {
-        return fail(e, in_flight);
+        let unread = body_unread(&req);
+        return fail(e, in_flight, unread);
     }
     let in_flight_at_start = state.bulkhead.as_ref().map_or(0, |b| b.in_flight());
     // The limiter judges the upstream, so its clock starts once a slot is held:
@@ -111,11 +115,28 @@ pub async fn send(
         None => started,
     };
     let deadline = started + budget;
-    let sent = attempts::send(forwarder, state, req, started, deadline, slot_granted).await;
+    let (req, watch) = {
+        let (parts, body) = req.into_parts();
+        let (body, watch) = ClientBody::new(body);
+        (Request::from_parts(parts, body), watch)
+    };
+    let sent = attempts::send(
+        forwarder,
+        state,
+        req,
+        watch.as_deref(),
+        started,
+        deadline,
+        slot_granted,
+    )
+    .await;
     adapt_limit(state, &sent, slot_granted, in_flight_at_start);
     let (mut resp, first, hold) = match sent {
         Ok(answer) => (answer.response, answer.first_frame, answer.hold),
-        Err(e) => return fail(e, in_flight),
+        Err(e) => {
+            let unread = http1 && watch.as_ref().is_some_and(|w| !w.ended());
+            return fail(e, in_flight, unread);
+        }
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client) = client_upgrade {
@@ -151,10 +172,22 @@ fn adapt_limit(
     }
 }
 
+/// Whether an HTTP/1 client may still be sending a body that breakwater will
+/// not read, when breakwater answers before forwarding the request.
+pub fn body_unread<B: http_body::Body>(req: &Request<B>) -> bool {
+    req.version() < http::Version::HTTP_2 && !req.body().is_end_stream()
+}
+
 /// The answer for a request breakwater could not complete, counted as such.
-pub fn fail(err: ProxyError, mut in_flight: InFlight) -> Response<ProxyBody> {
+/// With `body_unread` (HTTP/1 only: a client still sending a body that nobody
+/// will read), the answer says `Connection: close` and the connection closes
+/// after it: the bytes left cannot be told from the next request, and a client
+/// that was not told would send that next request into a closed connection.
+pub fn fail(err: ProxyError, mut in_flight: InFlight, body_unread: bool) -> Response<ProxyBody> {
     tracing::debug!(reason = err.reason(), error = %err, "request failed");
-    if err.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+    if err.is_client_fault() {
+        in_flight.metrics().count_client_error(err.reason());
+    } else if err.status() == http::StatusCode::SERVICE_UNAVAILABLE {
         // breakwater refused it itself (DESIGN.md's 503 reasons).
         in_flight.metrics().count_rejected(err.reason());
     } else {
@@ -164,7 +197,12 @@ pub fn fail(err: ProxyError, mut in_flight: InFlight) -> Response<ProxyBody> {
     if let Some(a) = in_flight.access_mut() {
         a.reason = Some(err.reason());
     }
-    rescue(&err).map(|b| b.with_in_flight(in_flight))
+    let mut resp = rescue(&err);
+    if body_unread {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.map(|b| b.with_in_flight(in_flight))
 }
 
 /// Rewrites the URI to `http://authority/path?query`, what the pooled client needs

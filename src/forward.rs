@@ -2,12 +2,13 @@
 //! pooled HTTP/1.1 or HTTP/2 connection, and classify what went wrong in the
 //! terms of `x-breakwater-reason`.
 
+pub mod client_body;
 pub mod headers;
 pub mod pool;
 pub mod replay;
 pub mod speaks;
 
-use std::error::Error as _;
+use crate::error::causes;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, Version};
@@ -21,6 +22,8 @@ use crate::policy::balance::may_eject;
 use crate::policy::breaker::{CircuitState, Transition};
 use crate::upstream::DestinationState;
 use crate::upstream::endpoint::{self, Endpoint, EndpointGuard};
+use crate::upstream::reconnect;
+use client_body::{BodyWatch, ClientFault};
 use pool::{Lease, SendError};
 use replay::ReplayBody;
 use std::sync::atomic::Ordering;
@@ -90,13 +93,15 @@ impl Forwarder {
     /// Sends `req` (its URI absolute: `http://authority/path`) to one endpoint of
     /// `state` whose circuit admits it, within `per_try`, and returns the response
     /// head; the body streams on. The outcome is recorded in the endpoint's
-    /// breaker: connect failures, resets, timeouts and 5xx count as failures.
+    /// breaker: connect failures, resets, timeouts and 5xx count as failures,
+    /// unless `body` shows the client's body was at fault.
     pub async fn send(
         &self,
         state: &DestinationState,
         req: Request<ReplayBody>,
         per_try: Duration,
         timed_out: impl FnOnce() -> ProxyError,
+        body: Option<&BodyWatch>,
     ) -> Result<Sent, Failed> {
         let endpoints = match state.endpoints.current(&self.connector).await {
             Ok(endpoints) => endpoints,
@@ -174,8 +179,15 @@ impl Forwarder {
         let sent = tokio::time::timeout_at(now + per_try, exchange).await;
         let ended = Instant::now();
         let latency = ended - started;
-        // A refusal of HTTP/2 is not the endpoint's failure: no outcome recorded.
+        // Whose fault it was: a client's broken or late body is not the
+        // endpoint's failure, and neither is a refusal of HTTP/2. Neither is
+        // recorded: the permit goes unused.
+        let client_fault = body.and_then(|watch| client_fault(watch, &sent, per_try));
+        if let Some(fault) = client_fault {
+            return Err(Failed::sent(fault));
+        }
         if !matches!(sent, Ok(Err(SendError::Refused(_)))) {
+            let unreachable = matches!(sent, Ok(Err(SendError::Connect(..))));
             let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
             let total = endpoints.len();
             let cap = state.policy.max_ejection_percent;
@@ -189,6 +201,9 @@ impl Forwarder {
             });
             if let Some(t) = transition {
                 report(state, &endpoint, t);
+                if t.to == CircuitState::Open && unreachable {
+                    reconnect::watch(endpoint.clone(), endpoint.pool.connect_timeout());
+                }
             }
         }
         match sent {
@@ -219,6 +234,32 @@ impl Forwarder {
             )),
             Err(_) => Err(Failed::sent(timed_out())),
         }
+    }
+}
+
+/// The client's part in a failed exchange, if it had one: its body broke or
+/// ended early, or the deadline passed while breakwater waited for its bytes.
+/// An upstream that answered was not failed by the client, whatever the body
+/// does later.
+fn client_fault<T>(
+    watch: &BodyWatch,
+    sent: &Result<Result<T, SendError>, tokio::time::error::Elapsed>,
+    per_try: Duration,
+) -> Option<ProxyError> {
+    let waited_on_client = match sent {
+        Ok(Ok(_)) | Ok(Err(SendError::Connect(..))) | Ok(Err(SendError::Refused(_))) => {
+            return None;
+        }
+        Ok(Err(SendError::Broken(_))) => false,
+        Err(_) => watch.awaiting_client(),
+    };
+    match watch.fault() {
+        Some(ClientFault::Malformed) => Some(ProxyError::MalformedBody(watch.cause().into())),
+        Some(ClientFault::Gone) => Some(ProxyError::ClientGone(watch.cause().into())),
+        None if waited_on_client => Some(ProxyError::ClientTimeout(
+            crate::config::units::format_duration(per_try),
+        )),
+        None => None,
     }
 }
 
@@ -253,18 +294,4 @@ fn report(state: &DestinationState, endpoint: &Endpoint, t: Transition) {
     } else {
         tracing::info!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
     }
-}
-
-/// The error and its causes, joined: "connection closed before message completed".
-fn causes(err: &hyper::Error) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    parts.join(": ")
 }

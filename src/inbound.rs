@@ -142,16 +142,18 @@ impl Inbound {
             in_flight.set_access(exchange::access_entry(Direction::Inbound, &req));
         }
         if let Err(e) = exchange::check_request(&req, self.max_uri_bytes) {
-            return exchange::fail(e, in_flight);
+            let unread = exchange::body_unread(&req);
+            return exchange::fail(e, in_flight, unread);
         }
         if self.health.state() == HealthState::Unhealthy {
             // Kubernetes takes the pod out of rotation soon; until then a quick
             // answer beats queueing for an app that cannot serve.
-            return exchange::fail(ProxyError::AppNotReady(self.app_addr), in_flight);
+            let unread = exchange::body_unread(&req);
+            return exchange::fail(ProxyError::AppNotReady(self.app_addr), in_flight, unread);
         }
         if req.method() == Method::CONNECT {
             let e = ProxyError::BadRequest("CONNECT is served on the outbound listener");
-            return exchange::fail(e, in_flight);
+            return exchange::fail(e, in_flight, false);
         }
         let upgrade = exchange::prepare(&mut req);
         if let Some(name) = &self.identity_header {

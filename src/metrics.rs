@@ -46,7 +46,17 @@ const COMMON_CODES: [u16; 19] = [
 ];
 
 /// Why breakwater answered a request itself, for `x-breakwater-reason` and metrics.
-pub const FAILURE_REASONS: [&str; 3] = ["connect-failure", "reset", "timeout"];
+pub const FAILURE_REASONS: [&str; 4] = ["connect-failure", "reset", "timeout", "protocol"];
+
+/// Why a request failed by its client's doing (a 4xx of breakwater's own):
+/// counted apart, never against an upstream.
+pub const CLIENT_ERROR_REASONS: [&str; 5] = [
+    "malformed-body",
+    "client-gone",
+    "client-timeout",
+    "bad-request",
+    "uri-too-long",
+];
 
 /// Why an attempt was retried: the `--retry-on` condition it met.
 pub const RETRY_REASONS: [&str; 8] = [
@@ -79,6 +89,7 @@ pub struct Metrics {
     duration: HistogramVec,
     inflight: IntGaugeVec,
     failures: IntCounterVec,
+    client_errors: IntCounterVec,
     rejected: IntCounterVec,
     connections: IntCounterVec,
     connections_active: IntGaugeVec,
@@ -105,7 +116,7 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let dest = &["direction", "destination"];
-        Metrics {
+        let metrics = Metrics {
             requests: register(
                 r,
                 IntCounterVec::new(
@@ -145,6 +156,17 @@ impl Metrics {
                         "Requests breakwater could not complete, by x-breakwater-reason.",
                     ),
                     &["direction", "destination", "reason"],
+                ),
+            ),
+            client_errors: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_client_errors_total",
+                        "Requests that failed by the client's doing (a broken or late body, \
+                         a request that cannot be proxied), by x-breakwater-reason.",
+                    ),
+                    &["direction", "reason"],
                 ),
             ),
             rejected: register(
@@ -329,7 +351,17 @@ impl Metrics {
                 ),
             ),
             registry,
+        };
+        // Closed label sets are exported from start-up, at zero: an alert on
+        // their rate has a series to evaluate before the first event.
+        for d in [Direction::Inbound, Direction::Outbound] {
+            for reason in CLIENT_ERROR_REASONS {
+                metrics
+                    .client_errors
+                    .with_label_values(&[d.as_str(), reason]);
+            }
         }
+        metrics
     }
 
     pub fn opaque(&self, listener: &'static str) -> OpaqueMetrics {
@@ -385,6 +417,8 @@ impl Metrics {
                 .map(|r| self.retries_skipped.with_label_values(&[d, label, r])),
             circuit_state: self.circuit_state.clone(),
             rejected: self.rejected.clone(),
+            client_errors: CLIENT_ERROR_REASONS
+                .map(|r| self.client_errors.with_label_values(&[d, r])),
             transitions: ["closed", "open", "half-open"]
                 .map(|to| self.circuit_transitions.with_label_values(&[d, label, to])),
             limit: self.concurrency_limit.with_label_values(&[d, label]),

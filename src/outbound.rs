@@ -91,7 +91,8 @@ impl Outbound {
         let state = match destination {
             Ok(state) => state,
             Err(e) => {
-                return exchange::fail(e, in_flight);
+                let unread = exchange::body_unread(&req);
+                return exchange::fail(e, in_flight, unread);
             }
         };
         if req.method() == Method::CONNECT {
@@ -164,7 +165,7 @@ impl Outbound {
     ) -> Response<ProxyBody> {
         if req.uri().authority().and_then(|a| a.port_u16()).is_none() {
             let e = ProxyError::BadRequest("CONNECT needs host:port");
-            return exchange::fail(e, in_flight);
+            return exchange::fail(e, in_flight, false);
         }
         let connector = self.forwarder.connector();
         match connector
@@ -186,6 +187,7 @@ impl Outbound {
                     cause: e.to_string(),
                 },
                 in_flight,
+                false,
             ),
         }
     }

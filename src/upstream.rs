@@ -3,6 +3,7 @@
 //! grow memory or metric cardinality without bound.
 
 pub mod endpoint;
+pub mod reconnect;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -123,6 +123,10 @@ impl EndpointPool {
         &self.speaks
     }
 
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -12,14 +12,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
+use super::client_body::ClientBody;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub struct ReplayBody<B = Incoming> {
+pub struct ReplayBody<B = ClientBody> {
     kind: Kind<B>,
 }
 

@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
-use super::{COMMON_CODES, Direction, FAILURE_REASONS, RETRY_REASONS, SKIP_REASONS};
+use super::{
+    CLIENT_ERROR_REASONS, COMMON_CODES, Direction, FAILURE_REASONS, RETRY_REASONS, SKIP_REASONS,
+};
 
 /// Cached handles for one (direction, destination): the hot path touches only atomics.
 pub struct DestinationMetrics {
@@ -20,6 +22,7 @@ pub struct DestinationMetrics {
     pub(super) retries_skipped: [IntCounter; SKIP_REASONS.len()],
     pub(super) circuit_state: IntGaugeVec,
     pub(super) rejected: IntCounterVec,
+    pub(super) client_errors: [IntCounter; CLIENT_ERROR_REASONS.len()],
     pub(super) transitions: [IntCounter; 3],
     pub limit: IntGauge,
     pub queued: IntGauge,
@@ -64,6 +67,11 @@ impl DestinationMetrics {
         self.rejected
             .with_label_values(&[self.direction.as_str(), reason])
             .inc();
+    }
+
+    /// Counts a request failed by its client, one of [`CLIENT_ERROR_REASONS`].
+    pub fn count_client_error(&self, reason: &str) {
+        count_by(&self.client_errors, &CLIENT_ERROR_REASONS, reason);
     }
 
     /// Counts a retry by its reason, one of [`RETRY_REASONS`].

@@ -133,6 +133,26 @@ impl Breaker {
         })
     }
 
+    /// The endpoint accepts connections again, after the circuit opened on
+    /// failures to reach it: the half-open probe may go now instead of when the
+    /// open duration ends. Only the wait is cut; the probe still decides, so an
+    /// endpoint that accepts but fails opens again, for longer.
+    pub fn reachable(&self, now: Instant) {
+        if let State::Open { until } = &mut self.lock().state
+            && *until > now
+        {
+            *until = now;
+        }
+    }
+
+    /// When the probe is due, while the circuit is open.
+    pub fn open_until(&self) -> Option<Instant> {
+        match self.lock().state {
+            State::Open { until } => Some(until),
+            _ => None,
+        }
+    }
+
     /// Whether `admit` would let a request through now, for the balancer's
     /// choice of endpoint. Racy by nature: `admit` has the last word.
     pub fn eligible(&self, now: Instant) -> bool {
@@ -581,6 +601,24 @@ mod tests {
             assert_eq!(t.open_for, Some(expected * SEC));
         }
         assert_eq!(b.snapshot(now).trips, 6);
+    }
+
+    #[test]
+    fn a_reachable_endpoint_gets_its_probe_at_once_and_the_probe_decides() {
+        let t0 = Instant::now();
+        let breaker = Arc::new(Breaker::new(only_consecutive(1), t0));
+        let t = breaker.admit(t0).unwrap().record(false, MS, t0);
+        assert_eq!(t.map(|t| t.to), Some(CircuitState::Open));
+        let until = breaker.open_until().expect("open");
+        assert!(breaker.admit(t0 + MS).is_err(), "open, no probe yet");
+        breaker.reachable(t0 + 2 * MS);
+        assert!(breaker.open_until().is_some_and(|u| u < until));
+        let probe = breaker.admit(t0 + 2 * MS).expect("the probe goes now");
+        assert!(probe.is_probe());
+        // It still fails: open again, for twice as long as before.
+        let t = probe.record(false, MS, t0 + 3 * MS).expect("reopens");
+        assert_eq!(t.open_for, Some(2 * BreakerConfig::default().open_duration));
+        assert!(breaker.open_until().is_some());
     }
 
     #[test]

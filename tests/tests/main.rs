@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod attribution;
 mod balancing;
 mod cli;
 mod faults;
