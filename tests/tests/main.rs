@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod attribution;
 mod balancing;
+mod ci_programs;
 mod cli;
 mod faults;
 mod health;
