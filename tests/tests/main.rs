@@ -15,6 +15,7 @@ mod interop;
 mod kubernetes;
 mod lifecycle;
 mod limits;
+mod properties;
 mod protocols;
 mod proxying;
 mod resilience;
