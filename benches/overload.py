@@ -297,6 +297,12 @@ def outage_stats(args):
     out["first_ok_after_recovery_s"] = next((row[0] - t_rec for row in after if ok(row)), None)
     out["refused_after_recovery"] = sum(1 for row in after if not ok(row))
     out["outage_s"] = t_rec - t_fail
+    # What the outage cost a client: every non-2xx answer from the failure on,
+    # as seconds of traffic at the paced rate (issue 13's recovery figure).
+    span = rows[-1][0] - rows[0][0]
+    rate = (len(rows) - 1) / span if span > 0 else 0
+    failed = sum(1 for row in rows if row[0] >= t_fail and not ok(row))
+    out["failed_s"] = failed / rate if rate else None
     out["tail_s"] = rows[-1][0] - t_rec
     out["reasons"] = {}
     for row in rows:
@@ -370,62 +376,64 @@ def report(args):
     print(f"- machine: {meta['cpus']} CPUs, loadavg at start {meta['load_start']}, at end {meta['load_end']}; "
           f"breakwater `run --threads 1`, outbound listener, Host routing")
     print()
-    print(f"### (a) Overload: upstream serves {meta['parallel']} at a time, {meta['service_ms']:g} ms each, "
-          f"queues the rest (capacity {1000 * meta['parallel'] / meta['service_ms']:.0f} req/s)")
-    print()
-    print(f"Load: `h2load --h1 -c {meta['conc']} --rps {meta['rps']}` (connections started {meta['stagger']} apart), "
-          f"offered {meta['conc'] * meta['rps']} req/s for {meta['secs']} s, one request in flight per connection; "
-          f"figures over s {meta['warmup']}-{meta['secs']} (first {meta['warmup']} s left out). "
-          f"`--max-queue 0`, so a request over the limit gets 503 bulkhead-full at once.")
-    print()
-    print("| breakwater | sent req/s | goodput req/s | p50 ms (2xx) | p99 ms (2xx) | refused 503 % | other % | limit (auto) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name in ("direct", "breakwater"):
-        r = unloaded.get(name)
-        if r:
-            label = "direct to the upstream" if name == "direct" else "through breakwater (auto, warmed row)"
-            print(f"| unloaded: 1 client, {r['requests']} GETs, {label} | - | - | {f1(r['p50_ms'])} | {f1(r['p99_ms'])} | "
-                  f"{r['refused_pct']:.1f} | {r['other_pct']:.1f} | - |")
-    for r in load:
-        if r.get("kind") != "load":
-            continue
-        lim = "-"
-        if r.get("limit_median") is not None:
-            lim = (f"{r['limit_median']} (range {r['limit_min']}-{r['limit_max']}, last {r['limit_last']}; "
-                   f"RTT short {f1(r['rtt_short_ms_median'])} / long {f1(r['rtt_long_ms_last'])} ms)")
-        print(f"| {r['row']} | {r['offered_rps']:.0f} | {r['goodput_rps']:.0f} | {f1(r['p50_ms'])} | {f1(r['p99_ms'])} | "
-              f"{r['refused_pct']:.1f} | {r['other_pct']:.1f} | {lim} |")
-    print()
-    rows = [r for r in load if r.get("kind") == "load"]
-    agree = all(r.get("rejected_metric") == r.get("run_503") for r in rows)
-    print(f"- cross-check: breakwater_rejected_total{{reason=\"bulkhead-full\"}} equals the client's 503 count over "
-          f"each whole run: {'yes' if agree else 'NO: ' + ', '.join(str((r['key'], r.get('rejected_metric'), r.get('run_503'))) for r in rows)}")
-    if base is not None:
-        print(f"- unloaded latency of the upstream (target base): {base:.1f} ms (p50, direct); 2x = {2 * base:.1f} ms")
-    statics = [r for r in load if r.get("kind") == "load" and r.get("static")]
-    best = max(statics, key=lambda r: r["goodput_rps"], default=None)
-    for r in load:
-        if r.get("kind") != "load" or not r.get("auto") or best is None or base is None:
-            continue
-        p99_ok = r["p99_ms"] <= 2 * base
-        gp_ok = r["goodput_rps"] >= 0.9 * best["goodput_rps"]
-        print(f"- target, {r['row']}: p99 {f1(r['p99_ms'])} ms vs 2 x unloaded p50 {2 * base:.1f} ms: "
-              f"{'met' if p99_ok else 'NOT met'}; goodput {r['goodput_rps']:.0f} vs best static "
-              f"({best['row']}) {best['goodput_rps']:.0f} - 10 %: {'met' if gp_ok else 'NOT met'}")
-    print()
+    if load:  # --only outage runs no overload rows
+        print(f"### (a) Overload: upstream serves {meta['parallel']} at a time, {meta['service_ms']:g} ms each, "
+              f"queues the rest (capacity {1000 * meta['parallel'] / meta['service_ms']:.0f} req/s)")
+        print()
+        print(f"Load: `h2load --h1 -c {meta['conc']} --rps {meta['rps']}` (connections started {meta['stagger']} apart), "
+              f"offered {meta['conc'] * meta['rps']} req/s for {meta['secs']} s, one request in flight per connection; "
+              f"figures over s {meta['warmup']}-{meta['secs']} (first {meta['warmup']} s left out). "
+              f"`--max-queue 0`, so a request over the limit gets 503 bulkhead-full at once.")
+        print()
+        print("| breakwater | sent req/s | goodput req/s | p50 ms (2xx) | p99 ms (2xx) | refused 503 % | other % | limit (auto) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        for name in ("direct", "breakwater"):
+            r = unloaded.get(name)
+            if r:
+                label = "direct to the upstream" if name == "direct" else "through breakwater (auto, warmed row)"
+                print(f"| unloaded: 1 client, {r['requests']} GETs, {label} | - | - | {f1(r['p50_ms'])} | {f1(r['p99_ms'])} | "
+                      f"{r['refused_pct']:.1f} | {r['other_pct']:.1f} | - |")
+        for r in load:
+            if r.get("kind") != "load":
+                continue
+            lim = "-"
+            if r.get("limit_median") is not None:
+                lim = (f"{r['limit_median']} (range {r['limit_min']}-{r['limit_max']}, last {r['limit_last']}; "
+                       f"RTT short {f1(r['rtt_short_ms_median'])} / long {f1(r['rtt_long_ms_last'])} ms)")
+            print(f"| {r['row']} | {r['offered_rps']:.0f} | {r['goodput_rps']:.0f} | {f1(r['p50_ms'])} | {f1(r['p99_ms'])} | "
+                  f"{r['refused_pct']:.1f} | {r['other_pct']:.1f} | {lim} |")
+        print()
+        rows = [r for r in load if r.get("kind") == "load"]
+        agree = all(r.get("rejected_metric") == r.get("run_503") for r in rows)
+        print(f"- cross-check: breakwater_rejected_total{{reason=\"bulkhead-full\"}} equals the client's 503 count over "
+              f"each whole run: {'yes' if agree else 'NO: ' + ', '.join(str((r['key'], r.get('rejected_metric'), r.get('run_503'))) for r in rows)}")
+        if base is not None:
+            print(f"- unloaded latency of the upstream (target base): {base:.1f} ms (p50, direct); 2x = {2 * base:.1f} ms")
+        statics = [r for r in load if r.get("kind") == "load" and r.get("static")]
+        best = max(statics, key=lambda r: r["goodput_rps"], default=None)
+        for r in load:
+            if r.get("kind") != "load" or not r.get("auto") or best is None or base is None:
+                continue
+            p99_ok = r["p99_ms"] <= 2 * base
+            gp_ok = r["goodput_rps"] >= 0.9 * best["goodput_rps"]
+            print(f"- target, {r['row']}: p99 {f1(r['p99_ms'])} ms vs 2 x unloaded p50 {2 * base:.1f} ms: "
+                  f"{'met' if p99_ok else 'NOT met'}; goodput {r['goodput_rps']:.0f} vs best static "
+                  f"({best['row']}) {best['goodput_rps']:.0f} - 10 %: {'met' if gp_ok else 'NOT met'}")
+        print()
     print(f"### (b) Outage: upstream healthy, then fails everything for {meta['outage_s']:g} s, then recovers; "
           f"{meta['rate']:g} req/s paced GETs")
     print()
     print("| breakwater | upstream failure | fail-fast after (ms) | failed answers before it | "
           "circuit-open % of outage | first 2xx after recovery (s) | full traffic after recovery (s) | "
-          "non-2xx after recovery | trips |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "non-2xx after recovery | failed requests as seconds of traffic | trips |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in outage:
         ff = r.get("fail_fast_ms")
         print(f"| {r['row']} | {r['mode']} | {f1(ff)} | {r.get('failed_before_open', '-')} | "
               f"{f1(r.get('outage_circuit_open_pct'))} | {r.get('first_ok_after_recovery_s', float('nan')):.2f} | "
               f"{'-' if r.get('full_traffic_s') is None else format(r['full_traffic_s'], '.2f')} | "
-              f"{r.get('refused_after_recovery', '-')} | {r.get('trips', '-')} |")
+              f"{r.get('refused_after_recovery', '-')} | "
+              f"{'-' if r.get('failed_s') is None else format(r['failed_s'], '.2f')} | {r.get('trips', '-')} |")
     print()
     for r in outage:
         print(f"- {r['row']} ({r['mode']}): answers after the failure other than 2xx: "

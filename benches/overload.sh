@@ -28,7 +28,8 @@
 #   -c C                h2load connections                      CONC=64
 #   --rps R             req/s per connection                    RPS=10
 #   --static "4 8 ..."  static limits to compare                STATIC_LIMITS="4 8 16 32"
-#   --outage S          seconds the upstream fails              OUTAGE_S=4
+#   --outage S          seconds the upstream fails (may be 1.1)  OUTAGE_S=4
+#   --only PART         overload or outage: run that part alone  ONLY=
 #   --rate R            req/s in the outage runs                RATE=200
 #   --no-build          skip cargo build --release --locked     BUILD=1
 #   -o, --out FILE      also write the report to FILE           OUT=
@@ -55,6 +56,7 @@ CONC=${CONC:-64}
 RPS=${RPS:-10}
 STATIC_LIMITS=${STATIC_LIMITS:-4 8 16 32}
 OUTAGE_S=${OUTAGE_S:-4}
+ONLY=${ONLY:-}
 RATE=${RATE:-200}
 BUILD=${BUILD:-1}
 OUT=${OUT:-}
@@ -85,6 +87,7 @@ parse_args() {
       --rps) RPS=$2; shift ;;
       --static) STATIC_LIMITS=$2; shift ;;
       --outage) OUTAGE_S=$2; shift ;;
+      --only) ONLY=$2; shift ;;
       --rate) RATE=$2; shift ;;
       --no-build) BUILD=0 ;;
       -o|--out) OUT=$2; shift ;;
@@ -95,11 +98,13 @@ parse_args() {
     shift
   done
   local v
-  for v in SECS CONC RPS OUTAGE_S RATE PARALLEL UNLOADED_N TAIL_S; do
+  [[ $OUTAGE_S =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ $OUTAGE_S != 0 ]] || die "OUTAGE_S must be a positive number of seconds"
+  [[ -z $ONLY || $ONLY == overload || $ONLY == outage ]] || die "--only takes overload or outage"
+  for v in SECS CONC RPS RATE PARALLEL UNLOADED_N TAIL_S; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
   done
   [[ $WARMUP =~ ^[0-9]+$ ]] && (( WARMUP < SECS )) || die "WARMUP must be a whole number below SECS"
-  (( SECS <= 120 && OUTAGE_S <= 60 && CONC <= 1000 && RATE <= 2000 )) || die "SECS <= 120, OUTAGE_S <= 60, C <= 1000, RATE <= 2000"
+  (( SECS <= 120 && ${OUTAGE_S%.*} < 60 && CONC <= 1000 && RATE <= 2000 )) || die "SECS <= 120, OUTAGE_S <= 60, C <= 1000, RATE <= 2000"
   for v in $STATIC_LIMITS; do [[ $v =~ ^[1-9][0-9]*$ ]] || die "static limits are positive integers"; done
 }
 
@@ -187,8 +192,9 @@ outage_row() {  # outage_row <key> <label> <500|refuse> [breakwater flags...]
   up=$PID
   wait_port "$port" "$up" || die "outage upstream did not start"
   start_breakwater "$@"
-  timeout $((HEALTHY_S + OUTAGE_S + TAIL_S + 30)) "$PYTHON" "$HELPER" paced-client --port "$PORT" --authority "$HOST:$port" \
-    --rate "$RATE" --secs $((HEALTHY_S + OUTAGE_S + TAIL_S)) --out "$WORK/outage-$key.tsv" 2>"$WORK/outage-client-$key.err"
+  local whole=$(( ${OUTAGE_S%.*} + 1 ))  # the outage, rounded up
+  timeout $((HEALTHY_S + whole + TAIL_S + 30)) "$PYTHON" "$HELPER" paced-client --port "$PORT" --authority "$HOST:$port" \
+    --rate "$RATE" --secs $((HEALTHY_S + whole + TAIL_S)) --out "$WORK/outage-$key.tsv" 2>"$WORK/outage-client-$key.err"
   opens=$(bw_metric "$ADMIN" breakwater_circuit_transitions_total 'to="open"')
   st=$("$PYTHON" "$HELPER" outage-stats --log "$WORK/outage-$key.tsv" --events "$WORK/outage-up-$key.jsonl")
   merge "$st" "{\"row\": $(jstr "$label"), \"mode\": \"$([[ $mode == 500 ]] && echo '500' || echo 'connection refused')\", \"trips\": $opens}" >>"$WORK/outage.jsonl"
@@ -209,7 +215,9 @@ run_outage() {
 main() {
   parse_args "$@"
   local t
-  for t in "$H2LOAD" "$CURL" "$PYTHON" timeout; do command -v "$t" >/dev/null || die "not found: $t"; done
+  local t tools=("$CURL" "$PYTHON" timeout)
+  [[ $ONLY == outage ]] || tools+=("$H2LOAD")
+  for t in "${tools[@]}"; do command -v "$t" >/dev/null || die "not found: $t"; done
   if [[ $BUILD == 1 ]]; then
     log "cargo build --release --locked"
     (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed (--no-build measures the binary already in target/release)"
@@ -223,8 +231,8 @@ main() {
   : >"$WORK/load.jsonl"; : >"$WORK/outage.jsonl"
   local load_start; load_start=$(cut -d' ' -f1-3 /proc/loadavg)
   log "work dir: $WORK"
-  run_overload
-  run_outage
+  [[ $ONLY == outage ]] || run_overload
+  [[ $ONLY == overload ]] || run_outage
   cat >"$WORK/meta.json" <<EOF
 {"date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "cpus": $(nproc), "load_start": "$load_start",
  "load_end": "$(cut -d' ' -f1-3 /proc/loadavg)", "parallel": $PARALLEL, "service_ms": $SERVICE_MS,
