@@ -361,6 +361,7 @@ impl Metrics {
                     .with_label_values(&[d.as_str(), reason]);
             }
         }
+        metrics.tunnels.with_label_values(&["outbound", "connect"]);
         metrics
     }
 

@@ -52,6 +52,9 @@ pub struct OutboundTlsConfig {
 }
 
 /// `breakwater_tls_*` families.
+/// How a handshake ended, the `result` label of `breakwater_tls_handshakes_total`.
+const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "certificate-error"];
+
 #[derive(Clone)]
 pub struct TlsMetrics {
     handshakes: IntCounterVec,
@@ -80,6 +83,12 @@ impl TlsMetrics {
                 &["cert"],
             ),
         );
+        // At zero from start-up, as every closed label set (see metrics.rs).
+        for direction in ["inbound", "outbound"] {
+            for result in HANDSHAKE_RESULTS {
+                handshakes.with_label_values(&[direction, result]);
+            }
+        }
         TlsMetrics { handshakes, expiry }
     }
 

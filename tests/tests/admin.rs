@@ -177,6 +177,21 @@ async fn closed_label_sets_start_at_zero() {
         let series = format!(r#"breakwater_app_health_transitions_total{{to="{to}"}}"#);
         assert!(sample(&fresh, &series).is_some(), "{series}:\n{fresh}");
     }
+    for direction in ["inbound", "outbound"] {
+        for reason in breakwater::metrics::CLIENT_ERROR_REASONS {
+            let series = format!(
+                r#"breakwater_client_errors_total{{direction="{direction}",reason="{reason}"}}"#
+            );
+            assert_eq!(sample(&fresh, &series), Some(0.0), "{series}:\n{fresh}");
+        }
+    }
+    let tunnels = r#"breakwater_tunnels_total{direction="outbound",kind="connect"}"#;
+    assert_eq!(sample(&fresh, tunnels), Some(0.0), "{fresh}");
+    for result in ["ok", "failed", "certificate-error"] {
+        let series =
+            format!(r#"breakwater_tls_handshakes_total{{direction="inbound",result="{result}"}}"#);
+        assert_eq!(sample(&fresh, &series), Some(0.0), "{series}:\n{fresh}");
+    }
 
     let dest = app.addr.to_string();
     assert_eq!(get_via(&c, &proxy, &dest, "/").await.status, 200);
