@@ -19,8 +19,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use breakwater::forward::headers;
 use breakwater::metrics::{Direction, Metrics};
+use breakwater::transport::headers;
 use breakwater::{Config, Proxy};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};

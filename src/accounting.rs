@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::error::ProxyError;
 use std::time::Instant;
 
 use crate::listener::activity::ConnActivity;
 use crate::metrics::{DestinationMetrics, Direction};
-use crate::policy::bulkhead::{BulkheadPermit, Refusal};
-use crate::upstream::DestinationState;
+use crate::policy::bulkhead::BulkheadPermit;
 
 /// The status recorded when the client went away before a response existed
 /// (nginx's convention, which dashboards already know).
@@ -82,28 +80,6 @@ impl InFlight {
         if let Some(a) = self.access.as_deref_mut() {
             a.broken_body = true;
         }
-    }
-}
-
-/// Takes a slot in the destination's bulkhead (if it has one), waiting in its
-/// queue if allowed; the refusal says which limit was hit.
-pub async fn take_slot(
-    state: &DestinationState,
-    in_flight: &mut InFlight,
-) -> Result<(), ProxyError> {
-    let Some(bulkhead) = &state.bulkhead else {
-        return Ok(());
-    };
-    let slot = bulkhead.acquire().await;
-    // Sampled as requests pass: the gauge lags, /upstreams is exact.
-    state.metrics.queued.set(bulkhead.queued() as i64);
-    match slot {
-        Ok(slot) => {
-            in_flight.hold_slot(slot);
-            Ok(())
-        }
-        Err(Refusal::Full) => Err(ProxyError::BulkheadFull(state.dest.to_string())),
-        Err(Refusal::QueueTimeout) => Err(ProxyError::QueueTimeout(state.dest.to_string())),
     }
 }
 

@@ -47,15 +47,6 @@ pub struct RunReport {
     pub abandoned: usize,
 }
 
-/// How every destination keeps its endpoints.
-pub fn endpoint_settings(config: &Config) -> EndpointSettings {
-    EndpointSettings {
-        idle_timeout: config.upstream_idle_timeout,
-        dns_ttl: config.dns_ttl,
-        tls: None,
-    }
-}
-
 /// The effective configuration as JSON, for `/config` and `run --check`: the
 /// flags, and under `policies` the policy each `--route` results in.
 pub fn describe(config: &Config) -> String {
@@ -174,8 +165,7 @@ impl Proxy {
         let health = Arc::new(AppHealth::new());
 
         let routes = Arc::new(RouteTable::new(&config));
-        let out_connector =
-            Connector::new(config.dns_ttl, config.connect_timeout, Some(routes.clone()));
+        let out_connector = Connector::new(config.dns_ttl);
         let out_stack = Arc::new(Outbound::new(
             &config,
             Forwarder::new(Arc::new(out_connector)),
@@ -186,14 +176,14 @@ impl Proxy {
                 config.metrics_max_destinations,
                 EndpointSettings {
                     tls: outbound_tls,
-                    ..endpoint_settings(&config)
+                    ..EndpointSettings::from_config(&config)
                 },
             )),
             metrics.clone(),
             addrs.outbound,
             outbound_watch.clone(),
         ));
-        let in_connector = Connector::new(config.dns_ttl, config.connect_timeout, None);
+        let in_connector = Connector::new(config.dns_ttl);
         let in_stack = Arc::new(Inbound::new(
             &config,
             Forwarder::new(Arc::new(in_connector)),

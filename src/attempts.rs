@@ -18,13 +18,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::units::format_duration;
 use crate::error::ProxyError;
-use crate::forward::client_body::{BodyWatch, ClientBody};
-use crate::forward::replay::ReplayBody;
 use crate::forward::{Failed, Forwarder, Hold, Sent};
 use crate::policy::deadline;
 use crate::policy::retry::{self, Outcome};
+use crate::transport::client_body::{BodyWatch, ClientBody};
+use crate::transport::replay::ReplayBody;
+use crate::units::format_duration;
 use crate::upstream::DestinationState;
 
 /// Which attempt this is, on every request sent upstream (1 for the first).

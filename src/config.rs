@@ -3,7 +3,8 @@
 
 pub mod cli;
 pub mod route;
-pub mod units;
+pub mod tls;
+pub use crate::units;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -55,8 +56,8 @@ pub struct Config {
     pub dns_ttl: Duration,
     pub metrics_max_destinations: usize,
     /// `--inbound-tls-*`: `None` serves plain HTTP.
-    pub inbound_tls: Option<crate::tls::InboundTlsConfig>,
-    pub outbound_tls: crate::tls::OutboundTlsConfig,
+    pub inbound_tls: Option<tls::InboundTlsConfig>,
+    pub outbound_tls: tls::OutboundTlsConfig,
     /// Combinations that work but do not do what they seem to, logged at start-up.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -181,7 +182,7 @@ impl Config {
             queue_timeout: q.inbound_queue_timeout,
         });
         let inbound_tls = match (args.inbound_tls_cert, args.inbound_tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::InboundTlsConfig {
+            (Some(cert), Some(key)) => Some(tls::InboundTlsConfig {
                 cert,
                 key,
                 client_ca: args.inbound_tls_client_ca,
@@ -225,7 +226,7 @@ impl Config {
                 "is not a valid header name",
             ));
         }
-        let outbound_tls = crate::tls::OutboundTlsConfig {
+        let outbound_tls = tls::OutboundTlsConfig {
             ca: args.outbound_tls_ca,
             cert: args.outbound_tls_cert,
             key: args.outbound_tls_key,
@@ -296,10 +297,7 @@ impl Config {
     /// The defaults of every flag, with all three listeners and the app on loopback
     /// port 0: what tests and the demo start from.
     pub fn loopback() -> Self {
-        use clap::Parser;
-        let cli = cli::Cli::parse_from([
-            "breakwater",
-            "run",
+        let args = cli::parse_run_args([
             "--inbound-addr=127.0.0.1:0",
             "--outbound-addr=127.0.0.1:0",
             "--admin-addr=127.0.0.1:0",
@@ -307,11 +305,9 @@ impl Config {
             "--threads=1",
             // Nothing routes to a loopback proxy through endpoints: no delay.
             "--drain-delay=0s",
-        ]);
-        let cli::Command::Run(args) = cli.command else {
-            unreachable!("parsed a run command")
-        };
-        Config::from_args(*args).expect("defaults are valid")
+        ])
+        .expect("the loopback flags parse");
+        Config::from_args(args).expect("defaults are valid")
     }
 }
 
@@ -324,16 +320,10 @@ pub fn available_cpus() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     fn parse(extra: &[&str]) -> Result<Config, String> {
-        let mut argv = vec!["breakwater", "run"];
-        argv.extend_from_slice(extra);
-        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let cli::Command::Run(args) = cli.command else {
-            unreachable!()
-        };
-        Config::from_args(*args).map_err(|e| e.to_string())
+        let args = cli::parse_run_args(extra).map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::upstream::RouteTable;
 use dns::DnsCache;
 
 /// Why a TCP connection to an upstream could not be made.
@@ -24,33 +23,17 @@ pub enum ConnectError {
     Io(#[from] io::Error),
 }
 
-/// Resolves and connects; shared by the pooled clients and CONNECT tunnels.
+/// Resolves and connects; shared by the pooled clients and CONNECT tunnels. It
+/// knows no routes: each caller says how long a connect may take.
 pub struct Connector {
     dns: DnsCache,
-    routes: Option<Arc<RouteTable>>,
-    connect_timeout: Duration,
 }
 
 impl Connector {
-    /// `routes` gives per-destination connect timeouts (outbound); without it, every
-    /// connection uses `connect_timeout` (inbound, to the app).
-    pub fn new(
-        dns_ttl: Duration,
-        connect_timeout: Duration,
-        routes: Option<Arc<RouteTable>>,
-    ) -> Self {
+    pub fn new(dns_ttl: Duration) -> Self {
         Connector {
             dns: DnsCache::new(dns_ttl),
-            routes,
-            connect_timeout,
         }
-    }
-
-    fn timeout_for(&self, host: &str, port: u16) -> Duration {
-        self.routes
-            .as_ref()
-            .and_then(|r| r.connect_timeout_for(host, port))
-            .unwrap_or(self.connect_timeout)
     }
 
     /// The addresses of `host` (an address literal is its own answer).
@@ -64,10 +47,14 @@ impl Connector {
             })
     }
 
-    /// Connects to `host:port`, trying each resolved address in turn within one
-    /// connect timeout.
-    pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
-        let timeout = self.timeout_for(host, port);
+    /// Connects to `host:port`, trying each resolved address in turn within
+    /// `timeout` in all.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let attempt = async {
             let addrs = self
                 .dns

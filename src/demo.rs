@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::cli::DemoArgs;
-use crate::config::units::format_duration;
+use crate::units::format_duration;
 use crate::{Config, Proxy};
 use load::{Results, Route};
 

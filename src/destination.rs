@@ -1,70 +1,11 @@
-//! Where an outbound request is going: the `Destination` newtype and the rule that
-//! finds it in a request (absolute-form target, else `Host`).
-
-use std::fmt;
+//! Where an outbound request is going: the rule that finds its
+//! [`Destination`] in a request (absolute-form target, else `Host`).
 
 use http::uri::{Authority, Scheme};
 use http::{Request, header};
 
+pub use crate::addr::Destination;
 use crate::error::ProxyError;
-
-/// A host and port an outbound request goes to, host lower-cased, as routes and
-/// metrics name it. IPv6 hosts are kept without brackets.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Destination {
-    host: Box<str>,
-    port: u16,
-}
-
-impl Destination {
-    pub fn new(host: &str, port: u16) -> Self {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        Destination {
-            host: host.to_ascii_lowercase().into_boxed_str(),
-            port,
-        }
-    }
-
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Whether this is `host:port` already, without allocating: the per-connection
-    /// cache compares every request's target with its last destination.
-    pub fn is(&self, host: &str, port: u16) -> bool {
-        self.port == port && self.host.eq_ignore_ascii_case(strip_brackets(host))
-    }
-
-    /// The `host:port` authority used in upstream URIs (brackets around IPv6).
-    pub fn authority(&self) -> Authority {
-        let text = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        // A Destination is only built from an authority that parsed, so this holds;
-        // the fallback keeps a surprise from becoming a panic.
-        Authority::try_from(text).unwrap_or_else(|_| Authority::from_static("invalid:0"))
-    }
-}
-
-impl fmt::Display for Destination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-fn strip_brackets(host: &str) -> &str {
-    host.trim_start_matches('[').trim_end_matches(']')
-}
 
 /// The target of an outbound request, borrowed from it: `(host, port)`.
 ///

@@ -1,12 +1,8 @@
-//! `ProxyError`, every way breakwater can fail a request, and [`rescue`], the one
-//! place that turns a failure into the response the client sees.
-//!
-//! A response breakwater makes itself always carries `x-breakwater-reason` and a
-//! one-line plain-text body saying why; a response from the upstream never does.
+//! `ProxyError`, every way breakwater can fail a request, with its status and
+//! `x-breakwater-reason`. The vocabulary only: [`crate::rescue`] turns one into
+//! the response the client sees. A leaf: it imports nothing of breakwater's.
 
-use http::{HeaderValue, Response, StatusCode, header};
-
-use crate::body::ProxyBody;
+use http::StatusCode;
 
 /// The header that marks a response breakwater made itself, and says why.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
@@ -115,72 +111,6 @@ impl ProxyError {
     }
 }
 
-/// `grpc-status` UNAVAILABLE: what a gRPC client's own transport reports for a
-/// peer it cannot use, so client code already handles it.
-const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
-
-/// The response for a request breakwater could not complete.
-pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
-    if let ProxyError::Protocol { grpc: true, .. } = err {
-        return grpc_rescue(err);
-    }
-    let body = format!("breakwater: {err}\n");
-    let mut resp = Response::new(ProxyBody::local(body.into()));
-    *resp.status_mut() = err.status();
-    let headers = resp.headers_mut();
-    headers.insert(REASON_HEADER, HeaderValue::from_static(err.reason()));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let ProxyError::CircuitOpen { retry_after, .. } = err {
-        // When the next probe may go: clients that honour it come back then.
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after_secs(*retry_after)),
-        );
-    }
-    if err.status().is_client_error() {
-        // The client sent something we will not forward; do not trust the rest of
-        // its byte stream either.
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-/// A trailers-only gRPC answer (HTTP 200, no body): gRPC clients show
-/// `grpc-message` to the application, where an HTTP 502 would become a bare
-/// `UNAVAILABLE` that names no reason.
-fn grpc_rescue(err: &ProxyError) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::empty());
-    let headers = resp.headers_mut();
-    headers.insert(REASON_HEADER, HeaderValue::from_static(err.reason()));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", GRPC_UNAVAILABLE);
-    let message = percent_encode(&format!("breakwater: {err}"));
-    if let Ok(v) = HeaderValue::from_str(&message) {
-        headers.insert("grpc-message", v);
-    }
-    resp
-}
-
-/// `grpc-message` encoding: printable ASCII but `%` as is, the rest as `%XX`
-/// of its UTF-8 bytes (gRPC over HTTP/2, "Responses").
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The error and its causes, joined: "connection closed before message completed".
 pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![err.to_string()];
@@ -196,7 +126,7 @@ pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Whole seconds, rounded up, at least one: `Retry-After` has no fractions.
-fn retry_after_secs(d: std::time::Duration) -> u64 {
+pub(crate) fn retry_after_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 
@@ -205,46 +135,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_failure_says_why_in_header_and_body() {
-        let err = ProxyError::ConnectFailure {
-            dest: "payments:8080".into(),
-            cause: "connection refused".into(),
-        };
-        let resp = rescue(&err);
-        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(resp.headers()[REASON_HEADER], "connect-failure");
+    fn statuses_and_reasons() {
         let timeout = ProxyError::Timeout {
             dest: "x:80".into(),
             after: "2s".into(),
         };
-        assert_eq!(rescue(&timeout).status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(
-            rescue(&ProxyError::NoRoute("none")).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-    }
-
-    #[test]
-    fn a_grpc_client_gets_a_grpc_status_that_names_the_reason() {
-        let endpoint = "127.0.0.1:9".parse().unwrap();
-        let grpc = ProxyError::Protocol {
-            dest: "app:8080".into(),
-            endpoint,
-            grpc: true,
-        };
-        let resp = rescue(&grpc);
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(resp.headers()["grpc-status"], "14");
-        assert_eq!(resp.headers()["content-type"], "application/grpc");
-        assert_eq!(resp.headers()[REASON_HEADER], "protocol");
-        let message = resp.headers()["grpc-message"].to_str().unwrap();
-        assert!(message.contains("does not speak HTTP/2"), "{message}");
-        let plain = ProxyError::Protocol {
-            dest: "app:8080".into(),
-            endpoint,
-            grpc: false,
-        };
-        assert_eq!(rescue(&plain).status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.reason(), "timeout");
+        assert!(ProxyError::MalformedBody(String::new()).is_client_fault());
+        assert_eq!(retry_after_secs(std::time::Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(std::time::Duration::ZERO), 1);
     }
 }

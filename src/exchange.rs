@@ -1,6 +1,7 @@
 //! The part of proxying a request that both directions share: header hygiene,
-//! the upstream URI, the deadline, protocol upgrades, and turning the outcome into
-//! the client's response with its [`InFlight`] guard attached.
+//! the upstream URI, the deadline, the destination's bulkhead slot, protocol
+//! upgrades, and turning the outcome into the client's response with its
+//! [`InFlight`] guard attached.
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
@@ -8,16 +9,18 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-use crate::accounting;
 use crate::accounting::{AccessEntry, InFlight};
 use crate::attempts;
 use crate::body::ProxyBody;
 use crate::drain::DrainWatch;
-use crate::error::{ProxyError, rescue};
-use crate::forward::client_body::ClientBody;
-use crate::forward::{Forwarder, headers};
+use crate::error::ProxyError;
+use crate::forward::Forwarder;
 use crate::metrics::Direction;
+use crate::policy::bulkhead::Refusal;
 use crate::policy::deadline;
+use crate::rescue::rescue;
+use crate::transport::client_body::ClientBody;
+use crate::transport::headers;
 use crate::tunnel;
 use crate::upstream::DestinationState;
 
@@ -102,7 +105,7 @@ pub async fn send(
         Some(theirs) => theirs.min(state.policy.timeout),
         None => state.policy.timeout,
     };
-    if let Err(e) = accounting::take_slot(state, &mut in_flight).await {
+    if let Err(e) = take_slot(state, &mut in_flight).await {
         let unread = body_unread(&req);
         return fail(e, in_flight, unread);
     }
@@ -146,6 +149,28 @@ pub async fn send(
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
     in_flight.set_status(resp.status().as_u16());
     resp.map(|body| ProxyBody::upstream(body, first, hold).with_in_flight(in_flight))
+}
+
+/// Takes a slot in the destination's bulkhead (if it has one), waiting in its
+/// queue if allowed; the refusal says which limit was hit.
+pub async fn take_slot(
+    state: &DestinationState,
+    in_flight: &mut InFlight,
+) -> Result<(), ProxyError> {
+    let Some(bulkhead) = &state.bulkhead else {
+        return Ok(());
+    };
+    let slot = bulkhead.acquire().await;
+    // Sampled as requests pass: the gauge lags, /upstreams is exact.
+    state.metrics.queued.set(bulkhead.queued() as i64);
+    match slot {
+        Ok(slot) => {
+            in_flight.hold_slot(slot);
+            Ok(())
+        }
+        Err(Refusal::Full) => Err(ProxyError::BulkheadFull(state.dest.to_string())),
+        Err(Refusal::QueueTimeout) => Err(ProxyError::QueueTimeout(state.dest.to_string())),
+    }
 }
 
 /// Feeds `--max-concurrent auto`: the time to the response head, the load it was

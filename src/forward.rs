@@ -2,14 +2,9 @@
 //! pooled HTTP/1.1 or HTTP/2 connection, and classify what went wrong in the
 //! terms of `x-breakwater-reason`.
 
-pub mod client_body;
-pub mod headers;
-pub mod pool;
-pub mod replay;
-pub mod speaks;
-
-use crate::error::causes;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -17,17 +12,15 @@ use tokio::time::Instant;
 
 use crate::config::Protocol;
 use crate::connect::Connector;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, causes};
 use crate::policy::balance::may_eject;
 use crate::policy::breaker::{CircuitState, Transition};
+use crate::transport::client_body::{BodyWatch, ClientFault};
+use crate::transport::pool::{Lease, SendError};
+use crate::transport::replay::ReplayBody;
 use crate::upstream::DestinationState;
 use crate::upstream::endpoint::{self, Endpoint, EndpointGuard};
 use crate::upstream::reconnect;
-use client_body::{BodyWatch, ClientFault};
-use pool::{Lease, SendError};
-use replay::ReplayBody;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// Sends attempts to destinations' endpoints.
 pub struct Forwarder {
@@ -256,9 +249,9 @@ fn client_fault<T>(
     match watch.fault() {
         Some(ClientFault::Malformed) => Some(ProxyError::MalformedBody(watch.cause().into())),
         Some(ClientFault::Gone) => Some(ProxyError::ClientGone(watch.cause().into())),
-        None if waited_on_client => Some(ProxyError::ClientTimeout(
-            crate::config::units::format_duration(per_try),
-        )),
+        None if waited_on_client => Some(ProxyError::ClientTimeout(crate::units::format_duration(
+            per_try,
+        ))),
         None => None,
     }
 }

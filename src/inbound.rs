@@ -13,12 +13,13 @@ use crate::config::Config;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
-use crate::forward::{Forwarder, headers};
+use crate::forward::Forwarder;
 use crate::health::{AppHealth, HealthState};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::policy::retry::RetryOn;
-use crate::upstream::{DestinationState, Registry, RoutePolicy, RouteTable};
+use crate::transport::headers;
+use crate::upstream::{DestinationState, LastDestination, Registry, RoutePolicy, RouteTable};
 
 pub struct Inbound {
     forwarder: Forwarder,
@@ -75,7 +76,7 @@ impl Inbound {
             table,
             metrics.clone(),
             config.metrics_max_destinations,
-            crate::app::endpoint_settings(config),
+            crate::upstream::EndpointSettings::from_config(config),
         ));
         let app_ip = config.app_addr.ip().to_string();
         Inbound {
@@ -98,23 +99,15 @@ impl Inbound {
 
     /// The app on the port the client targeted: `--app-addr`, or for a connection
     /// redirected by iptables, the app's address with the original port.
-    fn target(&self, conn: &ClientConn) -> Arc<DestinationState> {
+    fn target(&self, conn: &ClientConn<LastDestination>) -> Arc<DestinationState> {
         let port = match conn.orig_dst {
             Some(orig) if orig.port() != self.app_addr.port() => orig.port(),
             _ => return self.app.clone(),
         };
-        let mut last = conn
-            .last_destination
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = last.as_ref()
-            && state.dest.port() == port
-        {
-            return state.clone();
-        }
-        let state = self.ports.get(&self.app_ip, port);
-        *last = Some(state.clone());
-        state
+        conn.state.get_or(
+            |last| last.dest.port() == port,
+            || self.ports.get(&self.app_ip, port),
+        )
     }
 
     /// The app's destinations, for `/upstreams`.
@@ -127,7 +120,7 @@ impl Inbound {
     /// since each layer of future would be another copy of it per request.
     async fn serve(
         self: Arc<Self>,
-        conn: Arc<ClientConn>,
+        conn: Arc<ClientConn<LastDestination>>,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -179,9 +172,12 @@ impl Inbound {
 }
 
 impl Handler for Inbound {
+    type Body = ProxyBody;
+    type ConnState = LastDestination;
+
     fn handle(
         self: Arc<Self>,
-        conn: Arc<ClientConn>,
+        conn: Arc<ClientConn<LastDestination>>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         self.serve(conn, req)

@@ -3,17 +3,24 @@
 //! A request's path, outermost first (see README's lifecycle diagram):
 //! [`listener`] accepts and serves HTTP/1.1 and HTTP/2 → [`inbound`] or
 //! [`outbound`] decides where it goes and under which policy → [`exchange`] applies
-//! the deadline and header hygiene → [`forward`] sends one attempt over a pooled
-//! connection → [`body`] streams the answer back, carrying the request's
-//! [`accounting::InFlight`] guard until the last byte.
+//! the deadline, header hygiene and the bulkhead → [`attempts`] retries →
+//! [`forward`] sends one attempt over a [`transport`] connection → [`body`] streams
+//! the answer back, carrying the request's [`accounting::InFlight`] guard until
+//! the last byte; [`rescue`] answers for a request that failed.
+//!
+//! The modules are in layers (README, "Architecture"; enforced by
+//! `tests/tests/layers.rs`): leaves, policies, configuration, mechanism,
+//! per-destination state, pipeline, wiring.
 
 #![forbid(unsafe_code)]
 
 pub mod accounting;
+pub mod addr;
 pub mod admin;
 pub mod app;
 pub mod attempts;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod demo;
@@ -30,9 +37,12 @@ pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod rescue;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 pub mod tunnel;
+pub mod units;
 pub mod upstream;
 
 pub use app::{BoundAddrs, Proxy, RunReport};

@@ -21,7 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::body::ProxyBody;
 use crate::config::Limits;
 use crate::drain::DrainWatch;
 use crate::interception::{self, detect, relay};
@@ -54,21 +53,31 @@ impl<F: Future> Future for NeverFails<F> {
     }
 }
 
-/// What a listener hands each request to.
+/// What a listener hands each request to. The listener is mechanism: what the
+/// handler answers with and keeps per connection are its own types.
 pub trait Handler: Send + Sync + 'static {
+    /// The response body.
+    type Body: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static;
+    /// What the handler keeps for each connection (a cache of its last
+    /// destination, say), made when the connection is accepted.
+    type ConnState: Default + Send + Sync + 'static;
+
     fn handle(
         self: Arc<Self>,
-        conn: Arc<ClientConn>,
+        conn: Arc<ClientConn<Self::ConnState>>,
         req: Request<Incoming>,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
 
     /// Where an opaque (non-HTTP) redirected connection is relayed, given where it
     /// was headed.
     fn relay_target(&self, orig_dst: SocketAddr) -> SocketAddr;
 }
 
-/// One accepted client connection, as its requests see it.
-pub struct ClientConn {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One accepted client connection, as its requests see it; `S` is what the
+/// handler keeps for it.
+pub struct ClientConn<S = ()> {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once for `X-Forwarded-For`.
     pub peer_ip: http::HeaderValue,
@@ -77,9 +86,8 @@ pub struct ClientConn {
     /// `orig_dst`'s IP as text, made once for destination lookups.
     pub orig_dst_host: Option<String>,
     pub activity: Arc<ConnActivity>,
-    /// The last destination this connection's requests went to; most connections
-    /// talk to one, so this spares the shared registry a lookup per request.
-    pub last_destination: std::sync::Mutex<Option<Arc<crate::upstream::DestinationState>>>,
+    /// The handler's own state for this connection ([`Handler::ConnState`]).
+    pub state: S,
     /// The connection is TLS (terminated here).
     pub tls: bool,
     /// The identity in the client's verified certificate (mutual TLS).
@@ -354,7 +362,7 @@ async fn serve_http<H: Handler, I>(
         orig_dst,
         orig_dst_host: orig_dst.map(|o| o.ip().to_string()),
         activity: activity.clone(),
-        last_destination: std::sync::Mutex::new(None),
+        state: H::ConnState::default(),
         tls: tls.is_some(),
         identity: tls.flatten(),
     });

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use breakwater::config::cli::{Cli, Command, RunArgs};
+use breakwater::cli::{Cli, Command};
+use breakwater::config::cli::RunArgs;
 use breakwater::{Config, Proxy, demo, telemetry};
 use clap::Parser;
 

@@ -1,10 +1,15 @@
 //! The outbound stack: traffic from the app to its dependencies. This is the
 //! pipeline, in order:
 //!
-//! 1. destination: absolute-form target, else `Host` (`destination::target_of`)
+//! 1. destination: absolute-form target, else `Host` (`destination::target_of`),
+//!    else the original destination of a redirected connection
 //! 2. route policy: global flags, overridden by the first matching `--route`
-//! 3. deadline (`timeout`), until the response headers
-//! 4. forward over a pooled HTTP/1.1 or HTTP/2 connection
+//!    (resolved once per destination, in `upstream`)
+//! 3. `exchange`: deadline (`timeout`, until the response headers), the
+//!    destination's bulkhead slot
+//! 4. `attempts`: the retry loop, with the destination's retry budget
+//! 5. `forward`: per attempt, an endpoint whose breaker admits it, over a pooled
+//!    HTTP/1.1 or HTTP/2 connection (`transport`)
 //!
 //! `CONNECT host:port` skips the HTTP steps and becomes a TCP tunnel.
 
@@ -22,11 +27,12 @@ use crate::destination;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
-use crate::forward::{Forwarder, headers};
+use crate::forward::Forwarder;
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::transport::headers;
 use crate::tunnel;
-use crate::upstream::{DestinationState, Registry};
+use crate::upstream::{DestinationState, LastDestination, Registry};
 
 pub struct Outbound {
     forwarder: Forwarder,
@@ -73,7 +79,7 @@ impl Outbound {
     /// each layer of future would be another copy of it per request.
     async fn serve(
         self: Arc<Self>,
-        conn: Arc<ClientConn>,
+        conn: Arc<ClientConn<LastDestination>>,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -114,7 +120,7 @@ impl Outbound {
     /// Finds the destination's state, from the connection's last one when it is the same.
     fn destination(
         &self,
-        conn: &ClientConn,
+        conn: &ClientConn<LastDestination>,
         req: &Request<Incoming>,
     ) -> Result<Arc<DestinationState>, ProxyError> {
         // A redirected connection goes where the app sent it, unless the request
@@ -130,18 +136,10 @@ impl Outbound {
                 "the destination is breakwater's own outbound listener",
             ));
         }
-        let mut last = conn
-            .last_destination
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = last.as_ref()
-            && state.dest.is(host, port)
-        {
-            return Ok(state.clone());
-        }
-        let state = self.registry.get(host, port);
-        *last = Some(state.clone());
-        Ok(state)
+        Ok(conn.state.get_or(
+            |last| last.dest.is(host, port),
+            || self.registry.get(host, port),
+        ))
     }
 
     fn is_own_listener(&self, host: &str, port: u16) -> bool {
@@ -169,7 +167,11 @@ impl Outbound {
         }
         let connector = self.forwarder.connector();
         match connector
-            .connect(state.dest.host(), state.dest.port())
+            .connect(
+                state.dest.host(),
+                state.dest.port(),
+                state.policy.connect_timeout,
+            )
             .await
         {
             Ok(upstream) => {
@@ -194,9 +196,12 @@ impl Outbound {
 }
 
 impl Handler for Outbound {
+    type Body = ProxyBody;
+    type ConnState = LastDestination;
+
     fn handle(
         self: Arc<Self>,
-        conn: Arc<ClientConn>,
+        conn: Arc<ClientConn<LastDestination>>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         self.serve(conn, req)

@@ -15,7 +15,6 @@ use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Serialize;
 use tracing::{info, warn};
 
 mod client;
@@ -30,31 +29,12 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const ALPN_H2: &[u8] = b"h2";
 const ALPN_H1: &[u8] = b"http/1.1";
 
-/// `--inbound-tls-*`: TLS termination on the inbound listener.
-#[derive(Clone, Debug, Serialize)]
-pub struct InboundTlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Mutual TLS: clients must present a certificate signed by this CA.
-    pub client_ca: Option<PathBuf>,
-    /// The header that carries the verified client identity to the app.
-    pub identity_header: Option<String>,
-}
+pub use crate::config::tls::{InboundTlsConfig, OutboundTlsConfig};
 
-/// `--outbound-tls-*`: how breakwater originates TLS (`--route HOST,tls=true`).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct OutboundTlsConfig {
-    /// Verify upstreams against this CA instead of the system roots.
-    pub ca: Option<PathBuf>,
-    /// A client certificate and key for mutual TLS.
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-/// `breakwater_tls_*` families.
 /// How a handshake ended, the `result` label of `breakwater_tls_handshakes_total`.
 const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "certificate-error"];
 
+/// `breakwater_tls_*` families.
 #[derive(Clone)]
 pub struct TlsMetrics {
     handshakes: IntCounterVec,

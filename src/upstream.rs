@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
+use crate::addr::Destination;
 use crate::config::{BreakerConfig, BulkheadPolicy, Config, Protocol, RetryPolicy, RouteOverride};
-use crate::destination::Destination;
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
 use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
@@ -26,9 +26,9 @@ use std::sync::atomic::AtomicUsize;
 /// first matching `--route`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RoutePolicy {
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub timeout: Duration,
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub connect_timeout: Duration,
     pub protocol: Protocol,
     pub retry: RetryPolicy,
@@ -127,14 +127,31 @@ impl RouteTable {
         }
         policy
     }
+}
 
-    /// Only the connect timeout, for a connector that knows host and port.
-    pub fn connect_timeout_for(&self, host: &str, port: u16) -> Option<Duration> {
-        let dest = Destination::new(host, port);
-        self.routes
-            .iter()
-            .find(|r| r.matches(&dest))
-            .and_then(|r| r.connect_timeout)
+/// The last destination a client connection's requests went to: most
+/// connections talk to one, so this spares the shared registry a lookup per
+/// request. Kept by the listener for each connection ([`crate::listener::Handler::ConnState`]).
+#[derive(Default)]
+pub struct LastDestination(std::sync::Mutex<Option<Arc<DestinationState>>>);
+
+impl LastDestination {
+    /// The last destination if `is_it` says it is the one wanted, else the one
+    /// `find` gives, remembered for the next request.
+    pub fn get_or(
+        &self,
+        is_it: impl FnOnce(&DestinationState) -> bool,
+        find: impl FnOnce() -> Arc<DestinationState>,
+    ) -> Arc<DestinationState> {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = last.as_ref()
+            && is_it(state)
+        {
+            return state.clone();
+        }
+        let state = find();
+        *last = Some(state.clone());
+        state
     }
 }
 
@@ -181,6 +198,17 @@ pub struct EndpointSettings {
     pub dns_ttl: Duration,
     /// Outbound TLS, for routes with `tls=true`.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+}
+
+impl EndpointSettings {
+    /// What the flags say; outbound adds its TLS client.
+    pub fn from_config(config: &Config) -> Self {
+        EndpointSettings {
+            idle_timeout: config.upstream_idle_timeout,
+            dns_ttl: config.dns_ttl,
+            tls: None,
+        }
+    }
 }
 
 impl DestinationState {
@@ -330,7 +358,7 @@ mod tests {
             Arc::new(RouteTable::new(&config)),
             Arc::new(Metrics::new()),
             max,
-            crate::app::endpoint_settings(&config),
+            EndpointSettings::from_config(&config),
         )
     }
 

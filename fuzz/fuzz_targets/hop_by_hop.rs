@@ -5,7 +5,7 @@
 //! panics, and only HTTP/1.1 upgrades.
 #![no_main]
 
-use breakwater::forward::headers::{is_upgrade, strip_hop_by_hop};
+use breakwater::transport::headers::{is_upgrade, strip_hop_by_hop};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;

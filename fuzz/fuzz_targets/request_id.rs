@@ -3,7 +3,7 @@
 //! and a request without one leaves with a fresh 32-hex `x-request-id`.
 #![no_main]
 
-use breakwater::forward::headers::{X_REQUEST_ID, ensure_request_id, request_id};
+use breakwater::transport::headers::{X_REQUEST_ID, ensure_request_id, request_id};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;

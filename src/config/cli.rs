@@ -1,4 +1,5 @@
-//! The command line: clap definitions of every subcommand and flag.
+//! The flags of `breakwater run` (and `demo`, `init-iptables`), as clap reads them;
+//! the command itself is in [`crate::cli`].
 //!
 //! Flag names are a contract (see DESIGN.md): the Helm chart, the README and users
 //! rely on them. Each flag of `run` can also be set by `BREAKWATER_<FLAG>`.
@@ -6,47 +7,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser};
 
 use super::route::RouteOverride;
-use super::units::{
-    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
-};
-use crate::interception::iptables::Cidr;
+use crate::addr::Cidr;
 use crate::policy::limits::ConcurrencyLimit;
 use crate::policy::retry::RetryOn;
+use crate::units::{
+    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
+};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "breakwater",
-    version,
-    about = "A sidecar resilience proxy for HTTP."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the proxy.
-    Run(Box<RunArgs>),
-    /// Show breakwater in front of a flaky service, on loopback, in about ten seconds.
-    Demo(DemoArgs),
-    /// Redirect the pod's TCP traffic to breakwater with iptables (an init container).
-    ///
-    /// Applies the rules idempotently; --clean removes them, --dry-run prints them.
-    InitIptables(InitIptablesArgs),
-    /// Add breakwater to the pods in Kubernetes YAML read from stdin; write it to stdout.
-    Inject(crate::inject::InjectArgs),
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Flags of `breakwater run`, as typed; [`super::Config`] is what they mean once validated.
 #[derive(Args, Debug, Clone)]
@@ -461,4 +432,24 @@ pub struct DemoArgs {
     /// Concurrent client connections driving load.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+}
+
+/// `breakwater run`'s flags alone, for callers that hold them without the rest
+/// of the command line (the loopback defaults, tests).
+#[derive(Parser, Debug)]
+#[command(name = "breakwater run")]
+struct RunOnly {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+/// Parses `run` flags (`args` without the program or subcommand name).
+pub fn parse_run_args<I, T>(args: I) -> Result<RunArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let argv = std::iter::once(std::ffi::OsString::from("breakwater-run"))
+        .chain(args.into_iter().map(Into::into));
+    RunOnly::try_parse_from(argv).map(|r| r.args)
 }

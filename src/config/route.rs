@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::units::{
-    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
-    serialize_opt_duration,
-};
-use crate::destination::Destination;
+use crate::addr::Destination;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
 use crate::policy::retry::{RetryOn, RetryPolicy};
+use crate::units::{
+    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
+    serialize_opt_duration,
+};
 
 /// Which HTTP version breakwater speaks to an upstream or the app.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -216,6 +216,12 @@ impl RouteOverride {
             return Err("a route starts with HOST[:PORT], e.g. payments:8080,timeout=2s".into());
         }
         let (host, port) = split_host_port(target)?;
+        if host.is_empty() {
+            // `:8080` or `[]` would match no destination, silently.
+            return Err(format!(
+                "'{target}' names no host: HOST[:PORT], e.g. payments:8080"
+            ));
+        }
         let mut route = RouteOverride {
             host,
             port,
@@ -338,6 +344,10 @@ mod tests {
 
     #[test]
     fn parses_the_contract_example_keys() {
+        for nameless in [":8080", "[]", "[]:80"] {
+            let e = RouteOverride::parse(nameless).expect_err(nameless);
+            assert!(e.contains("names no host"), "{e}");
+        }
         let r = RouteOverride::parse("payments:8080,timeout=2s,protocol=h2").unwrap();
         assert_eq!(r.host, "payments");
         assert_eq!(r.port, Some(8080));

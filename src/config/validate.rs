@@ -9,8 +9,8 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use super::units::format_duration;
 use super::{BreakerConfig, BulkheadPolicy, Config, ConfigError, RetryPolicy, RouteOverride};
+use crate::units::format_duration;
 
 /// The policy of one scope: the flags alone, or a route merged over them.
 struct Effective {
@@ -154,17 +154,11 @@ fn rules(scope: &Scope, p: &Effective, warnings: &mut Vec<String>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::super::cli;
-    use clap::Parser;
 
     /// `run ARGS` through the whole of start-up validation: the error, or the warnings.
     fn check(args: &[&str]) -> Result<Vec<String>, String> {
-        let mut argv = vec!["breakwater", "run"];
-        argv.extend_from_slice(args);
-        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let cli::Command::Run(args) = cli.command else {
-            unreachable!("parsed a run command")
-        };
-        super::Config::from_args(*args)
+        let args = cli::parse_run_args(args).map_err(|e| e.to_string())?;
+        super::Config::from_args(args)
             .map(|c| c.warnings)
             .map_err(|e| e.to_string())
     }

@@ -6,7 +6,7 @@
 use clap::{Args, CommandFactory, Parser, ValueEnum};
 
 use super::pod;
-use crate::config::cli::{Cli, Command};
+use crate::cli::{Cli, Command};
 
 /// Flags of `breakwater inject`. Flags after inject's own are `breakwater run` flags
 /// for the sidecar, checked here as `breakwater run --check` would check them.

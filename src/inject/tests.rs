@@ -2,7 +2,7 @@
 //! switches, what is left alone, and errors that name the document and line.
 
 use super::*;
-use crate::config::cli::{Cli, Command};
+use crate::cli::{Cli, Command};
 use clap::Parser;
 
 fn plan(flags: &[&str]) -> Plan {

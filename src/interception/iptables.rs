@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::IpAddr;
+
 use std::process::{Command, ExitCode, Stdio};
 
 use crate::config::cli::InitIptablesArgs;
@@ -59,48 +59,14 @@ impl Family {
     }
 }
 
-/// An address range from `--exclude-outbound-cidrs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+pub use crate::addr::Cidr;
 
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{s}' is not an address/prefix"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}': the prefix must be 0-{max}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    fn family(&self) -> Family {
-        if self.addr.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+/// The IP family of a range, for the iptables or ip6tables rules it goes to.
+fn family(cidr: &Cidr) -> Family {
+    if cidr.addr.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
     }
 }
 
@@ -163,7 +129,7 @@ impl Rules {
         for cidr in self
             .exclude_outbound_cidrs
             .iter()
-            .filter(|c| c.family() == family)
+            .filter(|c| self::family(c) == family)
         {
             let _ = writeln!(out, "-A {OUTBOUND_CHAIN} -d {cidr} -j RETURN");
         }

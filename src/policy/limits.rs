@@ -49,7 +49,7 @@ pub struct BulkheadPolicy {
     pub min: usize,
     pub max: usize,
     pub max_queue: usize,
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub queue_timeout: Duration,
 }
 

@@ -106,11 +106,11 @@ pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub retries: u32,
     pub retry_on: RetryOn,
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub backoff: Duration,
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub backoff_max: Duration,
-    #[serde(serialize_with = "crate::config::units::serialize_opt_duration")]
+    #[serde(serialize_with = "crate::units::serialize_opt_duration")]
     pub per_try_timeout: Option<Duration>,
     /// Retries allowed as a percentage of requests, per destination.
     pub budget_percent: f32,

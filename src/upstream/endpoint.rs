@@ -11,10 +11,10 @@ use tokio::time::Instant;
 
 use crate::connect::Connector;
 use crate::error::ProxyError;
-use crate::forward::pool::EndpointPool;
 use crate::metrics::DestinationMetrics;
 use crate::policy::balance::{Load, PeakEwma, pick_p2c};
 use crate::policy::breaker::{Breaker, BreakerConfig};
+use crate::transport::pool::EndpointPool;
 use prometheus::IntGauge;
 
 /// One address of a destination.

@@ -13,6 +13,7 @@ mod health;
 mod interception;
 mod interop;
 mod kubernetes;
+mod layers;
 mod lifecycle;
 mod limits;
 mod properties;

@@ -8,19 +8,19 @@
 
 use std::time::{Duration, SystemTime};
 
-use breakwater::config::cli::{Cli, Command};
+use breakwater::cli::{Cli, Command};
 use breakwater::config::units::{
     MAX_DURATION, format_duration, parse_bytes, parse_duration, parse_per_second, parse_percent,
     parse_positive_duration,
 };
 use breakwater::config::{ConcurrencyLimit, Protocol, RouteOverride};
 use breakwater::exchange::check_request;
-use breakwater::forward::headers::{
-    X_REQUEST_ID, ensure_request_id, is_upgrade, request_id, strip_hop_by_hop,
-};
 use breakwater::inject::{Plan, inject_stream};
 use breakwater::policy::deadline::{DEADLINE_HEADER, announce, incoming};
 use breakwater::policy::retry::{RetryOn, retry_after};
+use breakwater::transport::headers::{
+    X_REQUEST_ID, ensure_request_id, is_upgrade, request_id, strip_hop_by_hop,
+};
 use clap::Parser;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version, header};
 use proptest::prelude::*;

@@ -19,18 +19,18 @@ pub struct BreakerConfig {
     pub consecutive_failures: u32,
     /// Percentage of failed calls in the window that opens it; 0 turns it off.
     pub failure_rate: u8,
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub window: Duration,
     /// Calls the window must hold before either rate rule counts, so that two
     /// failures out of three calls do not open a circuit.
     pub min_requests: u32,
     /// How long the first trip stays open; it doubles on each repeated trip.
-    #[serde(serialize_with = "crate::config::units::serialize_duration")]
+    #[serde(serialize_with = "crate::units::serialize_duration")]
     pub open_duration: Duration,
     /// Probes let through while half-open; all must succeed to close.
     pub half_open_requests: u32,
     /// A call at least this slow counts as slow (resilience4j's slow-call rule).
-    #[serde(serialize_with = "crate::config::units::serialize_opt_duration")]
+    #[serde(serialize_with = "crate::units::serialize_opt_duration")]
     pub slow_call: Option<Duration>,
     /// Percentage of slow calls in the window that opens the circuit; 0 turns
     /// it off. 100, resilience4j's default, opens only when every call is slow.

@@ -87,6 +87,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .position(|h| h == name)
             .is_some_and(|i| present & (1 << i) != 0)
     };
+    // Read before the Connection list can name it: `Connection: TE` is what
+    // RFC 9110 §10.1.4 asks of a sender of `TE: trailers`.
+    let te_trailers = has(&header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     if has(&header::CONNECTION) {
         // Headers the Connection header nominates. `close` and `keep-alive` are
         // the usual tokens and name nothing beyond the fixed list.
@@ -111,14 +120,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    let te_trailers = has(&header::TE)
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
@@ -250,6 +251,15 @@ mod tests {
         assert_eq!(h["host"], "payments");
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn te_trailers_survives_being_named_by_connection() {
+        let mut h = map(&[("connection", "TE"), ("te", "gzip"), ("x", "1")]);
+        h.append("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h.get_all("te").iter().count(), 1);
     }
 
     #[test]

@@ -1,0 +1,31 @@
+//! The command line: `breakwater run | demo | init-iptables | inject`. Wiring:
+//! the flags of each subcommand live with what they configure.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::cli::{DemoArgs, InitIptablesArgs, RunArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "breakwater",
+    version,
+    about = "A sidecar resilience proxy for HTTP."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Show breakwater in front of a flaky service, on loopback, in about ten seconds.
+    Demo(DemoArgs),
+    /// Redirect the pod's TCP traffic to breakwater with iptables (an init container).
+    ///
+    /// Applies the rules idempotently; --clean removes them, --dry-run prints them.
+    InitIptables(InitIptablesArgs),
+    /// Add breakwater to the pods in Kubernetes YAML read from stdin; write it to stdout.
+    Inject(crate::inject::InjectArgs),
+}

@@ -1,0 +1,297 @@
+//! The layers of `src/`, enforced: every `crate::` path in a module points to
+//! its own layer or one below, and no modules import each other in a circle.
+//! The layers, lowest first (README, "Architecture"):
+//!
+//! 0. leaves: the vocabulary every layer shares, importing nothing of ours
+//! 1. policies: pure state machines and rules
+//! 2. configuration: flags become a validated `Config`
+//! 3. mechanism: sockets, pools, bodies, headers, TLS, listeners, probes —
+//!    no destination state, no pipeline
+//! 4. per-destination state: the registry, endpoints, their breakers
+//! 5. the request pipeline: inbound/outbound → exchange → attempts → forward
+//! 6. wiring: the process, the admin endpoint, the demo, `inject`, the CLI
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A module's layer, by its path under `src/` (the longest prefix wins).
+const LAYERS: &[(&str, usize)] = &[
+    ("addr", 0),
+    ("error", 0),
+    ("units", 0),
+    ("metrics", 0),
+    ("drain", 0),
+    ("telemetry", 0),
+    ("policy", 1),
+    ("config", 2),
+    ("connect", 3),
+    ("transport", 3),
+    ("tls", 3),
+    ("listener", 3),
+    ("interception", 3),
+    ("tunnel", 3),
+    ("health", 3),
+    ("destination", 3),
+    ("upstream", 4),
+    ("inbound", 5),
+    ("outbound", 5),
+    ("exchange", 5),
+    ("attempts", 5),
+    ("forward", 5),
+    ("body", 5),
+    ("accounting", 5),
+    ("rescue", 5),
+    ("app", 6),
+    ("admin", 6),
+    ("demo", 6),
+    ("inject", 6),
+    ("cli", 6),
+    ("lib", 6),
+    ("main", 6),
+];
+
+const NAMES: [&str; 7] = [
+    "leaves",
+    "policies",
+    "configuration",
+    "mechanism",
+    "per-destination state",
+    "pipeline",
+    "wiring",
+];
+
+/// What `lib.rs` re-exports at the crate root, and the module it comes from.
+const ROOT_REEXPORTS: &[(&str, &str)] = &[
+    ("Config", "config"),
+    ("Proxy", "app"),
+    ("BoundAddrs", "app"),
+    ("RunReport", "app"),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS
+        .iter()
+        .filter(|(prefix, _)| module == *prefix || module.starts_with(&format!("{prefix}/")))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, layer)| *layer)
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The code of a file that the build sees outside tests: comments and the
+/// `#[cfg(test)]` module (at the end of a file, by this code base's habit) go.
+fn code_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        let code = match line.find("//") {
+            Some(at) if !line[..at].contains('"') => &line[..at],
+            _ => line,
+        };
+        out.push((i + 1, code.to_string()));
+    }
+    out
+}
+
+/// The modules a `crate::` path names: `crate::a::b::C` is `a/b` when that is a
+/// module, else `a`; `crate::{x, y}` names each.
+fn targets(code: &str, modules: &BTreeSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        let preceded_ok = at == 0
+            || !rest[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        rest = after;
+        if !preceded_ok {
+            continue;
+        }
+        let paths: Vec<String> = if let Some(group) = after.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            group[..end]
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(after.len());
+            vec![after[..end].to_string()]
+        };
+        for path in paths {
+            let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+            let Some(first) = segments.first() else {
+                continue;
+            };
+            if let Some((_, module)) = ROOT_REEXPORTS.iter().find(|(name, _)| name == first) {
+                found.push(module.to_string());
+                continue;
+            }
+            let mut best = None;
+            for n in 1..=segments.len() {
+                let candidate = segments[..n].join("/");
+                if modules.contains(&candidate) {
+                    best = Some(candidate);
+                }
+            }
+            if let Some(module) = best {
+                found.push(module);
+            }
+        }
+    }
+    found
+}
+
+struct Graph {
+    modules: BTreeSet<String>,
+    /// module → (imported module, line)
+    edges: BTreeMap<String, Vec<(String, usize)>>,
+}
+
+fn graph() -> Graph {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let module_of = |path: &Path| {
+        let rel = path.strip_prefix(&src).expect("under src");
+        rel.with_extension("").to_string_lossy().replace('\\', "/")
+    };
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(f)).collect();
+    let mut edges: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
+    for file in &files {
+        let module = module_of(file);
+        let text = std::fs::read_to_string(file).expect("read source");
+        for (line, code) in code_lines(&text) {
+            for target in targets(&code, &modules) {
+                let within = target == module || module.starts_with(&format!("{target}/"));
+                if !within {
+                    edges
+                        .entry(module.clone())
+                        .or_default()
+                        .push((target, line));
+                }
+            }
+        }
+    }
+    Graph { modules, edges }
+}
+
+#[test]
+fn every_module_has_a_layer() {
+    let g = graph();
+    let unplaced: Vec<&String> = g.modules.iter().filter(|m| layer_of(m).is_none()).collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules with no layer (add them to LAYERS in tests/tests/layers.rs): {unplaced:?}"
+    );
+}
+
+#[test]
+fn no_module_imports_a_layer_above_its_own() {
+    let g = graph();
+    let mut upward = Vec::new();
+    for (module, targets) in &g.edges {
+        let Some(own) = layer_of(module) else {
+            continue;
+        };
+        for (target, line) in targets {
+            let Some(theirs) = layer_of(target) else {
+                continue;
+            };
+            if theirs > own {
+                upward.push(format!(
+                    "src/{module}.rs:{line}: {} imports {target} ({})",
+                    NAMES[own], NAMES[theirs]
+                ));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports up a layer:\n{}",
+        upward.join("\n")
+    );
+}
+
+#[test]
+fn no_modules_import_each_other_in_a_circle() {
+    let g = graph();
+    // Depth-first search; a back edge closes a cycle.
+    fn visit<'a>(
+        m: &'a str,
+        g: &'a Graph,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        cycles: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|p| *p == m) {
+            let mut cycle: Vec<&str> = path[at..].to_vec();
+            cycle.push(m);
+            cycles.push(cycle.join(" -> "));
+            return;
+        }
+        if done.contains(m) {
+            return;
+        }
+        path.push(m);
+        for (target, _) in g.edges.get(m).map(Vec::as_slice).unwrap_or_default() {
+            visit(target, g, path, done, cycles);
+        }
+        path.pop();
+        done.insert(m);
+    }
+    let mut cycles = Vec::new();
+    let mut done = BTreeSet::new();
+    for m in &g.modules {
+        visit(m, &g, &mut Vec::new(), &mut done, &mut cycles);
+    }
+    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn the_path_reader_sees_uses_groups_and_reexports() {
+    let modules: BTreeSet<String> = ["config", "config/cli", "error", "app", "upstream"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        targets("use crate::config::cli::RunArgs;", &modules),
+        ["config/cli"]
+    );
+    assert_eq!(
+        targets("use crate::{Config, Proxy};", &modules),
+        ["config", "app"]
+    );
+    assert_eq!(
+        targets(
+            "let x = crate::upstream::X::new(crate::error::E);",
+            &modules
+        ),
+        ["upstream", "error"]
+    );
+    assert!(targets("use notcrate::config;", &modules).is_empty());
+    let code = code_lines("use a;\n// crate::app\n#[cfg(test)]\nuse crate::app;");
+    assert_eq!(code.len(), 1);
+}
