@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::listener::activity::ConnActivity;
 use crate::metrics::{DestinationMetrics, Direction};
@@ -90,8 +90,7 @@ impl Drop for InFlight {
         self.metrics.inflight.dec();
         self.metrics.count_response(self.status);
         self.metrics.duration.observe(elapsed.as_secs_f64());
-        self.activity
-            .request_finished(tokio::time::Instant::from_std(now));
+        self.activity.request_finished(now);
         if let Some(a) = self.access.take() {
             tracing::info!(
                 target: "breakwater::access",

@@ -18,14 +18,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::context::RequestCtx;
 use crate::error::ProxyError;
-use crate::forward::{Failed, Forwarder, Hold, Sent};
+use crate::forward::{AttemptError, Failed, Forwarder, Hold, Sent};
 use crate::policy::deadline;
 use crate::policy::retry::{self, Outcome};
-use crate::transport::client_body::{BodyWatch, ClientBody};
+use crate::transport::client_body::ClientBody;
 use crate::transport::replay::ReplayBody;
-use crate::units::format_duration;
-use crate::upstream::DestinationState;
 
 /// Which attempt this is, on every request sent upstream (1 for the first).
 pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-breakwater-attempt");
@@ -44,18 +43,14 @@ pub struct Answer {
 }
 
 /// Sends the request until an attempt's outcome is final or nothing allows
-/// another; returns the last outcome. `now` is the caller's clock reading, for
-/// the first attempt. `body` watches the client's body, so that its faults are
-/// not taken for the upstream's.
+/// another; returns the last outcome.
 pub async fn send(
     forwarder: &Forwarder,
-    state: &DestinationState,
+    ctx: &RequestCtx<'_>,
     req: Request<ClientBody>,
-    body: Option<&BodyWatch>,
-    started: Instant,
-    deadline: Instant,
-    now: Instant,
 ) -> Result<Answer, ProxyError> {
+    let state = ctx.state;
+    let deadline = ctx.deadline;
     let policy = &state.policy.retry;
     let idempotent = retry::is_idempotent(req.method(), req.headers());
     let mut req = req.map(|body| {
@@ -70,13 +65,14 @@ pub async fn send(
     // A retry after the upstream has seen the request needs a copy made before
     // it leaves; a request that never left comes back from the forwarder.
     let copies = idempotent && policy.retries_sent();
+    // The slot's clock reading serves the first attempt: one read fewer.
+    let mut now = ctx.slot_granted;
     state.budget.deposit_at(now);
     let mut attempt: u32 = 1;
-    let mut now = now;
     loop {
         let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
-            return Err(timeout(state, deadline - started));
+            return Err(ctx.timed_out(ctx.budget()));
         }
         let per_try = policy.per_try_timeout.map_or(left, |t| t.min(left));
         let copy = if copies && attempt <= policy.retries {
@@ -87,14 +83,7 @@ pub async fn send(
         req.headers_mut()
             .insert(ATTEMPT_HEADER, attempt_value(attempt));
         deadline::announce(req.headers_mut(), left);
-        let per_try_ended = if per_try < left {
-            per_try
-        } else {
-            deadline - started
-        };
-        let sent = forwarder
-            .send(state, req, per_try, || timeout(state, per_try_ended), body)
-            .await;
+        let sent = forwarder.send(ctx, req, per_try).await;
         let (result, unsent) = match sent {
             Ok(sent) if policy.retry_on.unavailable && awaits_grpc_status(&sent.response) => {
                 // Rare, so boxed: the common path's future stays small.
@@ -108,7 +97,23 @@ pub async fn send(
                 }),
                 None,
             ),
-            Err(Failed { error, unsent }) => (Err(error), unsent),
+            // The attempt ran out of time: the per-try timeout when it was the
+            // shorter, else the request's deadline.
+            Err(Failed {
+                error: AttemptError::TimedOut,
+                unsent,
+            }) => {
+                let after = if per_try < left {
+                    per_try
+                } else {
+                    ctx.budget()
+                };
+                (Err(ctx.timed_out(after)), unsent)
+            }
+            Err(Failed {
+                error: AttemptError::Failed(error),
+                unsent,
+            }) => (Err(error), unsent),
         };
 
         let outcome = match &result {
@@ -203,13 +208,6 @@ async fn peek_grpc_trailers(sent: Sent) -> Answer {
         response,
         hold,
         first_frame,
-    }
-}
-
-fn timeout(state: &DestinationState, after: Duration) -> ProxyError {
-    ProxyError::Timeout {
-        dest: state.dest.to_string(),
-        after: format_duration(after),
     }
 }
 

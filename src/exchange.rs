@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::accounting::{AccessEntry, InFlight};
 use crate::attempts;
 use crate::body::ProxyBody;
+use crate::context::RequestCtx;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::forward::Forwarder;
@@ -85,7 +86,10 @@ pub fn check_request<B>(req: &Request<B>, max: usize) -> Result<(), ProxyError> 
 
 /// Sends the request to `state`'s destination within its deadline, retrying as
 /// its policy allows, and answers the client: the upstream's response as it came
-/// (less hop-by-hop headers), or why there is none.
+/// (less hop-by-hop headers), or why there is none. The stages, in order:
+/// upstream URI → deadline → bulkhead slot → the retry loop ([`attempts::send`];
+/// per attempt [`Forwarder::send`]: pick → admit → per-try timeout(send) →
+/// record) → adaptive limit → respond.
 pub async fn send(
     forwarder: &Forwarder,
     state: &DestinationState,
@@ -117,23 +121,21 @@ pub async fn send(
         Some(_) => Instant::now(),
         None => started,
     };
-    let deadline = started + budget;
     let (req, watch) = {
         let (parts, body) = req.into_parts();
         let (body, watch) = ClientBody::new(body);
         (Request::from_parts(parts, body), watch)
     };
-    let sent = attempts::send(
-        forwarder,
+    let ctx = RequestCtx {
         state,
-        req,
-        watch.as_deref(),
         started,
-        deadline,
+        deadline: started + budget,
         slot_granted,
-    )
-    .await;
-    adapt_limit(state, &sent, slot_granted, in_flight_at_start);
+        body: watch.as_deref(),
+    };
+    // The retry loop: per attempt pick → admit → per-try timeout(send) → record.
+    let sent = attempts::send(forwarder, &ctx, req).await;
+    adapt_limit(&ctx, &sent, in_flight_at_start);
     let (mut resp, first, hold) = match sent {
         Ok(answer) => (answer.response, answer.first_frame, answer.hold),
         Err(e) => {
@@ -173,14 +175,15 @@ pub async fn take_slot(
     }
 }
 
-/// Feeds `--max-concurrent auto`: the time to the response head, the load it was
-/// sent under, and whether the upstream shed it (timeout, 503, 429).
+/// Feeds `--max-concurrent auto`: the time to the response head from the held
+/// slot, the load it was sent under, and whether the upstream shed it
+/// (timeout, 503, 429).
 fn adapt_limit(
-    state: &DestinationState,
+    ctx: &RequestCtx<'_>,
     sent: &Result<attempts::Answer, ProxyError>,
-    started: Instant,
     in_flight: usize,
 ) {
+    let state = ctx.state;
     let (Some(adaptive), Some(bulkhead)) = (&state.adaptive, &state.bulkhead) else {
         return;
     };
@@ -190,7 +193,7 @@ fn adapt_limit(
     };
     let now = Instant::now();
     let mut limit = adaptive.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(new) = limit.on_sample(now - started, in_flight, dropped, now) {
+    if let Some(new) = limit.on_sample(now - ctx.slot_granted, in_flight, dropped, now) {
         bulkhead.set_limit(new);
         state.metrics.limit.set(new as i64);
         tracing::debug!(dest = %state.dest, limit = new, "concurrency limit moved");

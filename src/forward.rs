@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::Protocol;
 use crate::connect::Connector;
+use crate::context::RequestCtx;
 use crate::error::{ProxyError, causes};
 use crate::policy::balance::may_eject;
 use crate::policy::breaker::{CircuitState, Transition};
@@ -52,15 +53,23 @@ pub struct Sent {
 /// An attempt that got no response: why, and the request itself when it never
 /// left (no connection, no endpoint), for a retry to send as it is.
 pub struct Failed {
-    pub error: ProxyError,
+    pub error: AttemptError,
     pub unsent: Option<Box<Request<ReplayBody>>>,
+}
+
+/// Why an attempt got no response.
+pub enum AttemptError {
+    /// Its time ran out with no response head. Whose time — the per-try
+    /// timeout's or the request's deadline — is the retry loop's to say.
+    TimedOut,
+    Failed(ProxyError),
 }
 
 impl Failed {
     /// The request left, so it is gone: a retry needs a copy made beforehand.
     fn sent(error: ProxyError) -> Self {
         Failed {
-            error,
+            error: AttemptError::Failed(error),
             unsent: None,
         }
     }
@@ -68,7 +77,7 @@ impl Failed {
     /// The request never left and comes back as it was given.
     fn unsent(error: ProxyError, req: Request<ReplayBody>) -> Self {
         Failed {
-            error,
+            error: AttemptError::Failed(error),
             unsent: Some(Box::new(req)),
         }
     }
@@ -83,19 +92,19 @@ impl Forwarder {
         &self.connector
     }
 
-    /// Sends `req` (its URI absolute: `http://authority/path`) to one endpoint of
-    /// `state` whose circuit admits it, within `per_try`, and returns the response
-    /// head; the body streams on. The outcome is recorded in the endpoint's
-    /// breaker: connect failures, resets, timeouts and 5xx count as failures,
-    /// unless `body` shows the client's body was at fault.
+    /// One attempt: sends `req` (its URI absolute: `http://authority/path`) to an
+    /// endpoint of the destination picked by load whose circuit admits it, within
+    /// `per_try`, and returns the response head; the body streams on. The
+    /// outcome is recorded in the endpoint's breaker: connect failures, resets,
+    /// timeouts and 5xx count as failures, unless the client's body was at fault.
     pub async fn send(
         &self,
-        state: &DestinationState,
+        ctx: &RequestCtx<'_>,
         req: Request<ReplayBody>,
         per_try: Duration,
-        timed_out: impl FnOnce() -> ProxyError,
-        body: Option<&BodyWatch>,
     ) -> Result<Sent, Failed> {
+        let state = ctx.state;
+        let body = ctx.body;
         let endpoints = match state.endpoints.current(&self.connector).await {
             Ok(endpoints) => endpoints,
             Err(e) => return Err(Failed::unsent(e, req)),
@@ -210,13 +219,13 @@ impl Forwarder {
                     },
                 })
             }
-            Ok(Err(SendError::Connect(cause, req))) => Err(Failed {
-                error: ProxyError::ConnectFailure {
+            Ok(Err(SendError::Connect(cause, req))) => Err(Failed::unsent(
+                ProxyError::ConnectFailure {
                     dest: state.dest.to_string(),
                     cause: format!("{}: {cause}", endpoint.addr),
                 },
-                unsent: Some(req),
-            }),
+                *req,
+            )),
             Ok(Err(SendError::Broken(e))) => Err(Failed::sent(ProxyError::Reset {
                 dest: state.dest.to_string(),
                 cause: causes(&e),
@@ -225,7 +234,10 @@ impl Forwarder {
                 protocol_mismatch(state, &endpoint, grpc),
                 *req,
             )),
-            Err(_) => Err(Failed::sent(timed_out())),
+            Err(_) => Err(Failed {
+                error: AttemptError::TimedOut,
+                unsent: None,
+            }),
         }
     }
 }

@@ -125,11 +125,7 @@ impl Inbound {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let app = self.target(&conn);
-        let mut in_flight = InFlight::start(
-            app.metrics.clone(),
-            conn.activity.clone(),
-            started.into_std(),
-        );
+        let mut in_flight = InFlight::start(app.metrics.clone(), conn.activity.clone(), started);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Inbound, &req));

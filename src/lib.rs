@@ -23,6 +23,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod context;
 pub mod demo;
 pub mod destination;
 pub mod drain;

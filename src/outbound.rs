@@ -89,7 +89,7 @@ impl Outbound {
             Ok(state) => state.metrics.clone(),
             Err(_) => self.unrouted.clone(),
         };
-        let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started.into_std());
+        let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Outbound, &req));

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("upstream", 4),
     ("inbound", 5),
     ("outbound", 5),
+    ("context", 5),
     ("exchange", 5),
     ("attempts", 5),
     ("forward", 5),
