@@ -64,6 +64,15 @@ pub(crate) fn strip_brackets(host: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// Why a `--exclude-outbound-cidrs` entry is not an address range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("'{0}' is not an address/prefix")]
+    NotAnAddress(String),
+    #[error("'{cidr}': the prefix must be 0-{max}")]
+    Prefix { cidr: String, max: u8 },
+}
+
 /// An address range from `--exclude-outbound-cidrs`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -72,7 +81,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -80,7 +89,7 @@ impl Cidr {
         let addr: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("'{s}' is not an address/prefix"))?;
+            .map_err(|_| CidrError::NotAnAddress(s.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
@@ -88,7 +97,10 @@ impl Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}': the prefix must be 0-{max}"))?,
+                .ok_or_else(|| CidrError::Prefix {
+                    cidr: s.into(),
+                    max,
+                })?,
             None => max,
         };
         Ok(Cidr { addr, prefix })

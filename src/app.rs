@@ -23,13 +23,22 @@ use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::upstream::{EndpointSettings, Registry, RouteTable};
 
-/// A listener that could not be bound; names the flag that chose the address.
+/// Why the proxy could not start; names the flag that chose the address or file.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {flag} {addr}: {source}")]
-pub struct BindError {
-    pub flag: &'static str,
-    pub addr: SocketAddr,
-    pub source: io::Error,
+pub enum BindError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// Certificate material could not be loaded (the message names the file).
+    #[error("cannot load {flag}: {source}")]
+    Tls {
+        flag: &'static str,
+        source: crate::tls::TlsError,
+    },
 }
 
 /// The addresses the listeners actually bound (port 0 becomes a real port).
@@ -75,7 +84,7 @@ impl Proxy {
         let bind = |flag, addr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| BindError { flag, addr, source })
+                .map_err(|source| BindError::Listen { flag, addr, source })
         };
         // Outbound first, admin last: the kernel accepts on a bound listener
         // before its accept loop runs, so by the time /live answers, the app's
@@ -86,22 +95,22 @@ impl Proxy {
         let (shutdown, requests) = shutdown_channel();
         let metrics = Arc::new(Metrics::new());
         let tls_metrics = crate::tls::TlsMetrics::register(metrics.registry());
-        let tls_error = |flag, addr, e: String| BindError {
-            flag,
-            addr,
-            source: io::Error::other(e),
-        };
         let inbound_tls = match &config.inbound_tls {
             Some(t) => Some(
-                crate::tls::ServerTls::load(t, &tls_metrics)
-                    .map_err(|e| tls_error("--inbound-tls-cert", config.inbound_addr, e))?,
+                crate::tls::ServerTls::load(t, &tls_metrics).map_err(|source| BindError::Tls {
+                    flag: t.flag_of(source.path()),
+                    source,
+                })?,
             ),
             None => None,
         };
         let outbound_tls = if config.routes.iter().any(|r| r.tls == Some(true)) {
+            let t = &config.outbound_tls;
             Some(
-                crate::tls::ClientTls::load(&config.outbound_tls, &tls_metrics)
-                    .map_err(|e| tls_error("--outbound-tls-ca", config.outbound_addr, e))?,
+                crate::tls::ClientTls::load(t, &tls_metrics).map_err(|source| BindError::Tls {
+                    flag: t.flag_of(source.path()),
+                    source,
+                })?,
             )
         } else {
             None

@@ -1,11 +1,142 @@
-//! `ProxyError`, every way breakwater can fail a request, with its status and
-//! `x-breakwater-reason`. The vocabulary only: [`crate::rescue`] turns one into
-//! the response the client sees. A leaf: it imports nothing of breakwater's.
+//! `ProxyError`, every way breakwater can fail a request, and `Reason`, the one
+//! list of `x-breakwater-reason` tokens with their status and how each is
+//! counted. The vocabulary only: [`crate::rescue`] turns an error into the
+//! response the client sees, and `metrics` takes its label sets from [`Reason`].
+//! It imports nothing of breakwater's.
 
 use http::StatusCode;
 
 /// The header that marks a response breakwater made itself, and says why.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
+
+/// Every `x-breakwater-reason` token breakwater answers with (README, "When
+/// breakwater answers itself"; a test checks that table against [`Reason::ALL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    ConnectFailure,
+    Reset,
+    Protocol,
+    Timeout,
+    NoRoute,
+    AppNotReady,
+    CircuitOpen,
+    BulkheadFull,
+    QueueTimeout,
+    BadRequest,
+    UriTooLong,
+    MalformedBody,
+    ClientGone,
+    ClientTimeout,
+}
+
+/// Whose doing a failure was, which decides the metric family it is counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// The upstream's (502, 504): `breakwater_upstream_failures_total`; these
+    /// feed breakers and retries.
+    UpstreamFailure,
+    /// breakwater refused the request itself (503): `breakwater_rejected_total`.
+    Rejection,
+    /// The client's (400, 408, 414): `breakwater_client_errors_total`, never
+    /// against an upstream.
+    ClientError,
+}
+
+impl Reason {
+    /// Every reason, in the README's order of statuses.
+    pub const ALL: [Reason; 14] = [
+        Reason::ConnectFailure,
+        Reason::Reset,
+        Reason::Protocol,
+        Reason::Timeout,
+        Reason::NoRoute,
+        Reason::AppNotReady,
+        Reason::CircuitOpen,
+        Reason::BulkheadFull,
+        Reason::QueueTimeout,
+        Reason::BadRequest,
+        Reason::UriTooLong,
+        Reason::MalformedBody,
+        Reason::ClientGone,
+        Reason::ClientTimeout,
+    ];
+
+    /// The `x-breakwater-reason` value, a stable token users alert and grep on.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConnectFailure => "connect-failure",
+            Reason::Reset => "reset",
+            Reason::Protocol => "protocol",
+            Reason::Timeout => "timeout",
+            Reason::NoRoute => "no-route",
+            Reason::AppNotReady => "app-not-ready",
+            Reason::CircuitOpen => "circuit-open",
+            Reason::BulkheadFull => "bulkhead-full",
+            Reason::QueueTimeout => "queue-timeout",
+            Reason::BadRequest => "bad-request",
+            Reason::UriTooLong => "uri-too-long",
+            Reason::MalformedBody => "malformed-body",
+            Reason::ClientGone => "client-gone",
+            Reason::ClientTimeout => "client-timeout",
+        }
+    }
+
+    /// The status of breakwater's answer (a gRPC client's `protocol` answer is
+    /// HTTP 200 with `grpc-status`: see [`ProxyError::status`]).
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Reason::ConnectFailure | Reason::Reset | Reason::Protocol => StatusCode::BAD_GATEWAY,
+            Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::NoRoute
+            | Reason::AppNotReady
+            | Reason::CircuitOpen
+            | Reason::BulkheadFull
+            | Reason::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::BadRequest | Reason::MalformedBody | Reason::ClientGone => {
+                StatusCode::BAD_REQUEST
+            }
+            Reason::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reason::UriTooLong => StatusCode::URI_TOO_LONG,
+        }
+    }
+
+    /// Whose doing it was: the metric family it is counted in.
+    pub const fn counted_as(self) -> Counted {
+        match self {
+            Reason::ConnectFailure | Reason::Reset | Reason::Protocol | Reason::Timeout => {
+                Counted::UpstreamFailure
+            }
+            Reason::NoRoute
+            | Reason::AppNotReady
+            | Reason::CircuitOpen
+            | Reason::BulkheadFull
+            | Reason::QueueTimeout => Counted::Rejection,
+            Reason::BadRequest
+            | Reason::UriTooLong
+            | Reason::MalformedBody
+            | Reason::ClientGone
+            | Reason::ClientTimeout => Counted::ClientError,
+        }
+    }
+
+    /// Whether it can happen to a request into the pod: no route is looked up
+    /// and no breaker stands in front of the app.
+    pub const fn inbound(self) -> bool {
+        !matches!(self, Reason::NoRoute | Reason::CircuitOpen)
+    }
+
+    /// Whether it can happen to a request out of the pod: only the app has
+    /// health probes.
+    pub const fn outbound(self) -> bool {
+        !matches!(self, Reason::AppNotReady)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -64,50 +195,44 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The status of the answer: the reason's, except that a gRPC client is
+    /// answered HTTP 200 with `grpc-status`.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Protocol { grpc: true, .. } => StatusCode::OK,
-            ProxyError::ConnectFailure { .. }
-            | ProxyError::Reset { .. }
-            | ProxyError::Protocol { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoRoute(_)
-            | ProxyError::AppNotReady(_)
-            | ProxyError::CircuitOpen { .. }
-            | ProxyError::BulkheadFull(_)
-            | ProxyError::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadRequest(_)
-            | ProxyError::MalformedBody(_)
-            | ProxyError::ClientGone(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            other => other.kind().status(),
         }
     }
 
     /// The client's doing, not the upstream's (every 4xx of breakwater's own):
     /// counted in `breakwater_client_errors_total`, never against an upstream.
     pub fn is_client_fault(&self) -> bool {
-        self.status().is_client_error()
+        self.kind().counted_as() == Counted::ClientError
     }
 
-    /// The `x-breakwater-reason` value, a stable token users alert and grep on.
-    pub fn reason(&self) -> &'static str {
+    /// The reason, for `x-breakwater-reason` and the metrics.
+    pub fn kind(&self) -> Reason {
         match self {
-            ProxyError::ConnectFailure { .. } => "connect-failure",
-            ProxyError::Reset { .. } => "reset",
-            ProxyError::Protocol { .. } => "protocol",
-            ProxyError::Timeout { .. } => "timeout",
-            ProxyError::NoRoute(_) => "no-route",
-            ProxyError::AppNotReady(_) => "app-not-ready",
-            ProxyError::CircuitOpen { .. } => "circuit-open",
-            ProxyError::BulkheadFull(_) => "bulkhead-full",
-            ProxyError::QueueTimeout(_) => "queue-timeout",
-            ProxyError::BadRequest(_) => "bad-request",
-            ProxyError::MalformedBody(_) => "malformed-body",
-            ProxyError::ClientGone(_) => "client-gone",
-            ProxyError::ClientTimeout(_) => "client-timeout",
-            ProxyError::UriTooLong(_) => "uri-too-long",
+            ProxyError::ConnectFailure { .. } => Reason::ConnectFailure,
+            ProxyError::Reset { .. } => Reason::Reset,
+            ProxyError::Protocol { .. } => Reason::Protocol,
+            ProxyError::Timeout { .. } => Reason::Timeout,
+            ProxyError::NoRoute(_) => Reason::NoRoute,
+            ProxyError::AppNotReady(_) => Reason::AppNotReady,
+            ProxyError::CircuitOpen { .. } => Reason::CircuitOpen,
+            ProxyError::BulkheadFull(_) => Reason::BulkheadFull,
+            ProxyError::QueueTimeout(_) => Reason::QueueTimeout,
+            ProxyError::BadRequest(_) => Reason::BadRequest,
+            ProxyError::MalformedBody(_) => Reason::MalformedBody,
+            ProxyError::ClientGone(_) => Reason::ClientGone,
+            ProxyError::ClientTimeout(_) => Reason::ClientTimeout,
+            ProxyError::UriTooLong(_) => Reason::UriTooLong,
         }
+    }
+
+    /// The `x-breakwater-reason` value: [`Reason::as_str`] of [`kind`](Self::kind).
+    pub fn reason(&self) -> &'static str {
+        self.kind().as_str()
     }
 }
 
@@ -143,7 +268,34 @@ mod tests {
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(timeout.reason(), "timeout");
         assert!(ProxyError::MalformedBody(String::new()).is_client_fault());
+        assert_eq!(
+            ProxyError::NoRoute("x").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(retry_after_secs(std::time::Duration::from_millis(1500)), 2);
         assert_eq!(retry_after_secs(std::time::Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn every_reason_is_counted_by_its_status() {
+        let mut tokens: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        assert_eq!(tokens.len(), Reason::ALL.len(), "tokens are distinct");
+        for r in Reason::ALL {
+            let status = r.status();
+            let counted = r.counted_as();
+            assert_eq!(
+                counted == Counted::ClientError,
+                status.is_client_error(),
+                "{r}"
+            );
+            assert_eq!(
+                counted == Counted::Rejection,
+                status == StatusCode::SERVICE_UNAVAILABLE,
+                "{r}"
+            );
+            assert!(r.inbound() || r.outbound(), "{r} happens somewhere");
+        }
     }
 }

@@ -158,7 +158,7 @@ impl Prober {
         }
     }
 
-    /// One probe, within `--app-health-timeout`.
+    /// One probe, within `--app-health-timeout`; a failure's text is its detail.
     pub async fn probe(&self) -> ProbeResult {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.config.timeout, self.attempt()).await;
@@ -170,10 +170,10 @@ impl Prober {
                 detail,
                 latency_ms,
             },
-            Ok(Err(detail)) => ProbeResult {
+            Ok(Err(e)) => ProbeResult {
                 ok: false,
                 status: None,
-                detail,
+                detail: e.to_string(),
                 latency_ms,
             },
             Err(_) => ProbeResult {
@@ -185,22 +185,28 @@ impl Prober {
         }
     }
 
-    async fn attempt(&self) -> Result<(Option<StatusCode>, String), String> {
+    async fn attempt(&self) -> Result<(Option<StatusCode>, String), ProbeError> {
         let Some(path) = &self.config.path else {
             tokio::net::TcpStream::connect(self.app)
                 .await
-                .map_err(|e| format!("TCP connect to {}: {e}", self.app))?;
+                .map_err(|source| ProbeError::Tcp {
+                    app: self.app,
+                    source,
+                })?;
             return Ok((None, format!("TCP connect to {} succeeded", self.app)));
         };
         let req = Request::get(format!("http://{}{}", self.app, path))
             .header(header::USER_AGENT, "breakwater-health")
             .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Request)?;
         let resp = self
             .client
             .request(req)
             .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+            .map_err(|source| ProbeError::Get {
+                path: path.clone(),
+                source,
+            })?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -241,6 +247,23 @@ impl Prober {
             *health.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
         }
     }
+}
+
+/// Why a probe got no answer from the app.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("TCP connect to {app}: {source}")]
+    Tcp {
+        app: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Request(http::Error),
+    #[error("GET {path}: {source}")]
+    Get {
+        path: String,
+        source: hyper_util::client::legacy::Error,
+    },
 }
 
 #[cfg(test)]

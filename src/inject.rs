@@ -87,6 +87,29 @@ fn split_documents(input: &str) -> Vec<Chunk<'_>> {
     chunks
 }
 
+/// A document of a stream that is not YAML (as [`documents`] reads it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct YamlError {
+    /// 1-based line in the whole stream.
+    pub line: usize,
+    pub message: String,
+}
+
+/// Why a document's pod template could not be injected; names the object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum DocumentError {
+    #[error("items[{index}]: {source}")]
+    Item {
+        index: usize,
+        source: Box<DocumentError>,
+    },
+    #[error("{what}: {path} is missing or not a mapping")]
+    NoTemplate { what: String, path: String },
+    #[error("{what}: {source}")]
+    Pod { what: String, source: pod::PodError },
+}
+
 /// Injects every pod spec in `input`. Documents without one come out as they went in,
 /// byte for byte; documents with one are written anew.
 pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> {
@@ -114,7 +137,7 @@ pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> 
         let mut node = node;
         if let Some(root) = node.as_mut() {
             changed = inject_document(root, plan, &mut notes)
-                .map_err(|message| fail(1, None, message))?;
+                .map_err(|e| fail(1, None, e.to_string()))?;
         }
         if !output.is_empty() && !output.ends_with('\n') {
             output.push('\n');
@@ -141,7 +164,7 @@ pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> 
 
 /// Parses a stream into its documents (empty ones left out), as inject reads it: for
 /// tools and tests that look at manifests, e.g. those `helm template` renders.
-pub fn documents(input: &str) -> Result<Vec<Node>, String> {
+pub fn documents(input: &str) -> Result<Vec<Node>, YamlError> {
     let mut docs = Vec::new();
     for chunk in split_documents(input) {
         match yaml::parse(chunk.text) {
@@ -149,7 +172,10 @@ pub fn documents(input: &str) -> Result<Vec<Node>, String> {
             Ok(None) => {}
             Err(e) => {
                 let line = chunk.first_line + e.line - 1;
-                return Err(format!("line {line}: {}", e.message));
+                return Err(YamlError {
+                    line,
+                    message: e.message,
+                });
             }
         }
     }
@@ -172,7 +198,11 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
 }
 
 /// Injects one document (and the items of a `List`); whether anything changed.
-fn inject_document(doc: &mut Node, plan: &Plan, notes: &mut Vec<String>) -> Result<bool, String> {
+fn inject_document(
+    doc: &mut Node,
+    plan: &Plan,
+    notes: &mut Vec<String>,
+) -> Result<bool, DocumentError> {
     let kind = doc
         .get("kind")
         .and_then(Node::as_str)
@@ -182,8 +212,10 @@ fn inject_document(doc: &mut Node, plan: &Plan, notes: &mut Vec<String>) -> Resu
         let mut changed = false;
         if let Some(Node::Seq(items)) = doc.get_mut("items") {
             for (i, item) in items.iter_mut().enumerate() {
-                changed |=
-                    inject_document(item, plan, notes).map_err(|e| format!("items[{i}]: {e}"))?;
+                changed |= inject_document(item, plan, notes).map_err(|e| DocumentError::Item {
+                    index: i,
+                    source: Box::new(e),
+                })?;
             }
         }
         return Ok(changed);
@@ -201,14 +233,18 @@ fn inject_document(doc: &mut Node, plan: &Plan, notes: &mut Vec<String>) -> Resu
         template = match template.get_mut(key) {
             Some(next @ Node::Map(_)) => next,
             _ => {
-                return Err(format!(
-                    "{what}: {} is missing or not a mapping",
-                    path.join(".")
-                ));
+                return Err(DocumentError::NoTemplate {
+                    what,
+                    path: path.join("."),
+                });
             }
         };
     }
-    match pod::inject(template, plan).map_err(|e| format!("{what}: {e}"))? {
+    let injected = pod::inject(template, plan).map_err(|source| DocumentError::Pod {
+        what: what.clone(),
+        source,
+    })?;
+    match injected {
         Outcome::Skipped(why) => {
             notes.push(format!("skipped {what}: {why}"));
             Ok(false)
@@ -232,7 +268,7 @@ fn inject_document(doc: &mut Node, plan: &Plan, notes: &mut Vec<String>) -> Resu
 pub fn main(args: InjectArgs) -> ExitCode {
     let plan = match Plan::from_args(args) {
         Ok(plan) => plan,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e.to_string()),
     };
     let mut stdin = std::io::stdin();
     if stdin.is_terminal() {

@@ -31,7 +31,7 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Err(e) = telemetry::init(config.log_format, &config.log_level, config.access_log) {
-        return fail(&e);
+        return fail(&e.to_string());
     }
     for warning in &config.warnings {
         tracing::warn!(%warning, "configuration");

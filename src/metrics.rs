@@ -1,10 +1,12 @@
 //! Prometheus metric families and the cached per-destination handles the data path
 //! updates. Label values are resolved once per destination, never per request.
+//! The `reason` label sets come from [`Reason`], so none can be missing.
 
 mod handles;
 
 pub use handles::{AppHealthMetrics, DestinationMetrics, ListenerMetrics, OpaqueMetrics};
 
+use crate::error::{Counted, Reason};
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -45,18 +47,55 @@ const COMMON_CODES: [u16; 19] = [
     200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 408, 409, 429, 500, 502, 503, 504,
 ];
 
-/// Why breakwater answered a request itself, for `x-breakwater-reason` and metrics.
-pub const FAILURE_REASONS: [&str; 4] = ["connect-failure", "reset", "timeout", "protocol"];
+/// The reasons counted as `class` that can happen in `only` (or either)
+/// direction, in [`Reason::ALL`]'s order.
+const fn reasons<const N: usize>(class: Counted, only: Option<Direction>) -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut i, mut n) = (0, 0);
+    while i < Reason::ALL.len() {
+        if counts(Reason::ALL[i], class, only) {
+            out[n] = Reason::ALL[i].as_str();
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "a reason label set has the wrong length");
+    out
+}
+
+/// How many reasons [`reasons`] lists.
+const fn count(class: Counted, only: Option<Direction>) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < Reason::ALL.len() {
+        if counts(Reason::ALL[i], class, only) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+const fn counts(r: Reason, class: Counted, only: Option<Direction>) -> bool {
+    r.counted_as() as u8 == class as u8
+        && match only {
+            None => true,
+            Some(Direction::Inbound) => r.inbound(),
+            Some(Direction::Outbound) => r.outbound(),
+        }
+}
+
+const FAILURES: usize = count(Counted::UpstreamFailure, None);
+const CLIENT_ERRORS: usize = count(Counted::ClientError, None);
+const OUTBOUND: usize = count(Counted::Rejection, Some(Direction::Outbound));
+const INBOUND: usize = count(Counted::Rejection, Some(Direction::Inbound));
+
+/// The upstream's failures breakwater answered itself
+/// (`breakwater_upstream_failures_total{reason}`).
+pub const FAILURE_REASONS: [&str; FAILURES] = reasons(Counted::UpstreamFailure, None);
 
 /// Why a request failed by its client's doing (a 4xx of breakwater's own):
 /// counted apart, never against an upstream.
-pub const CLIENT_ERROR_REASONS: [&str; 5] = [
-    "malformed-body",
-    "client-gone",
-    "client-timeout",
-    "bad-request",
-    "uri-too-long",
-];
+pub const CLIENT_ERROR_REASONS: [&str; CLIENT_ERRORS] = reasons(Counted::ClientError, None);
 
 /// Why an attempt was retried: the `--retry-on` condition it met.
 pub const RETRY_REASONS: [&str; 8] = [
@@ -76,11 +115,12 @@ pub const SKIP_REASONS: [&str; 2] = ["budget-exhausted", "body-too-large"];
 /// The 503s breakwater answers itself (`breakwater_rejected_total{reason}`),
 /// as they can happen outbound: a request with no usable destination, every
 /// circuit open, the bulkhead full or its queue timed out.
-pub const OUTBOUND_REJECTIONS: [&str; 4] =
-    ["no-route", "circuit-open", "bulkhead-full", "queue-timeout"];
+pub const OUTBOUND_REJECTIONS: [&str; OUTBOUND] =
+    reasons(Counted::Rejection, Some(Direction::Outbound));
 /// Inbound there is no route to miss and no breaker in front of the app; the
 /// app may be unready.
-pub const INBOUND_REJECTIONS: [&str; 3] = ["app-not-ready", "bulkhead-full", "queue-timeout"];
+pub const INBOUND_REJECTIONS: [&str; INBOUND] =
+    reasons(Counted::Rejection, Some(Direction::Inbound));
 
 /// Every metric family breakwater exports, registered in one registry.
 pub struct Metrics {
@@ -486,6 +526,36 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_has_its_label_set() {
+        for r in Reason::ALL {
+            let token = r.as_str();
+            let sets: Vec<&[&str]> = match r.counted_as() {
+                Counted::UpstreamFailure => vec![&FAILURE_REASONS],
+                Counted::ClientError => vec![&CLIENT_ERROR_REASONS],
+                Counted::Rejection => [
+                    (r.inbound(), &INBOUND_REJECTIONS[..]),
+                    (r.outbound(), &OUTBOUND_REJECTIONS[..]),
+                ]
+                .into_iter()
+                .filter_map(|(happens, set)| happens.then_some(set))
+                .collect(),
+            };
+            assert!(!sets.is_empty(), "{token}");
+            for set in sets {
+                assert!(set.contains(&token), "{token} missing from {set:?}");
+            }
+        }
+        assert_eq!(
+            OUTBOUND_REJECTIONS,
+            ["no-route", "circuit-open", "bulkhead-full", "queue-timeout"]
+        );
+        assert_eq!(
+            INBOUND_REJECTIONS,
+            ["app-not-ready", "bulkhead-full", "queue-timeout"]
+        );
+    }
 
     #[test]
     fn cached_and_uncached_codes_land_in_the_same_family() {

@@ -124,36 +124,144 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn parse_certs(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why certificate material could not be loaded: at start-up, or on a reload
+/// (then logged, and the old material kept). Names the file where one is to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no PEM certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no PEM private key found", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: no usable CA certificate", path.display())]
+    NoCa { path: PathBuf },
+    /// rustls refused the material: a key that does not match its certificate.
+    #[error("{}: {source}", path.display())]
+    Rejected {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Verifier {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The crypto provider cannot do the protocol versions asked for.
+    #[error("{0}")]
+    Provider(rustls::Error),
+    #[error("--outbound-tls-cert and --outbound-tls-key go together")]
+    CertWithoutKey,
+}
+
+impl TlsError {
+    /// The file to blame, if one is.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Read { path, .. }
+            | TlsError::Pem { path, .. }
+            | TlsError::NoCertificate { path }
+            | TlsError::NoKey { path }
+            | TlsError::NoCa { path }
+            | TlsError::Rejected { path, .. }
+            | TlsError::Verifier { path, .. } => Some(path),
+            TlsError::Provider(_) | TlsError::CertWithoutKey => None,
+        }
+    }
+}
+
+/// Why a handshake failed, classified by rustls' own error, not its message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer's certificate did not verify, or none was presented.
+    #[error("TLS certificate verification failed: {0}")]
+    Certificate(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Failed(std::io::Error),
+    #[error("TLS handshake timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+impl HandshakeError {
+    /// Classifies the error of a tokio-rustls handshake: the io::Error carries
+    /// the `rustls::Error` inside.
+    pub fn classify(e: std::io::Error) -> Self {
+        let certificate = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .is_some_and(is_certificate_error);
+        if certificate {
+            HandshakeError::Certificate(e)
+        } else {
+            HandshakeError::Failed(e)
+        }
+    }
+
+    pub fn is_certificate(&self) -> bool {
+        matches!(self, HandshakeError::Certificate(_))
+    }
+
+    /// The `result` label of `breakwater_tls_handshakes_total`.
+    fn result(&self) -> &'static str {
+        if self.is_certificate() {
+            "certificate-error"
+        } else {
+            "failed"
+        }
+    }
+}
+
+/// A rustls error about the peer's certificate: one that did not verify, or
+/// none where one was required.
+pub fn is_certificate_error(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+    )
+}
+
+fn parse_certs(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| TlsError::Pem {
+            path: path.into(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
+        return Err(TlsError::NoCertificate { path: path.into() });
     }
     Ok(certs)
 }
 
-fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            format!("{}: no PEM private key found", path.display())
-        }
-        e => format!("{}: {e}", path.display()),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: path.into() },
+        source => TlsError::Pem {
+            path: path.into(),
+            source,
+        },
     })
 }
 
-fn roots(certs: Vec<CertificateDer<'static>>, path: &Path) -> Result<RootCertStore, String> {
+fn roots(certs: Vec<CertificateDer<'static>>, path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     let (added, _) = store.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(format!("{}: no usable CA certificate", path.display()));
+        return Err(TlsError::NoCa { path: path.into() });
     }
     Ok(store)
 }
 
 /// Builds material from the bytes of its files, in order.
-type Build<T> = Box<dyn Fn(&[Vec<u8>]) -> Result<T, String> + Send + Sync>;
+type Build<T> = Box<dyn Fn(&[Vec<u8>]) -> Result<T, TlsError> + Send + Sync>;
 
 /// Material built from a set of files, rebuilt when their bytes change.
 struct Reloadable<T> {
@@ -164,15 +272,20 @@ struct Reloadable<T> {
     build: Build<T>,
 }
 
-fn read_all(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
+fn read_all(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, TlsError> {
     paths
         .iter()
-        .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
+        .map(|p| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.clone(),
+                source,
+            })
+        })
         .collect()
 }
 
 impl<T: Send + Sync + 'static> Reloadable<T> {
-    fn load(name: &'static str, paths: Vec<PathBuf>, build: Build<T>) -> Result<Self, String> {
+    fn load(name: &'static str, paths: Vec<PathBuf>, build: Build<T>) -> Result<Self, TlsError> {
         let bytes = read_all(&paths)?;
         let value = build(&bytes)?;
         Ok(Reloadable {
@@ -272,6 +385,53 @@ mod tests {
     }
 
     #[test]
+    fn certificate_errors_are_told_by_rustls_type() {
+        use rustls::{CertificateError, Error};
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        for cert in [
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            Error::InvalidCertificate(CertificateError::Expired),
+            Error::InvalidCertificate(CertificateError::NotValidForName),
+            Error::NoCertificatesPresented,
+        ] {
+            let e = HandshakeError::classify(io(cert));
+            assert!(e.is_certificate(), "{e}");
+            assert_eq!(e.result(), "certificate-error");
+            assert!(
+                e.to_string()
+                    .starts_with("TLS certificate verification failed: ")
+            );
+        }
+        for other in [
+            io(Error::NoApplicationProtocol),
+            io(Error::DecryptError),
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer"),
+            // A message that mentions certificates is not a certificate error.
+            std::io::Error::other("certificate"),
+        ] {
+            let e = HandshakeError::classify(other);
+            assert!(!e.is_certificate(), "{e}");
+            assert_eq!(e.result(), "failed");
+            assert!(e.to_string().starts_with("TLS handshake failed: "));
+        }
+        assert_eq!(
+            HandshakeError::TimedOut(Duration::from_secs(1)).result(),
+            "failed"
+        );
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let path = PathBuf::from("/etc/tls/cert.pem");
+        let e = parse_certs(b"", &path).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/tls/cert.pem: no PEM certificate found");
+        assert_eq!(e.path(), Some(path.as_path()));
+        let e = parse_key(b"", &path).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/tls/cert.pem: no PEM private key found");
+        assert_eq!(TlsError::CertWithoutKey.path(), None);
+    }
+
+    #[test]
     fn a_bad_update_keeps_the_old_material() {
         let dir = std::env::temp_dir().join(format!("breakwater-tls-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -284,7 +444,9 @@ mod tests {
                 std::str::from_utf8(&b[0])
                     .ok()
                     .and_then(|s| s.parse::<u32>().ok())
-                    .ok_or_else(|| "not a number".to_string())
+                    .ok_or(TlsError::NoCertificate {
+                        path: "value".into(),
+                    })
             }),
         )
         .unwrap();

@@ -259,13 +259,30 @@ pub struct RunArgs {
 }
 
 /// A health path is an absolute path: `/healthz`.
-fn parse_health_path(s: &str) -> Result<String, String> {
+fn parse_health_path(s: &str) -> Result<String, FlagValueError> {
     if !s.starts_with('/') || s.contains(char::is_whitespace) {
-        return Err(format!("'{s}' is not an absolute path like /healthz"));
+        return Err(FlagValueError::NotAPath(s.into()));
     }
     s.parse::<http::uri::PathAndQuery>()
-        .map_err(|e| format!("'{s}': {e}"))?;
+        .map_err(|error| FlagValueError::BadPath {
+            path: s.into(),
+            error,
+        })?;
     Ok(s.to_string())
+}
+
+/// Why a value of one of the flags parsed here (not in `units`) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagValueError {
+    #[error("'{0}' is not an absolute path like /healthz")]
+    NotAPath(String),
+    #[error("'{path}': {error}")]
+    BadPath {
+        path: String,
+        error: http::uri::InvalidUri,
+    },
+    #[error("'{0}' is not a percentage from 0 to 100")]
+    NotARate(String),
 }
 
 /// Circuit breaker flags (per endpoint of each destination).
@@ -375,10 +392,10 @@ pub struct BulkheadArgs {
 }
 
 /// A percentage from 0 to 100.
-fn parse_rate(s: &str) -> Result<u8, String> {
+fn parse_rate(s: &str) -> Result<u8, FlagValueError> {
     match s.trim().trim_end_matches('%').parse::<u8>() {
         Ok(n) if n <= 100 => Ok(n),
-        _ => Err(format!("'{s}' is not a percentage from 0 to 100")),
+        _ => Err(FlagValueError::NotARate(s.into())),
     }
 }
 

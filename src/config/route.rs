@@ -9,12 +9,56 @@ use serde::Serialize;
 
 use crate::addr::Destination;
 use crate::policy::breaker::BreakerConfig;
-use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
-use crate::policy::retry::{RetryOn, RetryPolicy};
+use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit, LimitError};
+use crate::policy::retry::{RetryOn, RetryOnError, RetryPolicy};
 use crate::units::{
-    parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
-    serialize_opt_duration,
+    UnitError, parse_bytes, parse_duration, parse_per_second, parse_percent,
+    parse_positive_duration, serialize_opt_duration,
 };
+
+/// Why a `--route` flag cannot be parsed; the message names the offending part.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    #[error("a route starts with HOST[:PORT], e.g. payments:8080,timeout=2s")]
+    NoTarget,
+    #[error("'{0}' names no host: HOST[:PORT], e.g. payments:8080")]
+    NoHost(String),
+    #[error("'{0}' is not key=value")]
+    NotKeyValue(String),
+    #[error("route key '{key}': {error}")]
+    Key { key: String, error: KeyError },
+    #[error("'{0}': unclosed '['")]
+    UnclosedBracket(String),
+    #[error("'{0}' is not HOST[:PORT]")]
+    NotHostPort(String),
+    #[error("'{0}' is not a port (1-65535)")]
+    NotAPort(String),
+    #[error("port 0 cannot be routed")]
+    PortZero,
+}
+
+/// Why one `key=value` of a route is refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    #[error(transparent)]
+    RetryOn(#[from] RetryOnError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("'{0}' is not a count")]
+    NotACount(String),
+    #[error("'{0}' is not a percentage from 0 to 100")]
+    NotARate(String),
+    #[error("must be at least 1")]
+    AtLeastOne,
+    #[error("'{0}' is not one of auto, h1, h2")]
+    NotAProtocol(String),
+    #[error("'{0}' is not true or false")]
+    NotABool(String),
+    #[error("unknown key (known: {KEYS})")]
+    Unknown,
+}
 
 /// Which HTTP version breakwater speaks to an upstream or the app.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -127,18 +171,15 @@ pub struct LimitOverrides {
 
 impl LimitOverrides {
     /// Sets `key`; `Ok(false)` when the key is not one of these.
-    fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
-        let count = |v: &str| {
-            v.parse::<u32>()
-                .map_err(|_| format!("'{v}' is not a count"))
-        };
+    fn set(&mut self, key: &str, value: &str) -> Result<bool, KeyError> {
+        let count = |v: &str| v.parse::<u32>().map_err(|_| KeyError::NotACount(v.into()));
         let size = |v: &str| {
             v.parse::<usize>()
-                .map_err(|_| format!("'{v}' is not a count"))
+                .map_err(|_| KeyError::NotACount(v.into()))
         };
         let rate = |v: &str| match v.trim_end_matches('%').parse::<u8>() {
             Ok(n) if n <= 100 => Ok(n),
-            _ => Err(format!("'{v}' is not a percentage from 0 to 100")),
+            _ => Err(KeyError::NotARate(v.into())),
         };
         match key {
             "breaker-consecutive-failures" => {
@@ -152,7 +193,7 @@ impl LimitOverrides {
             }
             // As the flag: a half-open circuit closes after this many probes succeed.
             "breaker-half-open-requests" => match count(value)? {
-                0 => return Err("must be at least 1".into()),
+                0 => return Err(KeyError::AtLeastOne),
                 n => self.breaker_half_open_requests = Some(n),
             },
             "breaker-slow-call" => self.breaker_slow_call = Some(parse_positive_duration(value)?),
@@ -209,18 +250,16 @@ const KEYS: &str = "timeout, connect-timeout, protocol, tls, retries, retry-on, 
 
 impl RouteOverride {
     /// Parses `HOST[:PORT],key=value,...`; errors name the offending key.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, RouteError> {
         let mut parts = s.split(',');
         let target = parts.next().unwrap_or_default().trim();
         if target.is_empty() {
-            return Err("a route starts with HOST[:PORT], e.g. payments:8080,timeout=2s".into());
+            return Err(RouteError::NoTarget);
         }
         let (host, port) = split_host_port(target)?;
         if host.is_empty() {
             // `:8080` or `[]` would match no destination, silently.
-            return Err(format!(
-                "'{target}' names no host: HOST[:PORT], e.g. payments:8080"
-            ));
+            return Err(RouteError::NoHost(target.into()));
         }
         let mut route = RouteOverride {
             host,
@@ -234,37 +273,38 @@ impl RouteOverride {
             }
             let (key, value) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("'{pair}' is not key=value"))?;
+                .ok_or_else(|| RouteError::NotKeyValue(pair.into()))?;
             let (key, value) = (key.trim(), value.trim());
-            route
-                .set(key, value)
-                .map_err(|e| format!("route key '{key}': {e}"))?;
+            route.set(key, value).map_err(|error| RouteError::Key {
+                key: key.into(),
+                error,
+            })?;
         }
         Ok(route)
     }
 
-    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), KeyError> {
         match key {
             "timeout" => self.timeout = Some(parse_positive_duration(value)?),
             "connect-timeout" => self.connect_timeout = Some(parse_positive_duration(value)?),
             "protocol" => {
                 self.protocol = Some(
                     <Protocol as clap::ValueEnum>::from_str(value, true)
-                        .map_err(|_| format!("'{value}' is not one of auto, h1, h2"))?,
+                        .map_err(|_| KeyError::NotAProtocol(value.into()))?,
                 )
             }
             "tls" => {
                 self.tls = Some(match value {
                     "true" | "on" | "yes" | "1" => true,
                     "false" | "off" | "no" | "0" => false,
-                    _ => return Err(format!("'{value}' is not true or false")),
+                    _ => return Err(KeyError::NotABool(value.into())),
                 })
             }
             "retries" => {
                 self.retries = Some(
                     value
                         .parse()
-                        .map_err(|_| format!("'{value}' is not a count"))?,
+                        .map_err(|_| KeyError::NotACount(value.into()))?,
                 )
             }
             // A comma list inside a comma list: route values use '+' between conditions.
@@ -277,7 +317,7 @@ impl RouteOverride {
             "retry-body-limit" => self.retry_body_limit = Some(parse_bytes(value)?),
             other => {
                 if !self.limits.set(other, value)? {
-                    return Err(format!("unknown key (known: {KEYS})"));
+                    return Err(KeyError::Unknown);
                 }
             }
         }
@@ -305,16 +345,16 @@ impl RouteOverride {
     }
 }
 
-fn split_host_port(target: &str) -> Result<(String, Option<u16>), String> {
+fn split_host_port(target: &str) -> Result<(String, Option<u16>), RouteError> {
     // Bracketed IPv6: [::1]:8080 or [::1].
     if let Some(rest) = target.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("'{target}': unclosed '['"))?;
+            .ok_or_else(|| RouteError::UnclosedBracket(target.into()))?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(parse_port(p)?),
             None if after.is_empty() => None,
-            None => return Err(format!("'{target}' is not HOST[:PORT]")),
+            None => return Err(RouteError::NotHostPort(target.into())),
         };
         return Ok((host.to_ascii_lowercase(), port));
     }
@@ -326,12 +366,12 @@ fn split_host_port(target: &str) -> Result<(String, Option<u16>), String> {
     }
 }
 
-fn parse_port(p: &str) -> Result<u16, String> {
+fn parse_port(p: &str) -> Result<u16, RouteError> {
     p.parse()
-        .map_err(|_| format!("'{p}' is not a port (1-65535)"))
+        .map_err(|_| RouteError::NotAPort(p.into()))
         .and_then(|n: u16| {
             if n == 0 {
-                Err("port 0 cannot be routed".into())
+                Err(RouteError::PortZero)
             } else {
                 Ok(n)
             }
@@ -345,7 +385,9 @@ mod tests {
     #[test]
     fn parses_the_contract_example_keys() {
         for nameless in [":8080", "[]", "[]:80"] {
-            let e = RouteOverride::parse(nameless).expect_err(nameless);
+            let e = RouteOverride::parse(nameless)
+                .expect_err(nameless)
+                .to_string();
             assert!(e.contains("names no host"), "{e}");
         }
         let r = RouteOverride::parse("payments:8080,timeout=2s,protocol=h2").unwrap();
@@ -370,13 +412,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = RouteOverride::parse("payments,timeout=soon").unwrap_err();
+        let e = RouteOverride::parse("payments,timeout=soon")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timeout"), "{e}");
-        let e = RouteOverride::parse("payments,colour=blue").unwrap_err();
+        let e = RouteOverride::parse("payments,colour=blue")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = RouteOverride::parse("payments,retry-on=sometimes").unwrap_err();
+        let e = RouteOverride::parse("payments,retry-on=sometimes")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("retry-on"), "{e}");
-        let e = RouteOverride::parse("payments,retry-budget=-5").unwrap_err();
+        let e = RouteOverride::parse("payments,retry-budget=-5")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("retry-budget"), "{e}");
         assert!(RouteOverride::parse(",timeout=1s").is_err());
         assert!(RouteOverride::parse("payments:http").is_err());

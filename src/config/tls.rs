@@ -1,7 +1,7 @@
 //! The TLS settings of both listeners' flags, as files to load: what
 //! [`crate::tls`] loads and watches.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -16,6 +16,17 @@ pub struct InboundTlsConfig {
     pub identity_header: Option<String>,
 }
 
+impl InboundTlsConfig {
+    /// The flag that named `path` (the certificate's, when no file is to blame).
+    pub fn flag_of(&self, path: Option<&Path>) -> &'static str {
+        match path {
+            Some(p) if p == self.key => "--inbound-tls-key",
+            Some(p) if Some(p) == self.client_ca.as_deref() => "--inbound-tls-client-ca",
+            _ => "--inbound-tls-cert",
+        }
+    }
+}
+
 /// `--outbound-tls-*`: how breakwater originates TLS (`--route HOST,tls=true`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct OutboundTlsConfig {
@@ -24,4 +35,15 @@ pub struct OutboundTlsConfig {
     /// A client certificate and key for mutual TLS.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+impl OutboundTlsConfig {
+    /// The flag that named `path` (the CA's, when no file is to blame).
+    pub fn flag_of(&self, path: Option<&Path>) -> &'static str {
+        match path {
+            Some(p) if Some(p) == self.cert.as_deref() => "--outbound-tls-cert",
+            Some(p) if Some(p) == self.key.as_deref() => "--outbound-tls-key",
+            _ => "--outbound-tls-ca",
+        }
+    }
 }

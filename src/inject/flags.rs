@@ -108,21 +108,39 @@ const OWN_RUN_FLAGS: [(&str, &str); 5] = [
     ("--check", "inject checks the flags itself"),
 ];
 
+/// Why inject's flags cannot make a plan; as `breakwater run --check` or
+/// `init-iptables` would refuse them in the pod.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{flag} is set by inject ({why})")]
+    SetByInject { flag: String, why: &'static str },
+    #[error("{0} is a flag of inject: put it before the run flags")]
+    InjectFlag(String),
+    #[error("run flags: {0}")]
+    RunFlags(crate::config::ConfigError),
+    #[error("unexpected parse of the run flags: {0}")]
+    Unexpected(String),
+    /// clap's message, its first line.
+    #[error("{command} flags: {message}")]
+    Flags { command: String, message: String },
+}
+
 impl Plan {
     /// Checks the flags: the run flags as `breakwater run --check` does, the iptables
     /// flags as `breakwater init-iptables` parses them, so that a bad flag fails here
     /// and not in a pod.
-    pub fn from_args(args: InjectArgs) -> Result<Plan, String> {
+    pub fn from_args(args: InjectArgs) -> Result<Plan, PlanError> {
         let run_flags = normalize_run_flags(&args.run_flags);
         for flag in &run_flags {
             let name = flag.split('=').next().unwrap_or(flag);
             if let Some((_, why)) = OWN_RUN_FLAGS.iter().find(|(f, _)| *f == name) {
-                return Err(format!("{name} is set by inject ({why})"));
+                return Err(PlanError::SetByInject {
+                    flag: name.into(),
+                    why,
+                });
             }
             if InjectArgs::is_own_flag(name) {
-                return Err(format!(
-                    "{name} is a flag of inject: put it before the run flags"
-                ));
+                return Err(PlanError::InjectFlag(name.into()));
             }
         }
         let plan = Plan {
@@ -148,9 +166,9 @@ impl Plan {
         let run = pod::run_args(&plan, plan.app_port.unwrap_or(pod::DEFAULT_APP_PORT));
         match parse_subcommand(&run)? {
             Command::Run(run_args) => {
-                crate::Config::from_args(*run_args).map_err(|e| format!("run flags: {e}"))?;
+                crate::Config::from_args(*run_args).map_err(PlanError::RunFlags)?;
             }
-            other => return Err(format!("unexpected parse of the run flags: {other:?}")),
+            other => return Err(PlanError::Unexpected(format!("{other:?}"))),
         }
         if plan.mode == Mode::Transparent {
             parse_subcommand(&pod::iptables_args(&plan))?;
@@ -172,18 +190,17 @@ impl InjectArgs {
 
 /// `breakwater <args>` parsed by the real command line, the first line of clap's
 /// message on error.
-fn parse_subcommand(args: &[String]) -> Result<Command, String> {
+fn parse_subcommand(args: &[String]) -> Result<Command, PlanError> {
     let argv = std::iter::once("breakwater").chain(args.iter().map(String::as_str));
     Cli::try_parse_from(argv)
         .map(|cli| cli.command)
         .map_err(|e| {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid flags");
-            format!(
-                "{} flags: {}",
-                args.first().map_or("", String::as_str),
-                first.trim_start_matches("error: ")
-            )
+            PlanError::Flags {
+                command: args.first().cloned().unwrap_or_default(),
+                message: first.trim_start_matches("error: ").to_string(),
+            }
         })
 }
 

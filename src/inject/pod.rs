@@ -52,9 +52,27 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// Why a pod template cannot take breakwater: a part of it is not what a pod
+/// spec has there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    #[error("the pod spec is missing or not a mapping")]
+    NoSpec,
+    #[error("spec.containers is missing or not a list")]
+    NoContainers,
+    #[error("spec.containers is empty")]
+    EmptyContainers,
+    #[error("spec.{0} is not a list")]
+    NotAList(&'static str),
+    #[error("metadata.annotations is not a mapping")]
+    Annotations,
+    #[error("a container's env is not a list")]
+    Env,
+}
+
 /// Injects breakwater into `template` (a Pod, or a workload's pod template: a mapping
 /// with `metadata` and `spec`).
-pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, String> {
+pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, PodError> {
     let annotation = |key: &str| {
         template
             .at(&["metadata", "annotations", key])
@@ -67,7 +85,7 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, String> {
     let was_explicit = annotation(MODE_ANNOTATION).as_deref() == Some("explicit");
     let spec = match template.get_mut("spec") {
         Some(spec @ Node::Map(_)) => spec,
-        _ => return Err("the pod spec is missing or not a mapping".into()),
+        _ => return Err(PodError::NoSpec),
     };
     if spec.get("hostNetwork").and_then(Node::as_str) == Some("true") {
         return Ok(Outcome::Skipped(
@@ -89,10 +107,10 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, String> {
     remove_previous(spec, was_explicit && plan.mode != Mode::Explicit);
 
     let Some(Node::Seq(containers)) = spec.get("containers") else {
-        return Err("spec.containers is missing or not a list".into());
+        return Err(PodError::NoContainers);
     };
     let Some(app) = containers.first() else {
-        return Err("spec.containers is empty".into());
+        return Err(PodError::EmptyContainers);
     };
     let app_name = app.get("name").and_then(Node::as_str).map(str::to_string);
     let app_port = plan.app_port.unwrap_or_else(|| first_port(app));
@@ -127,7 +145,7 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, String> {
     let annotations = template
         .map_entry("metadata")
         .and_then(|m| m.map_entry("annotations"))
-        .ok_or("metadata.annotations is not a mapping")?;
+        .ok_or(PodError::Annotations)?;
     annotations.set(MODE_ANNOTATION, Node::str(plan.mode.as_str()));
     if let Some(name) = app_name
         && annotations.get(DEFAULT_CONTAINER_ANNOTATION).is_none()
@@ -138,9 +156,8 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, String> {
     Ok(Outcome::Injected)
 }
 
-fn seq<'a>(spec: &'a mut Node, key: &str) -> Result<&'a mut Vec<Node>, String> {
-    spec.seq_entry(key)
-        .ok_or_else(|| format!("spec.{key} is not a list"))
+fn seq<'a>(spec: &'a mut Node, key: &'static str) -> Result<&'a mut Vec<Node>, PodError> {
+    spec.seq_entry(key).ok_or(PodError::NotAList(key))
 }
 
 fn named(container: &Node, name: &str) -> bool {
@@ -184,10 +201,8 @@ fn first_port(app: &Node) -> u16 {
         .unwrap_or(DEFAULT_APP_PORT)
 }
 
-fn set_proxy_env(container: &mut Node) -> Result<(), String> {
-    let env = container
-        .seq_entry("env")
-        .ok_or("a container's env is not a list")?;
+fn set_proxy_env(container: &mut Node) -> Result<(), PodError> {
+    let env = container.seq_entry("env").ok_or(PodError::Env)?;
     for (name, value) in proxy_env() {
         let entry = Node::map([("name", Node::str(name)), ("value", Node::str(value))]);
         match env.iter_mut().find(|e| named(e, name)) {

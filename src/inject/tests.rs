@@ -16,7 +16,9 @@ fn plan(flags: &[&str]) -> Plan {
 fn plan_error(flags: &[&str]) -> String {
     let argv = ["breakwater", "inject"].iter().chain(flags);
     match Cli::try_parse_from(argv).expect("inject flags").command {
-        Command::Inject(args) => Plan::from_args(args).expect_err("an invalid plan"),
+        Command::Inject(args) => Plan::from_args(args)
+            .expect_err("an invalid plan")
+            .to_string(),
         other => panic!("parsed as {other:?}"),
     }
 }

@@ -164,55 +164,79 @@ fn families() -> Vec<Family> {
     }
 }
 
+/// Why the rules could not be applied or removed; names the tool.
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("cannot run {tool}: {source}")]
+    Spawn {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{tool}: {source}")]
+    Io {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{tool} failed: {stderr}")]
+    Failed { tool: &'static str, stderr: String },
+    #[error("{tool}: cannot add the jump from {hook} to {chain}")]
+    Jump {
+        tool: &'static str,
+        hook: &'static str,
+        chain: &'static str,
+    },
+}
+
 /// `iptables -t nat ARGS`, quietly; whether it succeeded.
-fn tables(family: Family, args: &[&str]) -> Result<bool, String> {
+fn tables(family: Family, args: &[&str]) -> Result<bool, IptablesError> {
     let status = Command::new(family.tables())
         .args(["-w", "-t", "nat"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", family.tables()))?;
+        .map_err(|source| IptablesError::Spawn {
+            tool: family.tables(),
+            source,
+        })?;
     Ok(status.success())
 }
 
-fn restore(family: Family, input: &str) -> Result<(), String> {
+fn restore(family: Family, input: &str) -> Result<(), IptablesError> {
+    let tool = family.restore();
+    let io = |source| IptablesError::Io { tool, source };
     let mut child = Command::new(family.restore())
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", family.restore()))?;
+        .map_err(|source| IptablesError::Spawn { tool, source })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| format!("{}: {e}", family.restore()))?;
+        stdin.write_all(input.as_bytes()).map_err(io)?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{}: {e}", family.restore()))?;
+    let out = child.wait_with_output().map_err(io)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{} failed: {}",
-            family.restore(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(IptablesError::Failed {
+            tool,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// Writes our chains and adds the jumps into them that are not there yet.
-pub fn apply(rules: &Rules, family: Family) -> Result<(), String> {
+pub fn apply(rules: &Rules, family: Family) -> Result<(), IptablesError> {
     restore(family, &rules.restore_input(family))?;
     for (hook, chain) in JUMPS {
         let present = tables(family, &["-C", hook, "-p", "tcp", "-j", chain])?;
         if !present && !tables(family, &["-A", hook, "-p", "tcp", "-j", chain])? {
-            return Err(format!(
-                "{}: cannot add the jump from {hook} to {chain}",
-                family.tables()
-            ));
+            return Err(IptablesError::Jump {
+                tool: family.tables(),
+                hook,
+                chain,
+            });
         }
     }
     Ok(())
@@ -220,7 +244,7 @@ pub fn apply(rules: &Rules, family: Family) -> Result<(), String> {
 
 /// Removes every jump to our chains and the chains themselves; what is already
 /// gone is not an error.
-pub fn clean(family: Family) -> Result<(), String> {
+pub fn clean(family: Family) -> Result<(), IptablesError> {
     for (hook, chain) in JUMPS {
         while tables(family, &["-D", hook, "-p", "tcp", "-j", chain])? {}
     }

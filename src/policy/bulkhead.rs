@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::error::Reason;
+
 /// Why a request got no slot; also its `x-breakwater-reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -28,8 +30,8 @@ pub enum Refusal {
 impl Refusal {
     pub fn reason(self) -> &'static str {
         match self {
-            Refusal::Full => "bulkhead-full",
-            Refusal::QueueTimeout => "queue-timeout",
+            Refusal::Full => Reason::BulkheadFull.as_str(),
+            Refusal::QueueTimeout => Reason::QueueTimeout.as_str(),
         }
     }
 }

@@ -13,15 +13,20 @@ pub enum ConcurrencyLimit {
     Auto,
 }
 
+/// A `--max-concurrent` value that is neither a positive count nor `auto`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is neither a count of at least 1 nor auto")]
+pub struct LimitError(pub String);
+
 impl ConcurrencyLimit {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, LimitError> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("auto") {
             return Ok(ConcurrencyLimit::Auto);
         }
         match s.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(ConcurrencyLimit::Fixed(n)),
-            _ => Err(format!("'{s}' is neither a count of at least 1 nor auto")),
+            _ => Err(LimitError(s.into())),
         }
     }
 }

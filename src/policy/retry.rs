@@ -24,9 +24,17 @@ pub struct RetryOn {
     pub statuses: Vec<u16>,
 }
 
+/// A `--retry-on` word that names no condition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown condition '{0}' (known: connect-failure, reset, gateway-error, 5xx, 429, \
+     unavailable, or a status code)"
+)]
+pub struct RetryOnError(pub String);
+
 impl RetryOn {
     /// Parses a comma list: `connect-failure,reset,gateway-error,5xx,429,unavailable,503`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, RetryOnError> {
         let mut on = RetryOn::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
@@ -38,12 +46,7 @@ impl RetryOn {
                 "unavailable" => on.unavailable = true,
                 code => match code.parse::<u16>() {
                     Ok(c) if (100..=599).contains(&c) => on.statuses.push(c),
-                    _ => {
-                        return Err(format!(
-                            "unknown condition '{word}' (known: connect-failure, reset, \
-                             gateway-error, 5xx, 429, unavailable, or a status code)"
-                        ));
-                    }
+                    _ => return Err(RetryOnError(word.into())),
                 },
             }
         }

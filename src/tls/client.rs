@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 use tracing::warn;
 
 use super::{
-    ALPN_H1, ALPN_H2, OutboundTlsConfig, Reloadable, TlsMetrics, parse_certs, parse_key, provider,
-    roots, watch,
+    ALPN_H1, ALPN_H2, HandshakeError, OutboundTlsConfig, Reloadable, TlsError, TlsMetrics,
+    parse_certs, parse_key, provider, roots, watch,
 };
 
 /// Client configs for each set of ALPN protocols offered.
@@ -38,7 +38,7 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    pub fn load(cfg: &OutboundTlsConfig, metrics: &TlsMetrics) -> Result<Arc<Self>, String> {
+    pub fn load(cfg: &OutboundTlsConfig, metrics: &TlsMetrics) -> Result<Arc<Self>, TlsError> {
         let mut paths = Vec::new();
         let ca_at = cfg.ca.as_ref().map(|p| {
             paths.push(p.clone());
@@ -51,7 +51,7 @@ impl ClientTls {
                 Some(paths.len() - 2)
             }
             (None, None) => None,
-            _ => return Err("--outbound-tls-cert and --outbound-tls-key go together".into()),
+            _ => return Err(TlsError::CertWithoutKey),
         };
         let system = if ca_at.is_none() {
             let found = rustls_native_certs::load_native_certs();
@@ -66,7 +66,7 @@ impl ClientTls {
         };
         let m = metrics.clone();
         let p = paths.clone();
-        let build = move |bytes: &[Vec<u8>]| -> Result<ClientConfigs, String> {
+        let build = move |bytes: &[Vec<u8>]| -> Result<ClientConfigs, TlsError> {
             let mut gauges = Vec::new();
             let roots = match (&system, ca_at) {
                 (Some(s), _) => s.clone(),
@@ -79,7 +79,7 @@ impl ClientTls {
             };
             let builder = ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(TlsError::Provider)?
                 .with_root_certificates(roots);
             let config = match cert_at {
                 Some(i) => {
@@ -88,7 +88,10 @@ impl ClientTls {
                     gauges.push(("outbound-client", certs.clone(), false));
                     builder
                         .with_client_auth_cert(certs, key)
-                        .map_err(|e| format!("{}: {e}", p[i + 1].display()))?
+                        .map_err(|source| TlsError::Rejected {
+                            path: p[i + 1].clone(),
+                            source,
+                        })?
                 }
                 None => builder.with_no_client_auth(),
             };
@@ -121,7 +124,7 @@ impl ClientTls {
         name: ServerName<'static>,
         tcp: TcpStream,
         alpn: Alpn,
-    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, bool), String> {
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, bool), HandshakeError> {
         let configs = self.configs.current();
         let config = match alpn {
             Alpn::Any => configs.any.clone(),
@@ -138,23 +141,9 @@ impl ClientTls {
                 Ok((s, h2))
             }
             Err(e) => {
-                let cert = e
-                    .get_ref()
-                    .and_then(|i| i.downcast_ref::<rustls::Error>())
-                    .is_some_and(|r| {
-                        matches!(
-                            r,
-                            rustls::Error::InvalidCertificate(_)
-                                | rustls::Error::NoCertificatesPresented
-                        )
-                    });
-                if cert {
-                    self.metrics.handshake("outbound", "certificate-error");
-                    Err(format!("TLS certificate verification failed: {e}"))
-                } else {
-                    self.metrics.handshake("outbound", "failed");
-                    Err(format!("TLS handshake failed: {e}"))
-                }
+                let e = HandshakeError::classify(e);
+                self.metrics.handshake("outbound", e.result());
+                Err(e)
             }
         }
     }

@@ -8,8 +8,8 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpStream;
 
 use super::{
-    ALPN_H1, ALPN_H2, InboundTlsConfig, Reloadable, TlsMetrics, identity, parse_certs, parse_key,
-    provider, roots, watch,
+    ALPN_H1, ALPN_H2, HandshakeError, InboundTlsConfig, Reloadable, TlsError, TlsMetrics, identity,
+    parse_certs, parse_key, provider, roots, watch,
 };
 
 /// The inbound listener's TLS: a server config that follows its files.
@@ -19,19 +19,19 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn load(cfg: &InboundTlsConfig, metrics: &TlsMetrics) -> Result<Arc<Self>, String> {
+    pub fn load(cfg: &InboundTlsConfig, metrics: &TlsMetrics) -> Result<Arc<Self>, TlsError> {
         let mut paths = vec![cfg.cert.clone(), cfg.key.clone()];
         if let Some(ca) = &cfg.client_ca {
             paths.push(ca.clone());
         }
         let m = metrics.clone();
         let p = paths.clone();
-        let build = move |bytes: &[Vec<u8>]| -> Result<ServerConfig, String> {
+        let build = move |bytes: &[Vec<u8>]| -> Result<ServerConfig, TlsError> {
             let certs = parse_certs(&bytes[0], &p[0])?;
             let key = parse_key(&bytes[1], &p[1])?;
             let builder = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?;
+                .map_err(TlsError::Provider)?;
             let mut ca_expiry = None;
             let builder = match (bytes.get(2), p.get(2)) {
                 (Some(ca), Some(path)) => {
@@ -42,15 +42,22 @@ impl ServerTls {
                         provider(),
                     )
                     .build()
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|source| TlsError::Verifier {
+                        path: path.clone(),
+                        source,
+                    })?;
                     builder.with_client_cert_verifier(verifier)
                 }
                 _ => builder.with_no_client_auth(),
             };
             let leaf = certs.clone();
-            let mut config = builder
-                .with_single_cert(certs, key)
-                .map_err(|e| format!("{}: {e}", p[1].display()))?;
+            let mut config =
+                builder
+                    .with_single_cert(certs, key)
+                    .map_err(|source| TlsError::Rejected {
+                        path: p[1].clone(),
+                        source,
+                    })?;
             // Only material that is taken shows in the expiry gauge.
             m.expiry("inbound", &leaf, false);
             if let Some(ca) = ca_expiry {
@@ -78,12 +85,12 @@ impl ServerTls {
         &self,
         stream: TcpStream,
         timeout: Duration,
-    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<String>), String> {
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<String>), HandshakeError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
         let result = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("TLS handshake timed out after {timeout:?}")),
+            Ok(Err(e)) => Err(HandshakeError::classify(e)),
+            Err(_) => Err(HandshakeError::TimedOut(timeout)),
         };
         match result {
             Ok(s) => {
@@ -97,7 +104,7 @@ impl ServerTls {
                 Ok((s, id))
             }
             Err(e) => {
-                self.metrics.handshake("inbound", "failed");
+                self.metrics.handshake("inbound", e.result());
                 Err(e)
             }
         }

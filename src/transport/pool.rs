@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+mod connect_error;
+
+pub use connect_error::ConnectError;
+
 use super::replay::ReplayBody;
 use super::speaks::{ServerPreface, Speaks};
 use crate::tls::{Alpn, Origin, UpstreamIo};
@@ -35,7 +39,7 @@ const STALE_RETRIES: usize = 3;
 pub enum SendError {
     /// No connection could be made. The request was not sent and comes back as
     /// it was given, so a retry needs no copy of it made in advance.
-    Connect(String, Box<Request<ReplayBody>>),
+    Connect(ConnectError, Box<Request<ReplayBody>>),
     /// The connection broke before a complete response head.
     Broken(hyper::Error),
     /// The endpoint does not speak HTTP/2 (ALPN, or its answer to the preface).
@@ -49,7 +53,7 @@ enum H2Connect {
     /// The endpoint answered, but not in HTTP/2.
     Refused,
     /// It could not be reached.
-    Failed(String),
+    Failed(ConnectError),
 }
 
 pub struct EndpointPool {
@@ -258,7 +262,7 @@ impl EndpointPool {
 
     /// A new connection, TLS when the endpoint asks for it, and whether it speaks
     /// HTTP/2 (ALPN); or why there is none.
-    async fn connect(&self, alpn: Alpn) -> Result<(UpstreamIo, bool), String> {
+    async fn connect(&self, alpn: Alpn) -> Result<(UpstreamIo, bool), ConnectError> {
         let connected = self.connect_io(alpn).await;
         if connected.is_err() {
             // It may come back as another build, speaking something else.
@@ -267,29 +271,29 @@ impl EndpointPool {
         connected
     }
 
-    async fn connect_io(&self, alpn: Alpn) -> Result<(UpstreamIo, bool), String> {
+    async fn connect_io(&self, alpn: Alpn) -> Result<(UpstreamIo, bool), ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?
+            .map_err(ConnectError::Tcp)?;
         let _ = stream.set_nodelay(true);
         let Some(origin) = &self.tls else {
             return Ok((UpstreamIo::Plain(stream), false));
         };
         let Some(name) = origin.server_name.clone() else {
-            return Err("the host is not a valid TLS server name".into());
+            return Err(ConnectError::ServerName);
         };
         let handshake = origin.client.connect(name, stream, alpn);
         let (tls, h2) = tokio::time::timeout(self.connect_timeout, handshake)
             .await
-            .map_err(|_| format!("TLS handshake timed out after {:?}", self.connect_timeout))?
+            .map_err(|_| ConnectError::TlsTimedOut(self.connect_timeout))?
             .map_err(|e| {
-                if e.contains("certificate") {
+                if e.is_certificate() {
                     warn!(addr = %self.addr, error = %e, "upstream TLS certificate error");
                 } else {
                     debug!(addr = %self.addr, error = %e, "upstream TLS handshake failed");
                 }
-                e
+                ConnectError::Tls(e)
             })?;
         if alpn != Alpn::H1 {
             self.speaks.learned_h2(h2);
@@ -299,7 +303,7 @@ impl EndpointPool {
 
     /// A new connection with its HTTP handshake done: nothing has been sent on it
     /// yet, so a failure here is a connect failure.
-    async fn connect_fresh(&self, alpn: Alpn) -> Result<Fresh, String> {
+    async fn connect_fresh(&self, alpn: Alpn) -> Result<Fresh, ConnectError> {
         let (io, h2) = self.connect(alpn).await?;
         let io = TokioIo::new(io);
         if h2 {
@@ -314,7 +318,7 @@ impl EndpointPool {
             .max_buf_size(UPSTREAM_MAX_BUF)
             .handshake(io)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectError::Http)?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -357,20 +361,17 @@ impl EndpointPool {
                 self.speaks.learned_h2(false);
                 H2Connect::Refused
             }
-            Err(_) => H2Connect::Failed(format!(
-                "no HTTP/2 SETTINGS from the endpoint within {:?}",
-                self.connect_timeout
-            )),
+            Err(_) => H2Connect::Failed(ConnectError::NoSettings(self.connect_timeout)),
         }
     }
 
-    async fn handshake_h2<I>(&self, io: I) -> Result<http2::SendRequest<ReplayBody>, String>
+    async fn handshake_h2<I>(&self, io: I) -> Result<http2::SendRequest<ReplayBody>, ConnectError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new()).adaptive_window(true);
-        let (sender, conn) = builder.handshake(io).await.map_err(|e| e.to_string())?;
+        let (sender, conn) = builder.handshake(io).await.map_err(ConnectError::Http)?;
 
         let addr = self.addr;
         tokio::spawn(async move {
@@ -472,7 +473,7 @@ mod tests {
             else {
                 panic!("expected a connect failure");
             };
-            assert!(!cause.is_empty());
+            assert!(!cause.to_string().is_empty());
             assert_eq!(req.uri(), "http://app.local:8080/path?q=1");
             assert_eq!(req.version(), version);
             assert_eq!(req.headers()[http::header::HOST], "app.local:8080");

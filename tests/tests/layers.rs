@@ -3,13 +3,16 @@
 //! The layers, lowest first (README, "Architecture"):
 //!
 //! 0. leaves: the vocabulary every layer shares, importing nothing of ours
-//! 1. policies: pure state machines and rules
-//! 2. configuration: flags become a validated `Config`
-//! 3. mechanism: sockets, pools, bodies, headers, TLS, listeners, probes —
+//!    (not even each other)
+//! 1. metrics: the metric families, whose label sets come from the leaves'
+//!    vocabulary (`error::Reason`)
+//! 2. policies: pure state machines and rules
+//! 3. configuration: flags become a validated `Config`
+//! 4. mechanism: sockets, pools, bodies, headers, TLS, listeners, probes —
 //!    no destination state, no pipeline
-//! 4. per-destination state: the registry, endpoints, their breakers
-//! 5. the request pipeline: inbound/outbound → exchange → attempts → forward
-//! 6. wiring: the process, the admin endpoint, the demo, `inject`, the CLI
+//! 5. per-destination state: the registry, endpoints, their breakers
+//! 6. the request pipeline: inbound/outbound → exchange → attempts → forward
+//! 7. wiring: the process, the admin endpoint, the demo, `inject`, the CLI
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,40 +22,41 @@ const LAYERS: &[(&str, usize)] = &[
     ("addr", 0),
     ("error", 0),
     ("units", 0),
-    ("metrics", 0),
     ("drain", 0),
     ("telemetry", 0),
-    ("policy", 1),
-    ("config", 2),
-    ("connect", 3),
-    ("transport", 3),
-    ("tls", 3),
-    ("listener", 3),
-    ("interception", 3),
-    ("tunnel", 3),
-    ("health", 3),
-    ("destination", 3),
-    ("upstream", 4),
-    ("inbound", 5),
-    ("outbound", 5),
-    ("context", 5),
-    ("exchange", 5),
-    ("attempts", 5),
-    ("forward", 5),
-    ("body", 5),
-    ("accounting", 5),
-    ("rescue", 5),
-    ("app", 6),
-    ("admin", 6),
-    ("demo", 6),
-    ("inject", 6),
-    ("cli", 6),
-    ("lib", 6),
-    ("main", 6),
+    ("metrics", 1),
+    ("policy", 2),
+    ("config", 3),
+    ("connect", 4),
+    ("transport", 4),
+    ("tls", 4),
+    ("listener", 4),
+    ("interception", 4),
+    ("tunnel", 4),
+    ("health", 4),
+    ("destination", 4),
+    ("upstream", 5),
+    ("inbound", 6),
+    ("outbound", 6),
+    ("context", 6),
+    ("exchange", 6),
+    ("attempts", 6),
+    ("forward", 6),
+    ("body", 6),
+    ("accounting", 6),
+    ("rescue", 6),
+    ("app", 7),
+    ("admin", 7),
+    ("demo", 7),
+    ("inject", 7),
+    ("cli", 7),
+    ("lib", 7),
+    ("main", 7),
 ];
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "leaves",
+    "metrics",
     "policies",
     "configuration",
     "mechanism",
@@ -234,6 +238,21 @@ fn no_module_imports_a_layer_above_its_own() {
         "imports up a layer:\n{}",
         upward.join("\n")
     );
+}
+
+#[test]
+fn leaves_import_nothing_of_ours() {
+    let g = graph();
+    let mut found = Vec::new();
+    for (module, targets) in &g.edges {
+        if layer_of(module) != Some(0) {
+            continue;
+        }
+        for (target, line) in targets {
+            found.push(format!("src/{module}.rs:{line}: a leaf imports {target}"));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
 #[test]

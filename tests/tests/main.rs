@@ -19,6 +19,7 @@ mod limits;
 mod properties;
 mod protocols;
 mod proxying;
+mod reasons;
 mod resilience;
 mod retries;
 mod streaming;

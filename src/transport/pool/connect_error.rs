@@ -1,0 +1,39 @@
+//! `ConnectError`: why no connection to an endpoint could be made, before any
+//! byte of the request was sent. Its text is the cause `forward` puts in a
+//! `connect-failure` answer.
+
+use std::time::Duration;
+
+use crate::tls::HandshakeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect did not complete within `--connect-timeout`.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+    /// Refused, unreachable, or any other error of the TCP connect.
+    #[error("{0}")]
+    Tcp(std::io::Error),
+    /// The route asks for TLS and the host name cannot be an SNI name.
+    #[error("the host is not a valid TLS server name")]
+    ServerName,
+    /// The TLS handshake did not complete within `--connect-timeout`.
+    #[error("TLS handshake timed out after {0:?}")]
+    TlsTimedOut(Duration),
+    /// The TLS handshake failed: a certificate that did not verify, or else.
+    #[error("{0}")]
+    Tls(HandshakeError),
+    /// The HTTP/1.1 or HTTP/2 handshake on the new connection failed.
+    #[error("{0}")]
+    Http(hyper::Error),
+    /// A prior-knowledge HTTP/2 connection saw no SETTINGS frame in time.
+    #[error("no HTTP/2 SETTINGS from the endpoint within {0:?}")]
+    NoSettings(Duration),
+}
+
+impl ConnectError {
+    /// The upstream's certificate did not verify (or none was presented).
+    pub fn is_certificate(&self) -> bool {
+        matches!(self, ConnectError::Tls(e) if e.is_certificate())
+    }
+}
