@@ -539,3 +539,53 @@ async fn outbound_mutual_tls_presents_the_client_certificate() {
     assert_eq!(a.status, 502, "{}", a.body);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A certificate file that cannot be loaded stops start-up with a message that
+/// names its flag and file, not as a listener that could not be bound.
+#[tokio::test]
+async fn a_bad_certificate_file_is_named_by_its_flag() {
+    let ca = Ca::new("test-ca");
+    let dir = temp_dir("bad-files");
+    let mut tls = inbound_tls(&dir, &ca, None, false);
+    tls.key = write(&dir, "empty-key.pem", "");
+    let mut config = breakwater::Config::loopback();
+    config.inbound_tls = Some(tls.clone());
+    let Err(e) = breakwater::Proxy::bind(config).await else {
+        panic!("a key file without a key was taken");
+    };
+    let text = e.to_string();
+    assert!(
+        matches!(
+            e,
+            breakwater::app::BindError::Tls {
+                flag: "--inbound-tls-key",
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text,
+        format!(
+            "cannot load --inbound-tls-key: {}: no PEM private key found",
+            tls.key.display()
+        )
+    );
+    assert!(!text.contains("cannot listen"), "{text}");
+
+    let mut config = breakwater::Config::loopback();
+    config.routes = vec![breakwater::config::RouteOverride::parse("api:443,tls=true").unwrap()];
+    config.outbound_tls = OutboundTlsConfig {
+        ca: Some(dir.join("missing-ca.pem")),
+        ..OutboundTlsConfig::default()
+    };
+    let Err(e) = breakwater::Proxy::bind(config).await else {
+        panic!("a missing CA file was taken");
+    };
+    let text = e.to_string();
+    assert!(
+        text.starts_with("cannot load --outbound-tls-ca: "),
+        "{text}"
+    );
+    assert!(text.contains("missing-ca.pem"), "{text}");
+}

@@ -37,3 +37,30 @@ impl ConnectError {
         matches!(self, ConnectError::Tls(e) if e.is_certificate())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_as_the_cause_and_knows_certificate_failures() {
+        let unknown_issuer = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let e = ConnectError::Tls(HandshakeError::classify(unknown_issuer));
+        assert!(e.is_certificate());
+        assert!(
+            e.to_string()
+                .starts_with("TLS certificate verification failed: "),
+            "{e}"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = ConnectError::Tcp(refused);
+        assert!(!e.is_certificate());
+        assert_eq!(e.to_string(), "connection refused");
+        let e = ConnectError::TimedOut(Duration::from_secs(1));
+        assert_eq!(e.to_string(), "connect timed out after 1s");
+        assert!(!ConnectError::TlsTimedOut(Duration::from_secs(1)).is_certificate());
+    }
+}
