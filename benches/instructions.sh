@@ -2,7 +2,7 @@
 # benches/instructions.sh - user-space instructions per proxied request, counted
 # by valgrind's callgrind: breakwater's inbound path and HAProxy's, same backend.
 #
-#   benches/instructions.sh [--no-build] [-n REQUESTS] [--profile DIR]
+#   benches/instructions.sh [--no-build] [--bin [NAME=]PATH]... [-n REQUESTS] [--profile DIR]
 #
 # Instruction counts repeat to within a fraction of a percent whatever else the
 # machine is doing, where req/s on these shared 2-core machines moves by 5-10 %
@@ -16,6 +16,9 @@
 # warm-up requests, the counters are zeroed, then REQUESTS (default 20000)
 # keep-alive GETs over 20 connections are counted. With --profile DIR the
 # callgrind files are kept there (callgrind_annotate DIR/breakwater.out.1).
+# --bin PATH counts that binary instead of target/release/breakwater (no build);
+# repeat it as --bin NAME=PATH to count several builds in one run, e.g. before and
+# after a change (one row each, HAProxy counted once).
 # Needs valgrind, nginx, haproxy, h2load (apt: valgrind nginx haproxy nghttp2-client).
 # Ports 28500-28502 on 127.0.0.1; everything started here is stopped by PID.
 
@@ -30,6 +33,7 @@ HA_PORT=28502
 N=20000
 BUILD=1
 PROFILE_DIR=
+declare -a BIN_SPECS=()
 
 # log, die, port_free, wait_port, descendants, stop_tree
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -37,6 +41,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --no-build) BUILD=0 ;;
+    --bin) BIN_SPECS+=("$2"); BUILD=0; shift ;;
     -n) N=$2; shift ;;
     --profile) PROFILE_DIR=$2; shift ;;
     -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -52,7 +57,18 @@ if [[ $BUILD == 1 ]]; then
   log "cargo build --release --locked"
   (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed"
 fi
-[[ -x $BIN ]] || die "no $BIN (build it, or drop --no-build)"
+declare -a NAMES=() BINS=()
+if [[ ${#BIN_SPECS[@]} -eq 0 ]]; then
+  [[ -x $BIN ]] || die "no $BIN (build it, or drop --no-build)"
+  NAMES=(breakwater); BINS=("$BIN")
+fi
+for spec in "${BIN_SPECS[@]}"; do
+  if [[ $spec == *=* ]]; then name=${spec%%=*}; path=${spec#*=}; else name=breakwater; path=$spec; fi
+  [[ $name =~ ^[A-Za-z0-9._-]+$ && $name != haproxy ]] || die "--bin: bad name '$name'"
+  [[ " ${NAMES[*]} " != *" $name "* ]] || die "--bin: two rows named $name (use --bin NAME=PATH)"
+  [[ -x $path ]] || die "--bin: no binary at $path"
+  NAMES+=("$name"); BINS+=("$path")
+done
 
 WORK=$(mktemp -d /tmp/breakwater-instructions.XXXXXX)
 chmod 755 "$WORK" # nginx's worker runs as nobody
@@ -118,15 +134,26 @@ count() {
   echo $((tot / N))
 }
 
-log "breakwater under callgrind ($N requests)"
-bw=$(count breakwater "$BW_PORT" "$BIN" run --threads 1 --log-level warn \
-  --inbound-addr "$HOST:$BW_PORT" --app-addr "$HOST:$BACKEND_PORT" \
-  --outbound-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0) || exit 1
+declare -a COUNTS=()
+for i in "${!NAMES[@]}"; do
+  log "${NAMES[$i]} under callgrind ($N requests): ${BINS[$i]}"
+  c=$(count "${NAMES[$i]}" "$BW_PORT" "${BINS[$i]}" run --threads 1 --log-level warn \
+    --inbound-addr "$HOST:$BW_PORT" --app-addr "$HOST:$BACKEND_PORT" \
+    --outbound-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0) || exit 1
+  COUNTS+=("$c")
+done
 log "HAProxy under callgrind ($N requests)"
 ha=$(count haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db) || exit 1
 
 echo "| proxy | user-space instructions per request |"
 echo "|---|---:|"
-echo "| breakwater | $bw |"
+for i in "${!NAMES[@]}"; do echo "| ${NAMES[$i]} | ${COUNTS[$i]} |"; done
 echo "| HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}') | $ha |"
-awk -v b="$bw" -v h="$ha" 'BEGIN { printf "\nbreakwater / HAProxy: %.2f\n", b / h }'
+echo
+for i in "${!NAMES[@]}"; do
+  awk -v n="${NAMES[$i]}" -v b="${COUNTS[$i]}" -v h="$ha" 'BEGIN { printf "%s / HAProxy: %.2f\n", n, b / h }'
+done
+for ((i = 1; i < ${#NAMES[@]}; i++)); do
+  awk -v n="${NAMES[$i]}" -v f="${NAMES[0]}" -v b="${COUNTS[$i]}" -v a="${COUNTS[0]}" \
+    'BEGIN { printf "%s / %s: %.4f (%+.2f %%)\n", n, f, b / a, (b / a - 1) * 100 }'
+done

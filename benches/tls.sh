@@ -11,7 +11,7 @@
 #   breakwater  run --threads 1 --log-level warn --inbound-tls-cert/--inbound-tls-key,
 #               one instance -> BACKEND (HTTP/1.1) and one -> BACKEND+1 (h2c), because
 #               breakwater forwards HTTP/2 clients to the app as h2c (README "TLS")
-#   Envoy       --concurrency 1 --disable-hot-restart, as ../shared/tools/peer-bench.sh,
+#   Envoy       --concurrency 1 --disable-hot-restart, as benches/peer.sh,
 #               with a DownstreamTlsContext (ALPN h2,http/1.1); one listener -> BACKEND
 #               (HTTP/1.1 pool), one -> BACKEND+1 (h2c), mirroring breakwater
 # Per round (3 by default, the breakwater/Envoy order alternates every round):
