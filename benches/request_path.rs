@@ -13,6 +13,9 @@
 //! Run: `cargo bench --bench request_path` (about 15 s after the build). Env:
 //! `BENCH_REQUESTS` per batch (default 2000), `BENCH_ROUNDS` (default 7).
 
+// A benchmark panics on what it set up itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;

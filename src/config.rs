@@ -295,7 +295,9 @@ impl Config {
     }
 
     /// The defaults of every flag, with all three listeners and the app on loopback
-    /// port 0: what tests and the demo start from.
+    /// port 0: what tests and the demo start from. Constant flags: a panic here
+    /// is a programming error every test would show.
+    #[allow(clippy::expect_used)]
     pub fn loopback() -> Self {
         let args = cli::parse_run_args([
             "--inbound-addr=127.0.0.1:0",

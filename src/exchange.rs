@@ -14,7 +14,7 @@ use crate::attempts;
 use crate::body::ProxyBody;
 use crate::context::RequestCtx;
 use crate::drain::DrainWatch;
-use crate::error::ProxyError;
+use crate::error::{Counted, ProxyError};
 use crate::forward::Forwarder;
 use crate::metrics::Direction;
 use crate::policy::bulkhead::Refusal;
@@ -213,13 +213,12 @@ pub fn body_unread<B: http_body::Body>(req: &Request<B>) -> bool {
 /// that was not told would send that next request into a closed connection.
 pub fn fail(err: ProxyError, mut in_flight: InFlight, body_unread: bool) -> Response<ProxyBody> {
     tracing::debug!(reason = err.reason(), error = %err, "request failed");
-    if err.is_client_fault() {
-        in_flight.metrics().count_client_error(err.reason());
-    } else if err.status() == http::StatusCode::SERVICE_UNAVAILABLE {
-        // breakwater refused it itself (DESIGN.md's 503 reasons).
-        in_flight.metrics().count_rejected(err.reason());
-    } else {
-        in_flight.metrics().count_failure(err.reason());
+    // Whose doing it was decides where it is counted (`error::Counted`).
+    let metrics = in_flight.metrics();
+    match err.kind().counted_as() {
+        Counted::ClientError => metrics.count_client_error(err.reason()),
+        Counted::Rejection => metrics.count_rejected(err.reason()),
+        Counted::UpstreamFailure => metrics.count_failure(err.reason()),
     }
     in_flight.set_status(err.status().as_u16());
     if let Some(a) = in_flight.access_mut() {

@@ -254,7 +254,7 @@ impl Prober {
 enum ProbeError {
     #[error("TCP connect to {app}: {source}")]
     Tcp {
-        app: std::net::SocketAddr,
+        app: SocketAddr,
         source: std::io::Error,
     },
     #[error("{0}")]

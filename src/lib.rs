@@ -12,8 +12,6 @@
 //! `tests/tests/layers.rs`): leaves, policies, configuration, mechanism,
 //! per-destination state, pipeline, wiring.
 
-#![forbid(unsafe_code)]
-
 pub mod accounting;
 pub mod addr;
 pub mod admin;

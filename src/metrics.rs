@@ -506,6 +506,7 @@ impl Metrics {
 /// Registers a metric family built from constant options. Either step failing is a
 /// programming error (a bad name, a duplicate), caught by every test that starts
 /// the proxy, so it may panic.
+#[allow(clippy::expect_used)]
 pub(crate) fn register<C: Collector + Clone + 'static>(
     registry: &Registry,
     metric: prometheus::Result<C>,

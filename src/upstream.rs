@@ -73,7 +73,7 @@ impl RouteTable {
 
     fn defaults_bulkhead(&self) -> BulkheadPolicy {
         self.defaults.bulkhead.unwrap_or(BulkheadPolicy {
-            max_concurrent: crate::config::ConcurrencyLimit::Fixed(1024),
+            max_concurrent: ConcurrencyLimit::Fixed(1024),
             min: 4,
             max: 1024,
             max_queue: 0,
@@ -133,7 +133,7 @@ impl RouteTable {
 /// connections talk to one, so this spares the shared registry a lookup per
 /// request. Kept by the listener for each connection ([`crate::listener::Handler::ConnState`]).
 #[derive(Default)]
-pub struct LastDestination(std::sync::Mutex<Option<Arc<DestinationState>>>);
+pub struct LastDestination(Mutex<Option<Arc<DestinationState>>>);
 
 impl LastDestination {
     /// The last destination if `is_it` says it is the one wanted, else the one

@@ -100,7 +100,7 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
     Ok(warnings)
 }
 
-fn rules(scope: &Scope, p: &Effective, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+fn rules(scope: &Scope<'_>, p: &Effective, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     let conflict = |text: String| Err(ConfigError::Conflict(scope.say(text)));
     let d = |d: Duration| format_duration(d);
     let q = &p.bulkhead;

@@ -205,7 +205,7 @@ mod tests {
     async fn header_timer_starts_at_first_byte_not_at_idle() {
         let a = std::sync::Arc::new(ConnActivity::new());
         let (hdr, idle) = (Duration::from_secs(10), Duration::from_secs(300));
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let watchdog = tokio::spawn({
             let a = a.clone();
             async move { a.expired(hdr, idle).await }

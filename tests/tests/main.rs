@@ -1,6 +1,9 @@
 //! breakwater's integration tests: one binary, a module per area. Every test starts
 //! real servers and the proxy on loopback ephemeral ports; nothing is mocked.
 
+// Tests panic on what they set up themselves: that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod admin;

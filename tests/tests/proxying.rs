@@ -208,7 +208,7 @@ async fn bodyless_responses_keep_the_upstream_connection_pooled() {
                 .status,
             204
         );
-        let head = http::Request::head(format!("http://{}/", proxy.outbound()))
+        let head = Request::head(format!("http://{}/", proxy.outbound()))
             .header(http::header::HOST, upstream.addr.to_string())
             .body(full(""))
             .expect("request");
