@@ -80,6 +80,7 @@ impl HealthTracker {
         }
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> HealthState {
         self.state
     }

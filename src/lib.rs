@@ -12,37 +12,37 @@
 //! `tests/tests/layers.rs`): leaves, policies, configuration, mechanism,
 //! per-destination state, pipeline, wiring.
 
-pub mod accounting;
+pub(crate) mod accounting;
 pub mod addr;
 pub mod admin;
 pub mod app;
-pub mod attempts;
-pub mod body;
+pub(crate) mod attempts;
+pub(crate) mod body;
 pub mod cli;
 pub mod config;
-pub mod connect;
-pub mod context;
+pub(crate) mod connect;
+pub(crate) mod context;
 pub mod demo;
 pub mod destination;
 pub mod drain;
 pub mod error;
 pub mod exchange;
-pub mod forward;
-pub mod health;
-pub mod inbound;
+pub(crate) mod forward;
+pub(crate) mod health;
+pub(crate) mod inbound;
 pub mod inject;
 pub mod interception;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
-pub mod outbound;
+pub(crate) mod outbound;
 pub mod policy;
-pub mod rescue;
+pub(crate) mod rescue;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
-pub mod tunnel;
+pub(crate) mod tunnel;
 pub mod units;
-pub mod upstream;
+pub(crate) mod upstream;
 
 pub use app::{BoundAddrs, Proxy, RunReport};
 pub use config::Config;

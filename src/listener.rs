@@ -78,7 +78,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// One accepted client connection, as its requests see it; `S` is what the
 /// handler keeps for it.
 pub struct ClientConn<S = ()> {
-    pub peer: SocketAddr,
     /// The peer's IP as a header value, made once for `X-Forwarded-For`.
     pub peer_ip: http::HeaderValue,
     /// Where the connection was headed before iptables redirected it here.
@@ -357,7 +356,6 @@ async fn serve_http<H: Handler, I>(
     let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     let client = Arc::new(ClientConn {
-        peer,
         peer_ip,
         orig_dst,
         orig_dst_host: orig_dst.map(|o| o.ip().to_string()),
