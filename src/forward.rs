@@ -133,7 +133,10 @@ impl Forwarder {
         let in_flight = endpoint.start();
         let upgrade =
             req.method() == Method::CONNECT || req.headers().contains_key(http::header::UPGRADE);
-        let grpc = is_grpc(req.headers());
+        // Only an HTTP/2 request or a TLS endpoint can be gRPC that matters here:
+        // an HTTP/1.1 request to a plaintext endpoint is spared the lookup.
+        let grpc =
+            (req.version() == Version::HTTP_2 || endpoint.pool.is_tls()) && is_grpc(req.headers());
         let protocol = state.policy.protocol;
         let pool = &endpoint.pool;
         let h2 = pool.speaks_h2();
@@ -268,11 +271,14 @@ fn client_fault<T>(
     }
 }
 
-/// A gRPC request (`content-type: application/grpc`, `+proto`, `+json`, …).
+/// A gRPC request (`content-type: application/grpc`, `+proto`, `+json`, …),
+/// which needs HTTP/2. gRPC-Web (`application/grpc-web…`) is made for
+/// HTTP/1.1 and is not one.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
 fn protocol_mismatch(state: &DestinationState, endpoint: &Endpoint, grpc: bool) -> ProxyError {
@@ -298,5 +304,29 @@ fn report(state: &DestinationState, endpoint: &Endpoint, t: Transition) {
         tracing::warn!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), cause = t.cause.as_str(), open_for_ms, "circuit opened");
     } else {
         tracing::info!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_is_told_from_grpc_web_and_others() {
+        let ct = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(v),
+            );
+            is_grpc(&h)
+        };
+        assert!(ct("application/grpc"));
+        assert!(ct("application/grpc+proto"));
+        assert!(ct("application/grpc;charset=utf-8"));
+        assert!(!ct("application/grpc-web"));
+        assert!(!ct("application/grpc-web-text+proto"));
+        assert!(!ct("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
     }
 }

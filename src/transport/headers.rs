@@ -18,6 +18,9 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("http2-settings"),
 ];
 
+/// `HTTP2-Settings`'s place in [`HOP_BY_HOP`].
+const HTTP2_SETTINGS: usize = 7;
+
 /// Headers a `Connection` list may not remove: the message needs them to be routed
 /// and framed, and a client could otherwise strip them at will.
 static PROTECTED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
@@ -73,6 +76,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         if name == header::UPGRADE {
             present |= UPGRADE_BIT;
+        } else if name.as_str().len() == 14 {
+            // Content-Length has this length too, and nearly every message has
+            // it: one comparison, not eight.
+            if *name == HOP_BY_HOP[HTTP2_SETTINGS] {
+                present |= 1 << HTTP2_SETTINGS;
+            }
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         }
