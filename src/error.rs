@@ -169,8 +169,12 @@ pub enum ProxyError {
     #[error("no response from {dest} within {after}")]
     Timeout { dest: String, after: String },
     /// The app fails its health probes: inbound requests are refused at once.
-    #[error("the app at {0} is failing its health probes")]
-    AppNotReady(std::net::SocketAddr),
+    #[error("the app at {app} is failing its health probes")]
+    AppNotReady {
+        app: std::net::SocketAddr,
+        /// The probe interval: the soonest the app can be ready again.
+        retry_after: std::time::Duration,
+    },
     /// Every endpoint of the destination has its circuit open.
     #[error("{dest}: circuit open, next probe in {}s", retry_after_secs(*.retry_after))]
     CircuitOpen {
@@ -218,7 +222,7 @@ impl ProxyError {
             ProxyError::Protocol { .. } => Reason::Protocol,
             ProxyError::Timeout { .. } => Reason::Timeout,
             ProxyError::NoRoute(_) => Reason::NoRoute,
-            ProxyError::AppNotReady(_) => Reason::AppNotReady,
+            ProxyError::AppNotReady { .. } => Reason::AppNotReady,
             ProxyError::CircuitOpen { .. } => Reason::CircuitOpen,
             ProxyError::BulkheadFull(_) => Reason::BulkheadFull,
             ProxyError::QueueTimeout(_) => Reason::QueueTimeout,
@@ -227,6 +231,22 @@ impl ProxyError {
             ProxyError::ClientGone(_) => Reason::ClientGone,
             ProxyError::ClientTimeout(_) => Reason::ClientTimeout,
             ProxyError::UriTooLong(_) => Reason::UriTooLong,
+        }
+    }
+
+    /// The `Retry-After` a refusal of breakwater's own carries, where a useful
+    /// value exists: the next probe of an open circuit, the app's probe
+    /// interval, and for a full bulkhead or its queue a short hint (a slot
+    /// frees within a request's time; a second is the least the header says).
+    /// A request with no route or a failure of the upstream has none.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ProxyError::CircuitOpen { retry_after, .. }
+            | ProxyError::AppNotReady { retry_after, .. } => Some(*retry_after),
+            ProxyError::BulkheadFull(_) | ProxyError::QueueTimeout(_) => {
+                Some(std::time::Duration::from_secs(1))
+            }
+            _ => None,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Inbound {
     drain: DrainWatch,
     health: Arc<AppHealth>,
     app_addr: std::net::SocketAddr,
+    /// `--app-health-interval`: an app failing its probes is asked again then.
+    probe_interval: std::time::Duration,
     /// `--inbound-tls-identity-header`: carries the client certificate's identity.
     identity_header: Option<http::HeaderName>,
 }
@@ -89,6 +91,7 @@ impl Inbound {
             drain,
             health,
             app_addr: config.app_addr,
+            probe_interval: config.app_health.interval,
             identity_header: config
                 .inbound_tls
                 .as_ref()
@@ -138,7 +141,11 @@ impl Inbound {
             // Kubernetes takes the pod out of rotation soon; until then a quick
             // answer beats queueing for an app that cannot serve.
             let unread = exchange::body_unread(&req);
-            return exchange::fail(ProxyError::AppNotReady(self.app_addr), in_flight, unread);
+            let e = ProxyError::AppNotReady {
+                app: self.app_addr,
+                retry_after: self.probe_interval,
+            };
+            return exchange::fail(e, in_flight, unread);
         }
         if req.method() == Method::CONNECT {
             let e = ProxyError::BadRequest("CONNECT is served on the outbound listener");

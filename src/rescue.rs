@@ -26,11 +26,11 @@ pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let ProxyError::CircuitOpen { retry_after, .. } = err {
-        // When the next probe may go: clients that honour it come back then.
+    if let Some(after) = err.retry_after() {
+        // When trying again may work: clients that honour it come back then.
         headers.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(retry_after_secs(*retry_after)),
+            HeaderValue::from(retry_after_secs(after)),
         );
     }
     if err.status().is_client_error() {

@@ -98,6 +98,8 @@ async fn ready_follows_the_app_and_inbound_is_gated_while_it_is_unhealthy() {
         let refused = get(&c, &proxy.inbound("/work")).await;
         assert_eq!(refused.status, 503);
         assert_eq!(refused.reason(), Some("app-not-ready"));
+        // The probe interval (100 ms), in the header's whole seconds.
+        assert_eq!(refused.headers["retry-after"], "1");
     }
     assert_eq!(
         app.work.load(Ordering::SeqCst),

@@ -195,17 +195,24 @@ async fn a_full_bulkhead_refuses_at_once() {
         calls.push(tokio::spawn(async move {
             let started = Instant::now();
             let a = get_via(&client(), &proxy, &host, "/").await;
-            (a.status, a.reason().map(str::to_string), started.elapsed())
+            let retry_after = a.headers.get("retry-after").cloned();
+            (
+                a.status,
+                a.reason().map(str::to_string),
+                started.elapsed(),
+                retry_after,
+            )
         }));
     }
     let mut ok = 0;
     let mut full = 0;
     for call in calls {
-        let (status, reason, took) = call.await.expect("task");
+        let (status, reason, took, retry_after) = call.await.expect("task");
         match (status, reason.as_deref()) {
             (200, None) => ok += 1,
             (503, Some("bulkhead-full")) => {
                 full += 1;
+                assert_eq!(retry_after.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
                 assert!(
                     took < Duration::from_millis(300),
                     "refused at once: {took:?}"
@@ -241,12 +248,21 @@ async fn queued_requests_time_out_at_the_queue_timeout() {
             tokio::time::sleep(Duration::from_millis(20 * i)).await;
             let started = Instant::now();
             let a = get_via(&client(), &proxy, &host, "/").await;
-            (a.reason().map(str::to_string), started.elapsed())
+            let retry_after = a.headers.get("retry-after").cloned();
+            (
+                a.reason().map(str::to_string),
+                started.elapsed(),
+                retry_after,
+            )
         }));
     }
     let mut reasons = Vec::new();
     for call in calls {
-        let (reason, took) = call.await.expect("task");
+        let (reason, took, retry_after) = call.await.expect("task");
+        if reason.is_some() {
+            // Every 503 of breakwater's own says when to come back.
+            assert_eq!(retry_after.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+        }
         if reason.as_deref() == Some("queue-timeout") {
             assert!(
                 took >= Duration::from_millis(180) && took < Duration::from_millis(600),
