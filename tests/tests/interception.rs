@@ -76,6 +76,31 @@ impl Pod {
         self.curl(&self.pod, "http://127.0.0.1:15000/metrics")
     }
 
+    /// Applies `init-iptables` in the pod and starts breakwater there under its
+    /// own uid (which the rules leave alone), in front of the app on :8080, with
+    /// `extra` run flags; returns once it is live.
+    fn intercept_with(&mut self, bin: &str, extra: &[&str]) {
+        let p = self.pod.clone();
+        self.exec(&p, &[bin, "init-iptables"])
+            .expect("init-iptables");
+        let mut cmd = vec![
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            bin,
+            "run",
+            "--app-addr=127.0.0.1:8080",
+            "--log-level=warn",
+            "--drain-delay=0s",
+        ];
+        cmd.extend_from_slice(extra);
+        self.spawn(&p, &cmd).expect("breakwater");
+        self.wait_for(&p, "http://127.0.0.1:15000/live");
+    }
+
     fn wait_for(&self, ns: &str, url: &str) {
         ns_wait_for(ns, url);
     }
@@ -169,27 +194,7 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     .expect("service");
     pod.spawn(&p, &["python3", fixture, "--http", "127.0.0.1:8080"])
         .expect("app");
-    pod.exec(&p, &[&bin, "init-iptables"])
-        .expect("init-iptables");
-    pod.spawn(
-        &p,
-        &[
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-            &bin,
-            "run",
-            "--app-addr=127.0.0.1:8080",
-            "--log-level=warn",
-            "--drain-delay=0s",
-            "--app-health-interval=200ms",
-        ],
-    )
-    .expect("breakwater");
-    pod.wait_for(&p, "http://127.0.0.1:15000/live");
+    pod.intercept_with(&bin, &["--app-health-interval=200ms"]);
     pod.wait_for(&s, &format!("http://{SVC_IP}:8080/warm"));
 
     // The app calls the other service by address, with no proxy settings: the
@@ -362,26 +367,7 @@ fn real_clients_are_intercepted_transparently() {
         pod.spawn(&s, &["python3", &servers, SVC_IP, port, mode, seed])
             .expect("service");
     }
-    pod.exec(&p, &[&bin, "init-iptables"])
-        .expect("init-iptables");
-    pod.spawn(
-        &p,
-        &[
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-            &bin,
-            "run",
-            "--app-addr=127.0.0.1:8080",
-            "--log-level=warn",
-            "--drain-delay=0s",
-        ],
-    )
-    .expect("breakwater");
-    pod.wait_for(&p, "http://127.0.0.1:15000/live");
+    pod.intercept_with(&bin, &[]);
     pod.wait_for(&s, &format!("http://{SVC_IP}:8080/hello"));
     let out = Command::new("timeout")
         .args(["60", "ip", "netns", "exec", &p, "python3", &clients])
