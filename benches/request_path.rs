@@ -404,7 +404,7 @@ fn pure_functions() {
     );
 
     let metrics = Metrics::new();
-    let dest = metrics.destination(Direction::Inbound, "127.0.0.1:8080");
+    let dest = metrics.destination(Direction::Inbound, "127.0.0.1:8080", "default");
     let ns = ns_per_op(|| {
         dest.inflight.inc();
         dest.inflight.dec();

@@ -17,10 +17,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
+use crate::addr::Destination;
 use crate::body::ProxyBody;
 use crate::drain::ShutdownHandle;
 use crate::health::{AppHealth, HealthState, Prober};
 use crate::metrics::Metrics;
+use crate::policy::overrides::{Action, Target};
+use crate::reload::LivePolicy;
 use crate::telemetry;
 use crate::upstream::Registry;
 
@@ -59,7 +62,8 @@ pub struct Admin {
     pub health: Arc<AppHealth>,
     pub prober: Arc<Prober>,
     pub shutdown: ShutdownHandle,
-    pub config_json: Bytes,
+    /// The effective configuration, the policy file's version, the overrides.
+    pub live: Arc<LivePolicy>,
     /// Outbound and inbound destinations, for `/upstreams`.
     pub registries: Vec<Arc<Registry>>,
 }
@@ -107,7 +111,7 @@ impl Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
             ("/config", true) => with_type(
-                Response::new(ProxyBody::local(self.config_json.clone())),
+                Response::new(ProxyBody::local(self.live.describe().into())),
                 "application/json",
             ),
             ("/app-health", true) => self.app_health().await,
@@ -134,10 +138,18 @@ impl Admin {
                 }
                 self.set_log_level(req).await
             }
+            ("/override", true) => json(&self.live.overrides.describe()),
+            ("/override", _) if req.method() == Method::PUT || req.method() == Method::DELETE => {
+                if !is_loopback(peer.ip()) {
+                    return forbidden(peer);
+                }
+                self.set_override(&req)
+            }
             ("/live" | "/ready" | "/metrics" | "/config" | "/app-health" | "/upstreams", false)
-            | ("/shutdown" | "/log-level", _) => text(
+            | ("/shutdown" | "/log-level" | "/override", _) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: GET for reads, POST /shutdown, PUT /log-level\n",
+                "method not allowed: GET for reads, POST /shutdown, PUT /log-level, \
+                 PUT or DELETE /override\n",
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -205,6 +217,47 @@ impl Admin {
         text(status, &body)
     }
 
+    /// `PUT /override?[destination=HOST:PORT][&route=NAME]&(circuit=open|closed|observe=POLICY)&for=DURATION`
+    /// sets an override that expires by itself; `DELETE /override?id=N` ends one early.
+    fn set_override(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let query = req.uri().query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let get = |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if req.method() == Method::DELETE {
+            return match get("id").and_then(|id| id.parse::<u64>().ok()) {
+                Some(id) if self.live.overrides.remove(id) => {
+                    info!(id, "admin override removed");
+                    json(&self.live.overrides.describe())
+                }
+                Some(id) => text(StatusCode::NOT_FOUND, &format!("no override {id}\n")),
+                None => text(StatusCode::BAD_REQUEST, "DELETE /override needs ?id=N\n"),
+            };
+        }
+        // A misspelt target must not widen an override to every destination.
+        const KEYS: [&str; 5] = ["destination", "route", "circuit", "observe", "for"];
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown key '{k}' (known: {})\n", KEYS.join(", ")),
+            );
+        }
+        match parse_override(&get) {
+            Ok((target, action, ttl)) => {
+                let id = self.live.overrides.set(target, action, ttl);
+                info!(id, query, "admin override set");
+                json(&self.live.overrides.describe())
+            }
+            Err(why) => text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+        }
+    }
+
     async fn set_log_level(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let body = match Limited::new(req.into_body(), MAX_LOG_FILTER)
             .collect()
@@ -222,6 +275,62 @@ impl Admin {
             Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
         }
     }
+}
+
+/// The longest an override may be set for: an incident measure, not a policy.
+const MAX_OVERRIDE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// An override's target, action and time to live, from the query's keys.
+fn parse_override<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<(Target, Action, std::time::Duration), String> {
+    let action = match (get("circuit"), get("observe")) {
+        (Some(c), None) => Action::parse("circuit", c)
+            .ok_or_else(|| format!("circuit={c}: use circuit=open or circuit=closed"))?,
+        (None, Some(p)) => Action::parse("observe", p)
+            .ok_or_else(|| format!("observe={p}: use observe=breaker, bulkhead or retry-budget"))?,
+        _ => {
+            return Err(
+                "say one of circuit=open|closed or observe=breaker|bulkhead|retry-budget".into(),
+            );
+        }
+    };
+    let ttl = get("for").ok_or("say for how long: for=10m (at most 24h)")?;
+    let ttl = crate::units::parse_positive_duration(ttl).map_err(|e| format!("for: {e}"))?;
+    if ttl > MAX_OVERRIDE {
+        return Err("for: at most 24h; an override is for an incident".into());
+    }
+    let destination = match get("destination") {
+        Some(d) => {
+            let (host, port) = d
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| format!("destination={d}: use HOST:PORT"))?;
+            Some(Destination::new(
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            ))
+        }
+        None => None,
+    };
+    let target = Target {
+        destination,
+        route: get("route").map(str::to_string),
+    };
+    if action == Action::CircuitOpen && target == Target::default() {
+        return Err(
+            "circuit=open needs a destination= or route=: it would refuse everything".into(),
+        );
+    }
+    Ok((target, action, ttl))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<ProxyBody> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    with_type(
+        Response::new(ProxyBody::local(body.into())),
+        "application/json",
+    )
 }
 
 /// Mutating calls come from inside the pod only.

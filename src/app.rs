@@ -21,6 +21,8 @@ use crate::interception::relay::ConnectBreakers;
 use crate::listener::{Interception, Listener};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
+use crate::policy::overrides::Overrides;
+use crate::reload::{Initial, LivePolicy};
 use crate::upstream::{EndpointSettings, Registry, RouteTable};
 
 /// Why the proxy could not start; names the flag that chose the address or file.
@@ -39,6 +41,10 @@ pub enum BindError {
         flag: &'static str,
         source: crate::tls::TlsError,
     },
+    /// `--policy-file` cannot be read or applied (the message names the file,
+    /// and where known the line, column and key).
+    #[error("--policy-file: {0}")]
+    Policy(#[from] crate::config::layered::PolicyError),
 }
 
 /// The addresses the listeners actually bound (port 0 becomes a real port).
@@ -56,19 +62,17 @@ pub struct RunReport {
     pub abandoned: usize,
 }
 
-/// The effective configuration as JSON, for `/config` and `run --check`: the
-/// flags, and under `policies` the policy each `--route` results in.
+/// The effective configuration as JSON, for `run --check`: the flags (with the
+/// policy file over them), and under `policies` the policy each route results in.
 pub fn describe(config: &Config) -> String {
-    let mut described = serde_json::to_value(config).unwrap_or_default();
-    if let Some(map) = described.as_object_mut() {
-        map.insert("policies".into(), RouteTable::new(config).describe());
-    }
-    serde_json::to_string_pretty(&described).unwrap_or_default()
+    serde_json::to_string_pretty(&crate::reload::describe_value(config)).unwrap_or_default()
 }
 
 /// A proxy with its listeners bound, ready to [`run`](Proxy::run).
 pub struct Proxy {
-    config: Config,
+    /// The flags alone: the policy file is re-applied over these on a change.
+    flags: Config,
+    initial: Initial,
     inbound: TcpListener,
     outbound: TcpListener,
     admin: TcpListener,
@@ -77,10 +81,14 @@ pub struct Proxy {
     requests: ShutdownRequests,
     inbound_tls: Option<Arc<crate::tls::ServerTls>>,
     outbound_tls: Option<Arc<crate::tls::ClientTls>>,
+    /// Why outbound TLS did not load, when only a later policy file could need it.
+    tls_unavailable: Option<String>,
 }
 
 impl Proxy {
-    pub async fn bind(config: Config) -> Result<Proxy, BindError> {
+    pub async fn bind(flags: Config) -> Result<Proxy, BindError> {
+        let initial = Initial::load(&flags)?;
+        let config = &initial.config;
         let bind = |flag, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -104,19 +112,31 @@ impl Proxy {
             ),
             None => None,
         };
-        let outbound_tls = if config.routes.iter().any(|r| r.tls == Some(true)) {
+        // A policy file may add a `tls=true` route later: its client is ready.
+        let mut tls_unavailable = None;
+        let needs_tls = config.routes.iter().any(|r| r.tls == Some(true));
+        let outbound_tls = if needs_tls || config.policy_file.is_some() {
             let t = &config.outbound_tls;
-            Some(
-                crate::tls::ClientTls::load(t, &tls_metrics).map_err(|source| BindError::Tls {
-                    flag: t.flag_of(source.path()),
-                    source,
-                })?,
-            )
+            match crate::tls::ClientTls::load(t, &tls_metrics) {
+                Ok(client) => Some(client),
+                Err(source) if needs_tls => {
+                    return Err(BindError::Tls {
+                        flag: t.flag_of(source.path()),
+                        source,
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "outbound TLS unavailable: a policy file that adds a tls=true route will be refused");
+                    tls_unavailable = Some(e.to_string());
+                    None
+                }
+            }
         } else {
             None
         };
         Ok(Proxy {
-            config,
+            flags,
+            initial,
             inbound,
             outbound,
             admin,
@@ -125,6 +145,7 @@ impl Proxy {
             requests,
             inbound_tls,
             outbound_tls,
+            tls_unavailable,
         })
     }
 
@@ -158,7 +179,8 @@ impl Proxy {
     pub async fn run(self) -> RunReport {
         let addrs = self.addrs();
         let Proxy {
-            config,
+            flags,
+            initial,
             inbound,
             outbound,
             admin,
@@ -167,13 +189,16 @@ impl Proxy {
             mut requests,
             inbound_tls,
             outbound_tls,
+            tls_unavailable,
         } = self;
+        let config = initial.config.clone();
         let (inbound_drain, inbound_watch) = Drain::new();
         let (outbound_drain, outbound_watch) = Drain::new();
         let state = Arc::new(ProxyState::default());
         let health = Arc::new(AppHealth::new());
 
         let routes = Arc::new(RouteTable::new(&config));
+        let overrides = Arc::new(Overrides::default());
         let out_connector = Connector::new(config.dns_ttl);
         let out_stack = Arc::new(Outbound::new(
             &config,
@@ -185,6 +210,7 @@ impl Proxy {
                 config.metrics_max_destinations,
                 EndpointSettings {
                     tls: outbound_tls,
+                    overrides: overrides.clone(),
                     ..EndpointSettings::from_config(&config)
                 },
             )),
@@ -199,10 +225,24 @@ impl Proxy {
             &metrics,
             health.clone(),
             inbound_watch.clone(),
+            EndpointSettings {
+                overrides: overrides.clone(),
+                ..EndpointSettings::from_config(&config)
+            },
         ));
 
         let out_registry = out_stack.registry().clone();
         let in_registry = in_stack.registry().clone();
+        let live = Arc::new(LivePolicy::new(
+            flags,
+            initial,
+            out_registry.clone(),
+            in_registry.clone(),
+            metrics.policy_reloads.clone(),
+            overrides,
+            tls_unavailable,
+        ));
+        let watching = live.watch();
         let limits = config.limits.clone();
         let outbound_metrics = metrics.listener("outbound");
         let connect_breakers = Arc::new(ConnectBreakers::new(config.breaker));
@@ -247,7 +287,7 @@ impl Proxy {
             health,
             prober,
             shutdown,
-            config_json: describe(&config).into(),
+            live,
             registries: vec![out_registry, in_registry],
         });
         let admin_task = tokio::spawn(admin_endpoint.serve(admin));
@@ -299,6 +339,9 @@ impl Proxy {
             info!("drained");
         }
         probing.abort();
+        if let Some(w) = watching {
+            w.abort();
+        }
         admin_task.abort();
         RunReport { abandoned }
     }

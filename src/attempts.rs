@@ -22,6 +22,7 @@ use crate::context::RequestCtx;
 use crate::error::ProxyError;
 use crate::forward::{AttemptError, Failed, Forwarder, Hold, Sent};
 use crate::policy::deadline;
+use crate::policy::mode::{Mode, Observable};
 use crate::policy::retry::{self, Outcome};
 use crate::transport::client_body::ClientBody;
 use crate::transport::replay::ReplayBody;
@@ -156,9 +157,14 @@ pub async fn send(
             return result;
         }
         if !state.budget.withdraw() {
-            state.metrics.count_retry_skipped("budget-exhausted");
-            debug!(dest = %state.dest, reason = reason.label, "retry budget exhausted");
-            return result;
+            if state.mode(Observable::RetryBudget) == Mode::Observe {
+                // Observed: the retry goes, counted as one the budget would skip.
+                state.observe(Observable::RetryBudget, Observable::RetryBudget.action());
+            } else {
+                state.metrics.count_retry_skipped("budget-exhausted");
+                debug!(dest = %state.dest, reason = reason.label, "retry budget exhausted");
+                return result;
+            }
         }
         state.metrics.count_retry(reason.label);
         debug!(dest = %state.dest, attempt, reason = reason.label, wait_ms = wait.as_millis() as u64, "retrying");

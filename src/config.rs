@@ -2,6 +2,9 @@
 //! at start-up, and every later stage reads only the validated form.
 
 pub mod cli;
+pub mod keys;
+pub mod layered;
+pub mod policy_file;
 pub mod route;
 pub mod tls;
 pub use crate::units;
@@ -14,9 +17,10 @@ use serde::Serialize;
 
 pub use crate::policy::breaker::BreakerConfig;
 pub use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
+pub use crate::policy::mode::{Mode, Modes};
 pub use crate::policy::retry::RetryPolicy;
 pub use cli::LogFormat;
-pub use route::{Protocol, RouteOverride};
+pub use route::{Protocol, RequestFacts, RouteDirection, RouteOverride};
 
 /// Everything `breakwater run` needs, checked. Serialized as-is by `GET /config`.
 #[derive(Clone, Debug, Serialize)]
@@ -42,6 +46,13 @@ pub struct Config {
     pub bulkhead: BulkheadPolicy,
     /// The bulkhead in front of the app, if any.
     pub inbound_bulkhead: Option<BulkheadPolicy>,
+    /// `--inbound-max-queue` and `--inbound-queue-timeout`, for an inbound
+    /// route that sets a limit where the flags set none.
+    pub inbound_queue: InboundQueue,
+    /// `--breaker-mode`, `--bulkhead-mode`, `--retry-budget-mode`.
+    pub modes: Modes,
+    /// `--policy-file`: defaults and routes over the flags, re-read on change.
+    pub policy_file: Option<std::path::PathBuf>,
     pub routes: Vec<RouteOverride>,
     pub threads: usize,
     pub log_format: LogFormat,
@@ -61,6 +72,14 @@ pub struct Config {
     /// Combinations that work but do not do what they seem to, logged at start-up.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// The queue in front of the app's bulkhead, as the flags set it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct InboundQueue {
+    pub max_queue: usize,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub queue_timeout: Duration,
 }
 
 /// How the app's health is probed.
@@ -263,6 +282,16 @@ impl Config {
             max_ejection_percent: args.breaker.max_ejection_percent,
             bulkhead,
             inbound_bulkhead,
+            inbound_queue: InboundQueue {
+                max_queue: q.inbound_max_queue,
+                queue_timeout: q.inbound_queue_timeout,
+            },
+            modes: Modes {
+                breaker: args.breaker.breaker_mode,
+                bulkhead: args.bulkhead.bulkhead_mode,
+                retry_budget: args.retry_budget_mode,
+            },
+            policy_file: args.policy_file,
             routes: args.routes,
             threads,
             log_format: args.log_format,

@@ -19,6 +19,7 @@ use crate::forward::Forwarder;
 use crate::metrics::Direction;
 use crate::policy::bulkhead::Refusal;
 use crate::policy::deadline;
+use crate::policy::mode::{Mode, Observable};
 use crate::rescue::rescue;
 use crate::transport::client_body::ClientBody;
 use crate::transport::headers;
@@ -162,6 +163,18 @@ pub async fn take_slot(
     let Some(bulkhead) = &state.bulkhead else {
         return Ok(());
     };
+    if state.mode(Observable::Bulkhead) == Mode::Observe {
+        // Observed: a free slot is taken (the limit still sees the load), but
+        // no request waits or is refused for want of one.
+        match bulkhead.try_acquire() {
+            Some(slot) => in_flight.hold_slot(slot),
+            None => {
+                let action = if bulkhead.queues() { "queue" } else { "reject" };
+                state.observe(Observable::Bulkhead, action);
+            }
+        }
+        return Ok(());
+    }
     let slot = bulkhead.acquire().await;
     // Sampled as requests pass: the gauge lags, /upstreams is exact.
     state.metrics.queued.set(bulkhead.queued() as i64);

@@ -15,7 +15,9 @@ use crate::connect::Connector;
 use crate::context::RequestCtx;
 use crate::error::{ProxyError, causes};
 use crate::policy::balance::may_eject;
-use crate::policy::breaker::{CircuitState, Transition};
+use crate::policy::breaker::{BreakerPermit, CircuitState, Transition};
+use crate::policy::mode::{Mode, Observable};
+use crate::policy::overrides::Forced;
 use crate::transport::client_body::{BodyWatch, ClientFault};
 use crate::transport::pool::{Lease, SendError};
 use crate::transport::replay::ReplayBody;
@@ -83,6 +85,47 @@ impl Failed {
     }
 }
 
+/// Picks the attempt's endpoint and asks its breaker. An admin override may
+/// force the circuit open (refuse) or closed (any endpoint, no breaker asked);
+/// an observed breaker lets through what it would refuse, counted, with no
+/// permit, so that only the requests it admits teach it.
+fn admit(
+    state: &DestinationState,
+    endpoints: &[Arc<Endpoint>],
+    now: Instant,
+) -> Result<(Arc<Endpoint>, Option<BreakerPermit>), ProxyError> {
+    let open = |retry_after| ProxyError::CircuitOpen {
+        dest: state.dest.to_string(),
+        retry_after,
+    };
+    match state.forced_circuit() {
+        Some(Forced::Open(left)) => return Err(open(left)),
+        Some(Forced::Closed) => {
+            let any = endpoint::pick_any(endpoints, now).ok_or_else(|| open(Duration::ZERO))?;
+            return Ok((any.clone(), None));
+        }
+        None => {}
+    }
+    let observe = || state.mode(Observable::Breaker) == Mode::Observe;
+    let Some(endpoint) = endpoint::pick(endpoints, now).cloned() else {
+        if observe()
+            && let Some(any) = endpoint::pick_any(endpoints, now)
+        {
+            state.observe(Observable::Breaker, Observable::Breaker.action());
+            return Ok((any.clone(), None));
+        }
+        return Err(open(endpoint::next_probe(endpoints, now)));
+    };
+    match endpoint.breaker.admit(now) {
+        Ok(permit) => Ok((endpoint, Some(permit))),
+        Err(_) if observe() => {
+            state.observe(Observable::Breaker, Observable::Breaker.action());
+            Ok((endpoint, None))
+        }
+        Err(refused) => Err(open(refused.retry_after)),
+    }
+}
+
 impl Forwarder {
     pub fn new(connector: Arc<Connector>) -> Self {
         Forwarder { connector }
@@ -110,24 +153,11 @@ impl Forwarder {
             Err(e) => return Err(Failed::unsent(e, req)),
         };
         let now = Instant::now();
-        let Some(endpoint) = endpoint::pick(&endpoints, now).cloned() else {
-            let open = ProxyError::CircuitOpen {
-                dest: state.dest.to_string(),
-                retry_after: endpoint::next_probe(&endpoints, now),
-            };
-            return Err(Failed::unsent(open, req));
+        let (endpoint, permit) = match admit(state, &endpoints, now) {
+            Ok(admitted) => admitted,
+            Err(open) => return Err(Failed::unsent(open, req)),
         };
-        let permit = match endpoint.breaker.admit(now) {
-            Ok(permit) => permit,
-            Err(refused) => {
-                let open = ProxyError::CircuitOpen {
-                    dest: state.dest.to_string(),
-                    retry_after: refused.retry_after,
-                };
-                return Err(Failed::unsent(open, req));
-            }
-        };
-        if let Some(t) = permit.transition() {
+        if let Some(t) = permit.as_ref().and_then(|p| p.transition()) {
             report(state, &endpoint, t);
         }
         let in_flight = endpoint.start();
@@ -196,13 +226,15 @@ impl Forwarder {
             let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
             let total = endpoints.len();
             let cap = state.policy.max_ejection_percent;
-            let transition = permit.record_gated(success, latency, ended, || {
-                state
-                    .ejected
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                        may_eject(e, total, cap).then_some(e + 1)
-                    })
-                    .is_ok()
+            let transition = permit.and_then(|permit| {
+                permit.record_gated(success, latency, ended, || {
+                    state
+                        .ejected
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                            may_eject(e, total, cap).then_some(e + 1)
+                        })
+                        .is_ok()
+                })
             });
             if let Some(t) = transition {
                 report(state, &endpoint, t);

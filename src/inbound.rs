@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::accounting::InFlight;
 use crate::body::ProxyBody;
-use crate::config::Config;
+use crate::config::{Config, RequestFacts};
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
@@ -17,15 +17,13 @@ use crate::forward::Forwarder;
 use crate::health::{AppHealth, HealthState};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
-use crate::policy::retry::RetryOn;
 use crate::transport::headers;
-use crate::upstream::{DestinationState, LastDestination, Registry, RoutePolicy, RouteTable};
+use crate::upstream::{DestinationState, LastDestination, Registry, RouteTable};
 
 pub struct Inbound {
     forwarder: Forwarder,
-    /// The app at `--app-addr`.
-    app: Arc<DestinationState>,
-    /// The app on other ports, for redirected connections that targeted them.
+    /// The app, per port (redirected connections keep the port they targeted)
+    /// and per inbound route.
     ports: Arc<Registry>,
     app_ip: String,
     access_log: bool,
@@ -46,44 +44,18 @@ impl Inbound {
         metrics: &Arc<Metrics>,
         health: Arc<AppHealth>,
         drain: DrainWatch,
+        settings: crate::upstream::EndpointSettings,
     ) -> Self {
-        // Inbound retries only what never reached the app: a connect failure while
-        // it restarts. Anything else may have had effects.
-        let mut retry = config.retry.clone();
-        retry.retry_on = RetryOn {
-            connect_failure: true,
-            ..RetryOn::default()
-        };
-        retry.per_try_timeout = None;
-        let policy = RoutePolicy {
-            timeout: config.timeout,
-            connect_timeout: config.connect_timeout,
-            protocol: config.app_protocol,
-            retry,
-            // The app is one endpoint that breakwater must not eject: its health
-            // is the readiness probe's business. Without a bulkhead, no limit.
-            breaker: crate::config::BreakerConfig {
-                consecutive_failures: 0,
-                failure_rate: 0,
-                slow_call: None,
-                ..config.breaker
-            },
-            max_ejection_percent: 0,
-            bulkhead: config.inbound_bulkhead,
-            tls: false,
-        };
-        let table = Arc::new(RouteTable::with_defaults(policy));
         let ports = Arc::new(Registry::new(
             Direction::Inbound,
-            table,
+            Arc::new(RouteTable::inbound(config)),
             metrics.clone(),
             config.metrics_max_destinations,
-            crate::upstream::EndpointSettings::from_config(config),
+            settings,
         ));
         let app_ip = config.app_addr.ip().to_string();
         Inbound {
             forwarder,
-            app: ports.get(&app_ip, config.app_addr.port()),
             ports,
             app_ip,
             access_log: config.access_log,
@@ -100,16 +72,36 @@ impl Inbound {
         }
     }
 
-    /// The app on the port the client targeted: `--app-addr`, or for a connection
-    /// redirected by iptables, the app's address with the original port.
-    fn target(&self, conn: &ClientConn<LastDestination>) -> Arc<DestinationState> {
+    /// The app on the port the client targeted (`--app-addr`, or for a
+    /// connection redirected by iptables, the app's address with the original
+    /// port), under the first inbound route that matches the request.
+    fn target(
+        &self,
+        conn: &ClientConn<LastDestination>,
+        req: &Request<Incoming>,
+    ) -> Arc<DestinationState> {
         let port = match conn.orig_dst {
-            Some(orig) if orig.port() != self.app_addr.port() => orig.port(),
-            _ => return self.app.clone(),
+            Some(orig) => orig.port(),
+            None => self.app_addr.port(),
         };
+        let table = self.ports.routes();
+        // The Host header is looked at only when a route may match on it.
+        let host = if table.has_routes() {
+            request_host(req)
+        } else {
+            ""
+        };
+        let route = table.select(&RequestFacts {
+            host,
+            port,
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        });
         conn.state.get_or(
-            |last| last.dest.port() == port,
-            || self.ports.get(&self.app_ip, port),
+            // Every state here is the app's: its port and route tell them apart.
+            |last| last.dest.port() == port && last.is_route(route.name),
+            || self.ports.get(&self.app_ip, port, route),
         )
     }
 
@@ -127,7 +119,7 @@ impl Inbound {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let app = self.target(&conn);
+        let app = self.target(&conn, &req);
         let mut in_flight = InFlight::start(app.metrics.clone(), conn.activity.clone(), started);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
@@ -171,6 +163,23 @@ impl Inbound {
             &self.drain,
         )
         .await
+    }
+}
+
+/// The host the client named, without its port: what an inbound route's
+/// `host` is matched against.
+fn request_host<B>(req: &Request<B>) -> &str {
+    if let Some(host) = req.uri().host() {
+        return host.trim_start_matches('[').trim_end_matches(']');
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
     }
 }
 

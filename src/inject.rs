@@ -13,7 +13,7 @@ pub mod yaml;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-pub use flags::{InjectArgs, Mode, Plan, SidecarForm};
+pub use flags::{InjectArgs, Mode, Plan, PolicyConfigMap, SidecarForm};
 use pod::Outcome;
 use yaml::Node;
 
@@ -152,7 +152,18 @@ pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> 
             _ => output.push_str(chunk.text),
         }
     }
-    if plan.mode == Mode::Explicit && notes.iter().any(|n| n.starts_with("injected")) {
+    let injected_any = notes.iter().any(|n| n.starts_with("injected"));
+    if let Some(policy) = plan.policy.as_ref().filter(|_| injected_any) {
+        notes.push(format!(
+            "ConfigMap {name} must exist in the pods' namespace, with the policy file \
+             under key {key}, before they can start (kubectl create configmap {name} \
+             --from-file={key}=policy.yaml); editing it changes the policy live, \
+             without a restart",
+            name = policy.name,
+            key = policy.key,
+        ));
+    }
+    if plan.mode == Mode::Explicit && injected_any {
         notes.push(format!(
             "explicit mode: point each Service's targetPort at {} (breakwater's inbound \
              port) so that inbound traffic passes through breakwater",

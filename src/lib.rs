@@ -36,6 +36,7 @@ pub(crate) mod listener;
 pub mod metrics;
 pub(crate) mod outbound;
 pub mod policy;
+pub(crate) mod reload;
 pub(crate) mod rescue;
 pub mod telemetry;
 pub mod tls;

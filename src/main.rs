@@ -23,8 +23,16 @@ fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     if check {
-        println!("{}", breakwater::app::describe(&config));
-        for warning in &config.warnings {
+        // The policy file too: --check refuses what start-up would.
+        let effective = match &config.policy_file {
+            Some(path) => match breakwater::config::layered::load(&config, path) {
+                Ok(l) => l.config,
+                Err(e) => return fail(&format!("--policy-file: {e}")),
+            },
+            None => config,
+        };
+        println!("{}", breakwater::app::describe(&effective));
+        for warning in &effective.warnings {
             eprintln!("breakwater: warning: {warning}");
         }
         eprintln!("breakwater: configuration ok");

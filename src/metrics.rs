@@ -146,6 +146,8 @@ pub struct Metrics {
     circuit_transitions: IntCounterVec,
     concurrency_limit: IntGaugeVec,
     queued: IntGaugeVec,
+    observed: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
     opaque_connections: IntCounterVec,
     opaque_connect_failures: IntCounterVec,
     opaque_bytes: IntCounterVec,
@@ -155,7 +157,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let dest = &["direction", "destination"];
+        let dest = &["direction", "destination", "route"];
         let metrics = Metrics {
             requests: register(
                 r,
@@ -164,7 +166,7 @@ impl Metrics {
                         "breakwater_requests_total",
                         "Requests answered, by response status.",
                     ),
-                    &["direction", "destination", "code"],
+                    &["direction", "destination", "route", "code"],
                 ),
             ),
             duration: register(
@@ -195,7 +197,7 @@ impl Metrics {
                         "breakwater_upstream_failures_total",
                         "Requests breakwater could not complete, by x-breakwater-reason.",
                     ),
-                    &["direction", "destination", "reason"],
+                    &["direction", "destination", "route", "reason"],
                 ),
             ),
             client_errors: register(
@@ -263,7 +265,7 @@ impl Metrics {
                         "breakwater_retries_total",
                         "Retries made, by the --retry-on condition the failed attempt met.",
                     ),
-                    &["direction", "destination", "reason"],
+                    &["direction", "destination", "route", "reason"],
                 ),
             ),
             retries_skipped: register(
@@ -273,7 +275,7 @@ impl Metrics {
                         "breakwater_retries_skipped_total",
                         "Retry-worthy failures returned as they were: budget spent, body too large to replay.",
                     ),
-                    &["direction", "destination", "reason"],
+                    &["direction", "destination", "route", "reason"],
                 ),
             ),
             app_healthy: register(
@@ -320,6 +322,28 @@ impl Metrics {
                     "1 from SIGTERM or POST /shutdown until exit.",
                 ),
             ),
+            observed: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_observed_total",
+                        "What a policy in observe mode would have done and did not: \
+                         requests let through that it would have refused, retries made \
+                         that it would have skipped.",
+                    ),
+                    &["direction", "destination", "route", "policy", "action"],
+                ),
+            ),
+            policy_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_policy_reloads_total",
+                        "Reads of a changed --policy-file: applied, or rejected (the old policy kept).",
+                    ),
+                    &["result"],
+                ),
+            ),
             circuit_state: register(
                 r,
                 IntGaugeVec::new(
@@ -327,7 +351,7 @@ impl Metrics {
                         "breakwater_circuit_state",
                         "Circuit of each endpoint: 0 closed, 1 open, 2 half-open.",
                     ),
-                    &["direction", "destination", "endpoint"],
+                    &["direction", "destination", "route", "endpoint"],
                 ),
             ),
             circuit_transitions: register(
@@ -337,7 +361,7 @@ impl Metrics {
                         "breakwater_circuit_transitions_total",
                         "Circuit state changes, by the state entered.",
                     ),
-                    &["direction", "destination", "to"],
+                    &["direction", "destination", "route", "to"],
                 ),
             ),
             concurrency_limit: register(
@@ -402,6 +426,9 @@ impl Metrics {
             }
         }
         metrics.tunnels.with_label_values(&["outbound", "connect"]);
+        for result in ["applied", "rejected"] {
+            metrics.policy_reloads.with_label_values(&[result]);
+        }
         metrics
     }
 
@@ -443,27 +470,39 @@ impl Metrics {
     }
 
     /// The handles for one destination label; built once per destination.
-    pub fn destination(&self, direction: Direction, label: &str) -> DestinationMetrics {
+    pub fn destination(
+        &self,
+        direction: Direction,
+        label: &str,
+        route: &str,
+    ) -> DestinationMetrics {
         let d = direction.as_str();
         DestinationMetrics {
             requests: self.requests.clone(),
+            observed: self.observed.clone(),
             direction,
             label: label.into(),
+            route: route.into(),
             common: Default::default(),
-            inflight: self.inflight.with_label_values(&[d, label]),
-            duration: self.duration.with_label_values(&[d, label]),
-            failures: FAILURE_REASONS.map(|r| self.failures.with_label_values(&[d, label, r])),
-            retries: RETRY_REASONS.map(|r| self.retries.with_label_values(&[d, label, r])),
-            retries_skipped: SKIP_REASONS
-                .map(|r| self.retries_skipped.with_label_values(&[d, label, r])),
+            inflight: self.inflight.with_label_values(&[d, label, route]),
+            duration: self.duration.with_label_values(&[d, label, route]),
+            failures: FAILURE_REASONS
+                .map(|r| self.failures.with_label_values(&[d, label, route, r])),
+            retries: RETRY_REASONS.map(|r| self.retries.with_label_values(&[d, label, route, r])),
+            retries_skipped: SKIP_REASONS.map(|r| {
+                self.retries_skipped
+                    .with_label_values(&[d, label, route, r])
+            }),
             circuit_state: self.circuit_state.clone(),
             rejected: self.rejected.clone(),
             client_errors: CLIENT_ERROR_REASONS
                 .map(|r| self.client_errors.with_label_values(&[d, r])),
-            transitions: ["closed", "open", "half-open"]
-                .map(|to| self.circuit_transitions.with_label_values(&[d, label, to])),
-            limit: self.concurrency_limit.with_label_values(&[d, label]),
-            queued: self.queued.with_label_values(&[d, label]),
+            transitions: ["closed", "open", "half-open"].map(|to| {
+                self.circuit_transitions
+                    .with_label_values(&[d, label, route, to])
+            }),
+            limit: self.concurrency_limit.with_label_values(&[d, label, route]),
+            queued: self.queued.with_label_values(&[d, label, route]),
             // Per direction, not per destination: the registries' overflow
             // destinations make these at start-up, so they are there at zero.
             rejections: direction
@@ -561,18 +600,18 @@ mod tests {
     #[test]
     fn cached_and_uncached_codes_land_in_the_same_family() {
         let m = Metrics::new();
-        let d = m.destination(Direction::Outbound, "payments:80");
+        let d = m.destination(Direction::Outbound, "payments:80", "default");
         d.count_response(200);
         d.count_response(200);
         d.count_response(418);
         d.count_failure("timeout");
         let text = String::from_utf8(m.encode()).unwrap_or_default();
         assert!(text.contains(
-            r#"breakwater_requests_total{code="200",destination="payments:80",direction="outbound"} 2"#
+            r#"breakwater_requests_total{code="200",destination="payments:80",direction="outbound",route="default"} 2"#
         ), "{text}");
         assert!(text.contains(r#"code="418""#));
         assert!(text.contains(
-            r#"breakwater_upstream_failures_total{destination="payments:80",direction="outbound",reason="timeout"} 1"#
+            r#"breakwater_upstream_failures_total{destination="payments:80",direction="outbound",reason="timeout",route="default"} 1"#
         ));
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! 1. destination: absolute-form target, else `Host` (`destination::target_of`),
 //!    else the original destination of a redirected connection
-//! 2. route policy: global flags, overridden by the first matching `--route`
-//!    (resolved once per destination, in `upstream`)
+//! 2. route: the first route (`--route`, the policy file) that matches host,
+//!    port, path, method and headers; its policy is the global flags overridden
+//!    by the route's keys, and its learned state is kept per route and
+//!    destination (`upstream`)
 //! 3. `exchange`: deadline (`timeout`, until the response headers), the
 //!    destination's bulkhead slot
 //! 4. `attempts`: the retry loop, with the destination's retry budget
@@ -22,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::accounting::InFlight;
 use crate::body::ProxyBody;
-use crate::config::Config;
+use crate::config::{Config, RequestFacts};
 use crate::destination;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
@@ -56,7 +58,11 @@ impl Outbound {
         listen_addr: SocketAddr,
         drain: DrainWatch,
     ) -> Self {
-        let unrouted = Arc::new(metrics.destination(Direction::Outbound, "none"));
+        let unrouted = Arc::new(metrics.destination(
+            Direction::Outbound,
+            "none",
+            crate::upstream::DEFAULT_ROUTE,
+        ));
         Outbound {
             forwarder,
             registry,
@@ -136,9 +142,19 @@ impl Outbound {
                 "the destination is breakwater's own outbound listener",
             ));
         }
+        // The route: first match on host, port, path, method and headers, in
+        // the table in force now (one atomic load).
+        let table = self.registry.routes();
+        let route = table.select(&RequestFacts {
+            host,
+            port,
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        });
         Ok(conn.state.get_or(
-            |last| last.dest.is(host, port),
-            || self.registry.get(host, port),
+            |last| last.is(host, port, route.name),
+            || self.registry.get(host, port, route),
         ))
     }
 

@@ -8,4 +8,6 @@ pub mod budget;
 pub mod bulkhead;
 pub mod deadline;
 pub mod limits;
+pub mod mode;
+pub mod overrides;
 pub mod retry;

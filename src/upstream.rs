@@ -12,18 +12,25 @@ use std::time::Duration;
 use http::uri::Authority;
 
 use crate::addr::Destination;
-use crate::config::{BreakerConfig, BulkheadPolicy, Config, Protocol, RetryPolicy, RouteOverride};
+use crate::config::{
+    BreakerConfig, BulkheadPolicy, Config, Modes, Protocol, RequestFacts, RetryPolicy,
+    RouteDirection, RouteOverride,
+};
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
 use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
 use crate::policy::bulkhead::Bulkhead;
 use crate::policy::limits::ConcurrencyLimit;
+use crate::policy::mode::{Mode, ModeCell, Observable};
+use crate::policy::overrides::{Forced, Overrides};
+use crate::policy::retry::RetryOn;
+use arc_swap::ArcSwap;
 use endpoint::{EndpointConfig, Endpoints};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-/// The policy in force for one destination: the global flags, overridden by the
-/// first matching `--route`.
+/// The policy in force for the requests of one route to one destination: the
+/// global flags (and the policy file's defaults), overridden by the route.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RoutePolicy {
     #[serde(serialize_with = "crate::units::serialize_duration")]
@@ -38,95 +45,255 @@ pub struct RoutePolicy {
     pub bulkhead: Option<BulkheadPolicy>,
     /// Speak TLS to the upstream (`--route HOST,tls=true`).
     pub tls: bool,
+    /// Enforce or observe, per policy. Flipped in place on a reload: what the
+    /// policies learned stays.
+    pub modes: Modes,
 }
 
-/// The `--route` flags in order, with the global defaults they override.
+impl RoutePolicy {
+    /// Whether a state built for `self` can serve `other` as it is, once its
+    /// modes are flipped: every other key the same.
+    fn same_but_modes(&self, other: &RoutePolicy) -> bool {
+        let mut other = other.clone();
+        other.modes = self.modes;
+        *self == other
+    }
+}
+
+/// The `route` label of requests no route matched.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// One route of a table, with the label and the policy it results in.
+struct CompiledRoute {
+    route: RouteOverride,
+    name: Arc<str>,
+    policy: RoutePolicy,
+}
+
+/// The routes a request is matched against, first match wins, and what
+/// applies to a request no route matched. One per listener; replaced whole
+/// on a reload.
 pub struct RouteTable {
+    default_name: Arc<str>,
     defaults: RoutePolicy,
-    routes: Vec<RouteOverride>,
+    routes: Vec<CompiledRoute>,
+}
+
+/// A request's route: its label and policy.
+#[derive(Clone, Copy)]
+pub struct Selected<'a> {
+    pub name: &'a Arc<str>,
+    pub policy: &'a RoutePolicy,
 }
 
 impl RouteTable {
+    /// The outbound table: the flags, and the outbound routes.
     pub fn new(config: &Config) -> Self {
-        RouteTable {
-            defaults: RoutePolicy {
-                timeout: config.timeout,
-                connect_timeout: config.connect_timeout,
-                protocol: Protocol::Auto,
-                retry: config.retry.clone(),
-                breaker: config.breaker,
-                max_ejection_percent: config.max_ejection_percent,
-                bulkhead: Some(config.bulkhead),
-                tls: false,
-            },
-            routes: config.routes.clone(),
-        }
+        let defaults = RoutePolicy {
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            protocol: Protocol::Auto,
+            retry: config.retry.clone(),
+            breaker: config.breaker,
+            max_ejection_percent: config.max_ejection_percent,
+            bulkhead: Some(config.bulkhead),
+            tls: false,
+            modes: config.modes,
+        };
+        Self::compile(config, defaults, RouteDirection::Outbound)
     }
 
-    /// A table with no `--route`s: every destination gets `defaults`.
+    /// The inbound table: toward the app, whose policy is fixed where an
+    /// outbound one is not (below), and the inbound routes.
+    pub fn inbound(config: &Config) -> Self {
+        // Inbound retries only what never reached the app: a connect failure
+        // while it restarts. Anything else may have had effects.
+        let mut retry = config.retry.clone();
+        retry.retry_on = RetryOn {
+            connect_failure: true,
+            ..RetryOn::default()
+        };
+        retry.per_try_timeout = None;
+        let defaults = RoutePolicy {
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            protocol: config.app_protocol,
+            retry,
+            // The app is one endpoint that breakwater must not eject: its health
+            // is the readiness probe's business. Without a bulkhead, no limit.
+            breaker: BreakerConfig {
+                consecutive_failures: 0,
+                failure_rate: 0,
+                slow_call: None,
+                ..config.breaker
+            },
+            max_ejection_percent: 0,
+            bulkhead: config.inbound_bulkhead,
+            tls: false,
+            modes: Modes {
+                bulkhead: config.modes.bulkhead,
+                ..Modes::default()
+            },
+        };
+        Self::compile(config, defaults, RouteDirection::Inbound)
+    }
+
+    /// A table with no routes: every request gets `defaults`.
     pub fn with_defaults(defaults: RoutePolicy) -> Self {
         RouteTable {
+            default_name: DEFAULT_ROUTE.into(),
             defaults,
             routes: Vec::new(),
         }
     }
 
-    fn defaults_bulkhead(&self) -> BulkheadPolicy {
-        self.defaults.bulkhead.unwrap_or(BulkheadPolicy {
-            max_concurrent: ConcurrencyLimit::Fixed(1024),
-            min: 4,
-            max: 1024,
-            max_queue: 0,
-            queue_timeout: Duration::from_secs(1),
-        })
+    fn compile(config: &Config, defaults: RoutePolicy, direction: RouteDirection) -> Self {
+        let mut routes: Vec<CompiledRoute> = Vec::new();
+        for route in config.routes.iter().filter(|r| r.direction == direction) {
+            let mut name = route.label();
+            // Unnamed routes that read alike still get labels of their own.
+            let mut n = 1;
+            while name == DEFAULT_ROUTE || routes.iter().any(|r| *r.name == *name) {
+                n += 1;
+                name = format!("{}#{n}", route.label());
+            }
+            let policy = match direction {
+                RouteDirection::Outbound => outbound_policy(&defaults, route),
+                RouteDirection::Inbound => inbound_policy(&defaults, route, config),
+            };
+            routes.push(CompiledRoute {
+                route: route.clone(),
+                name: name.into(),
+                policy,
+            });
+        }
+        RouteTable {
+            default_name: DEFAULT_ROUTE.into(),
+            defaults,
+            routes,
+        }
     }
 
     pub fn defaults(&self) -> &RoutePolicy {
         &self.defaults
     }
 
-    /// Each `--route` with the policy it results in, for `/config`.
+    /// The first route that matches the request, else the defaults.
+    pub fn select(&self, request: &RequestFacts<'_>) -> Selected<'_> {
+        if self.routes.is_empty() {
+            return self.default_route();
+        }
+        for r in &self.routes {
+            if r.route.matches(request) {
+                return Selected {
+                    name: &r.name,
+                    policy: &r.policy,
+                };
+            }
+        }
+        self.default_route()
+    }
+
+    fn default_route(&self) -> Selected<'_> {
+        Selected {
+            name: &self.default_name,
+            policy: &self.defaults,
+        }
+    }
+
+    /// The policy of the route labelled `name` in this table.
+    pub fn named(&self, name: &str) -> Option<&RoutePolicy> {
+        if *name == *self.default_name {
+            return Some(&self.defaults);
+        }
+        self.routes
+            .iter()
+            .find(|r| *r.name == *name)
+            .map(|r| &r.policy)
+    }
+
+    /// Whether the table has routes: without any, a request needs no facts
+    /// to be matched against.
+    pub fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    /// Whether any route names `tls=true`.
+    pub fn any_tls(&self) -> bool {
+        self.routes.iter().any(|r| r.policy.tls)
+    }
+
+    /// Each route with its label and the policy it results in, for `/config`.
     pub fn describe(&self) -> serde_json::Value {
         let routes: Vec<serde_json::Value> = self
             .routes
             .iter()
             .map(|r| {
-                let dest = Destination::new(&r.host, r.port.unwrap_or(80));
-                let mut policy = self.defaults.clone();
-                if let Some(first) = self.routes.iter().find(|other| other.matches(&dest)) {
-                    // An earlier route with the same host shadows this one.
-                    if std::ptr::eq(first, r) {
-                        policy = self.policy_for(&dest);
-                    }
-                }
-                let target = match r.port {
-                    Some(p) => format!("{}:{p}", r.host),
-                    None => r.host.clone(),
-                };
-                serde_json::json!({ "route": target, "policy": policy })
+                serde_json::json!({
+                    "route": r.name.as_ref(),
+                    "match": &r.route,
+                    "policy": &r.policy,
+                })
             })
             .collect();
         serde_json::json!({ "default": self.defaults, "routes": routes })
     }
+}
 
-    pub fn policy_for(&self, dest: &Destination) -> RoutePolicy {
-        let mut policy = self.defaults.clone();
-        if let Some(route) = self.routes.iter().find(|r| r.matches(dest)) {
-            policy.timeout = route.timeout.unwrap_or(policy.timeout);
-            policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
-            policy.protocol = route.protocol.unwrap_or(policy.protocol);
-            policy.tls = route.tls.unwrap_or(policy.tls);
-            route.apply(&mut policy.retry);
-            let mut bulkhead = policy.bulkhead.unwrap_or(self.defaults_bulkhead());
-            route.limits.apply(
-                &mut policy.breaker,
-                &mut bulkhead,
-                &mut policy.max_ejection_percent,
-            );
-            policy.bulkhead = Some(bulkhead);
+/// An outbound route's keys over the defaults.
+fn outbound_policy(defaults: &RoutePolicy, route: &RouteOverride) -> RoutePolicy {
+    let mut policy = defaults.clone();
+    policy.timeout = route.timeout.unwrap_or(policy.timeout);
+    policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
+    policy.protocol = route.protocol.unwrap_or(policy.protocol);
+    policy.tls = route.tls.unwrap_or(policy.tls);
+    route.apply(&mut policy.retry);
+    route.apply_modes(&mut policy.modes);
+    // Outbound always has a bulkhead (the flags' defaults).
+    let mut bulkhead = policy.bulkhead.unwrap_or(BulkheadPolicy {
+        max_concurrent: ConcurrencyLimit::Fixed(1024),
+        min: 4,
+        max: 1024,
+        max_queue: 0,
+        queue_timeout: Duration::from_secs(1),
+    });
+    route.limits.apply(
+        &mut policy.breaker,
+        &mut bulkhead,
+        &mut policy.max_ejection_percent,
+    );
+    policy.bulkhead = Some(bulkhead);
+    policy
+}
+
+/// An inbound route's keys over the app's policy: its deadline, and the
+/// bulkhead in front of the app.
+fn inbound_policy(defaults: &RoutePolicy, route: &RouteOverride, config: &Config) -> RoutePolicy {
+    let mut policy = defaults.clone();
+    policy.timeout = route.timeout.unwrap_or(policy.timeout);
+    policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
+    policy.modes.bulkhead = route.bulkhead_mode.unwrap_or(policy.modes.bulkhead);
+    let queue = config.inbound_queue;
+    let limit = route
+        .inbound_max_concurrent
+        .map(|n| ConcurrencyLimit::Fixed(usize::try_from(n).unwrap_or(usize::MAX)))
+        .or(policy.bulkhead.map(|b| b.max_concurrent));
+    policy.bulkhead = limit.map(|max_concurrent| {
+        let base = policy.bulkhead.unwrap_or(BulkheadPolicy {
+            max_concurrent,
+            min: 1,
+            max: usize::MAX,
+            max_queue: queue.max_queue,
+            queue_timeout: queue.queue_timeout,
+        });
+        BulkheadPolicy {
+            max_concurrent,
+            max_queue: route.inbound_max_queue.unwrap_or(base.max_queue),
+            queue_timeout: route.inbound_queue_timeout.unwrap_or(base.queue_timeout),
+            ..base
         }
-        policy
-    }
+    });
+    policy
 }
 
 /// The last destination a client connection's requests went to: most
@@ -155,10 +322,14 @@ impl LastDestination {
     }
 }
 
-/// Everything the outbound pipeline needs about one destination, built once.
+/// Everything the pipeline needs about one route to one destination, built
+/// once: learned state (breakers, budget, limits) is kept per route, since
+/// each route has its own policy.
 pub struct DestinationState {
     pub dest: Destination,
     pub authority: Authority,
+    /// The route's label.
+    pub route: Arc<str>,
     pub policy: RoutePolicy,
     pub metrics: Arc<DestinationMetrics>,
     pub budget: Arc<RetryBudget>,
@@ -168,9 +339,55 @@ pub struct DestinationState {
     pub adaptive: Option<Mutex<AdaptiveLimit>>,
     /// Endpoints whose circuit is open or half-open, for `--max-ejection-percent`.
     pub ejected: AtomicUsize,
+    /// The modes as configured now (a reload flips them in place).
+    pub modes: ModeCell,
+    /// The admin endpoint's overrides, shared by every destination.
+    pub overrides: Arc<Overrides>,
+    /// Set when a reload replaced this state: connections that remembered it
+    /// look it up again; requests in flight finish under it.
+    retired: AtomicBool,
+    /// What each observed policy let through that it would have refused.
+    observed: [AtomicU64; 3],
 }
 
 impl DestinationState {
+    /// Whether this is the live state of `route` to `host:port`.
+    pub fn is(&self, host: &str, port: u16, route: &Arc<str>) -> bool {
+        self.is_route(route) && self.dest.is(host, port)
+    }
+
+    /// Whether this is the live state of `route` (to whichever destination).
+    pub fn is_route(&self, route: &Arc<str>) -> bool {
+        // A table's labels are shared: the pointer decides unless a reload
+        // rebuilt the table, and then the text.
+        !self.retired.load(Ordering::Relaxed)
+            && (Arc::ptr_eq(&self.route, route) || *self.route == **route)
+    }
+
+    /// The mode `policy` runs in for this request: an admin override to
+    /// observe wins, else the configured mode.
+    pub fn mode(&self, policy: Observable) -> Mode {
+        if self.overrides.observes(&self.dest, &self.route, policy) {
+            return Mode::Observe;
+        }
+        self.modes.get(policy)
+    }
+
+    /// A circuit forced open or closed by an admin override, if one is in force.
+    pub fn forced_circuit(&self) -> Option<Forced> {
+        self.overrides.circuit(&self.dest, &self.route)
+    }
+
+    /// Counts a decision an observed policy did not carry out.
+    pub fn observe(&self, policy: Observable, action: &'static str) {
+        let i = Observable::ALL
+            .iter()
+            .position(|p| *p == policy)
+            .unwrap_or_default();
+        self.observed[i].fetch_add(1, Ordering::Relaxed);
+        self.metrics.count_observed(policy.as_str(), action);
+    }
+
     /// What `/upstreams` shows of this destination.
     pub fn snapshot(&self, direction: Direction) -> serde_json::Value {
         let now = tokio::time::Instant::now();
@@ -179,12 +396,29 @@ impl DestinationState {
             .known()
             .map(|list| list.iter().map(|e| e.snapshot(now)).collect())
             .unwrap_or_default();
+        let mut observed = serde_json::Map::new();
+        for (i, p) in Observable::ALL.into_iter().enumerate() {
+            observed.insert(
+                p.as_str().into(),
+                self.observed[i].load(Ordering::Relaxed).into(),
+            );
+        }
+        let effective = Modes {
+            breaker: self.mode(Observable::Breaker),
+            bulkhead: self.mode(Observable::Bulkhead),
+            retry_budget: self.mode(Observable::RetryBudget),
+        };
+        let dest = self.dest.to_string();
         serde_json::json!({
-            "destination": self.dest.to_string(),
+            "destination": dest,
             "direction": direction.as_str(),
+            "route": self.route.as_ref(),
+            "modes": effective,
+            "observed": observed,
+            "overrides": self.overrides.describe_for(&self.dest, &self.route),
             "bulkhead": self.bulkhead.as_ref().map(|b| b.snapshot()),
             "adaptive_limit": self.adaptive.as_ref().map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).snapshot()),
-            "ejected": self.ejected.load(std::sync::atomic::Ordering::Relaxed),
+            "ejected": self.ejected.load(Ordering::Relaxed),
             "endpoints": endpoints,
         })
     }
@@ -198,6 +432,8 @@ pub struct EndpointSettings {
     pub dns_ttl: Duration,
     /// Outbound TLS, for routes with `tls=true`.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// The admin endpoint's overrides.
+    pub overrides: Arc<Overrides>,
 }
 
 impl EndpointSettings {
@@ -207,6 +443,7 @@ impl EndpointSettings {
             idle_timeout: config.upstream_idle_timeout,
             dns_ttl: config.dns_ttl,
             tls: None,
+            overrides: Arc::new(Overrides::default()),
         }
     }
 }
@@ -214,6 +451,7 @@ impl EndpointSettings {
 impl DestinationState {
     pub fn new(
         dest: Destination,
+        route: Arc<str>,
         policy: RoutePolicy,
         metrics: Arc<DestinationMetrics>,
         settings: EndpointSettings,
@@ -252,20 +490,37 @@ impl DestinationState {
             ejected: AtomicUsize::new(0),
             authority: dest.authority(),
             dest,
+            route,
+            modes: ModeCell::new(policy.modes),
             policy,
             metrics,
             budget: Arc::new(budget),
+            overrides: settings.overrides,
+            retired: AtomicBool::new(false),
+            observed: Default::default(),
         }
     }
 }
 
-/// Destinations seen so far. The first `--metrics-max-destinations` get a state of
-/// their own; later ones are built per request and share the `other` label.
+/// What a reload did to the learned state of one registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Replaced {
+    /// States whose policy did not change (modes may have flipped in place).
+    pub kept: usize,
+    /// States dropped: their route changed or is gone; rebuilt on next use.
+    pub rebuilt: usize,
+}
+
+type Key = (Destination, Arc<str>);
+
+/// Destinations seen so far, per route. The first `--metrics-max-destinations`
+/// get a state of their own; later ones are built per request and share the
+/// `other` label.
 pub struct Registry {
     direction: Direction,
-    routes: Arc<RouteTable>,
+    routes: ArcSwap<RouteTable>,
     metrics: Arc<Metrics>,
-    entries: RwLock<HashMap<Destination, Arc<DestinationState>>>,
+    entries: RwLock<HashMap<Key, Arc<DestinationState>>>,
     max_entries: usize,
     overflow: Arc<DestinationMetrics>,
     settings: EndpointSettings,
@@ -279,10 +534,10 @@ impl Registry {
         max_entries: usize,
         settings: EndpointSettings,
     ) -> Self {
-        let overflow = Arc::new(metrics.destination(direction, "other"));
+        let overflow = Arc::new(metrics.destination(direction, "other", DEFAULT_ROUTE));
         Registry {
             direction,
-            routes,
+            routes: ArcSwap::new(routes),
             metrics,
             entries: RwLock::new(HashMap::new()),
             max_entries,
@@ -291,40 +546,71 @@ impl Registry {
         }
     }
 
-    pub fn routes(&self) -> &Arc<RouteTable> {
-        &self.routes
+    /// The route table in force now: one atomic load.
+    pub fn routes(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.routes.load()
     }
 
-    /// The state for `host:port`.
-    pub fn get(&self, host: &str, port: u16) -> Arc<DestinationState> {
-        let dest = Destination::new(host, port);
-        if let Some(found) = self.read().get(&dest) {
+    /// The state for `route` to `host:port`.
+    pub fn get(&self, host: &str, port: u16, route: Selected<'_>) -> Arc<DestinationState> {
+        let key = (Destination::new(host, port), route.name.clone());
+        if let Some(found) = self.read().get(&key) {
             return found.clone();
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = entries.get(&dest) {
+        if let Some(found) = entries.get(&key) {
             return found.clone();
         }
+        // Under the lock a reload also takes: a state is kept only if its policy
+        // is the current table's, so none built from a replaced table lingers.
+        let table = self.routes.load();
+        let current = table.named(route.name).filter(|p| *p == route.policy);
         let labeled = entries.len() < self.max_entries;
         let metrics = if labeled {
-            Arc::new(self.metrics.destination(self.direction, &dest.to_string()))
+            Arc::new(
+                self.metrics
+                    .destination(self.direction, &key.0.to_string(), route.name),
+            )
         } else {
             self.overflow.clone()
         };
-        let policy = self.routes.policy_for(&dest);
         let state = Arc::new(DestinationState::new(
-            dest.clone(),
-            policy,
+            key.0.clone(),
+            route.name.clone(),
+            route.policy.clone(),
             metrics,
             self.settings.clone(),
         ));
-        if labeled {
-            entries.insert(dest, state.clone());
+        if labeled && current.is_some() {
+            entries.insert(key, state.clone());
         }
         state
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Destination, Arc<DestinationState>>> {
+    /// Puts `table` in force for new requests. Learned state survives for each
+    /// route whose policy is the same (its modes flipped in place); the rest is
+    /// retired, so the next request builds it anew, while requests in flight
+    /// finish under the state they hold.
+    pub fn replace_routes(&self, table: Arc<RouteTable>) -> Replaced {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut replaced = Replaced::default();
+        entries.retain(|(_, route), state| match table.named(route) {
+            Some(policy) if state.policy.same_but_modes(policy) => {
+                state.modes.set(policy.modes);
+                replaced.kept += 1;
+                true
+            }
+            _ => {
+                state.retired.store(true, Ordering::Relaxed);
+                replaced.rebuilt += 1;
+                false
+            }
+        });
+        self.routes.store(table);
+        replaced
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<DestinationState>>> {
         self.entries.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -346,13 +632,19 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, Method};
 
-    fn registry(max: usize, routes: &[&str]) -> Registry {
+    fn config(routes: &[&str]) -> Config {
         let mut config = Config::loopback();
         config.routes = routes
             .iter()
-            .filter_map(|r| RouteOverride::parse(r).ok())
+            .map(|r| RouteOverride::parse(r).unwrap())
             .collect();
+        config
+    }
+
+    fn registry(max: usize, routes: &[&str]) -> Registry {
+        let config = config(routes);
         Registry::new(
             Direction::Outbound,
             Arc::new(RouteTable::new(&config)),
@@ -360,6 +652,19 @@ mod tests {
             max,
             EndpointSettings::from_config(&config),
         )
+    }
+
+    fn get(r: &Registry, host: &str, port: u16, path: &str) -> Arc<DestinationState> {
+        let table = r.routes();
+        let headers = HeaderMap::new();
+        let route = table.select(&RequestFacts {
+            host,
+            port,
+            method: &Method::GET,
+            path,
+            headers: &headers,
+        });
+        r.get(host, port, route)
     }
 
     #[test]
@@ -372,25 +677,68 @@ mod tests {
             ],
         );
         assert_eq!(
-            r.get("payments", 8080).policy.timeout,
+            get(&r, "payments", 8080, "/").policy.timeout,
             Duration::from_secs(2)
         );
-        let other_port = r.get("PAYMENTS", 9090);
+        let other_port = get(&r, "PAYMENTS", 9090, "/");
         assert_eq!(other_port.policy.timeout, Duration::from_secs(3));
         assert_eq!(other_port.policy.protocol, Protocol::H2);
-        assert_eq!(r.get("search", 80).policy.timeout, Duration::from_secs(15));
+        assert_eq!(&*other_port.route, "payments");
+        let search = get(&r, "search", 80, "/");
+        assert_eq!(search.policy.timeout, Duration::from_secs(15));
+        assert_eq!(&*search.route, DEFAULT_ROUTE);
+    }
+
+    #[test]
+    fn each_route_to_a_destination_has_its_own_state() {
+        let r = registry(10, &["reports,path-prefix=/slow,timeout=30s"]);
+        let slow = get(&r, "reports", 80, "/slow/x");
+        let fast = get(&r, "reports", 80, "/fast");
+        assert!(!Arc::ptr_eq(&slow, &fast));
+        assert_eq!(slow.policy.timeout, Duration::from_secs(30));
+        assert_eq!(fast.policy.timeout, Duration::from_secs(15));
+        assert!(Arc::ptr_eq(&slow, &get(&r, "reports", 80, "/slow/y")));
+    }
+
+    #[test]
+    fn a_reload_keeps_what_did_not_change_and_flips_modes_in_place() {
+        let r = registry(10, &["a,timeout=2s", "b,timeout=2s"]);
+        let a = get(&r, "a", 80, "/");
+        let b = get(&r, "b", 80, "/");
+        let d = get(&r, "c", 80, "/");
+        let next = config(&["a,timeout=2s,breaker-mode=observe", "b,timeout=5s"]);
+        let replaced = r.replace_routes(Arc::new(RouteTable::new(&next)));
+        assert_eq!(
+            replaced,
+            Replaced {
+                kept: 2,
+                rebuilt: 1
+            }
+        );
+        // a: the same state, its breaker now observed.
+        assert!(Arc::ptr_eq(&a, &get(&r, "a", 80, "/")));
+        assert_eq!(a.mode(Observable::Breaker), Mode::Observe);
+        assert!(a.is("a", 80, &"a".into()));
+        // b: retired, rebuilt under the new timeout.
+        assert!(!b.is("b", 80, &"b".into()));
+        let b2 = get(&r, "b", 80, "/");
+        assert_eq!(b2.policy.timeout, Duration::from_secs(5));
+        assert!(Arc::ptr_eq(&d, &get(&r, "c", 80, "/")));
     }
 
     #[test]
     fn a_scan_of_hosts_is_capped() {
         let r = registry(3, &[]);
         for i in 0..1000 {
-            let state = r.get(&format!("host-{i}"), 80);
+            let state = get(&r, &format!("host-{i}"), 80, "/");
             if i >= 3 {
                 assert_eq!(state.metrics.label(), "other");
             }
         }
         assert_eq!(r.len(), 3);
-        assert!(Arc::ptr_eq(&r.get("host-1", 80), &r.get("host-1", 80)));
+        assert!(Arc::ptr_eq(
+            &get(&r, "host-1", 80, "/"),
+            &get(&r, "host-1", 80, "/")
+        ));
     }
 }

@@ -18,6 +18,7 @@ fn plan() -> Plan {
         exclude_outbound_ports: Vec::new(),
         exclude_outbound_cidrs: Vec::new(),
         run_flags: Vec::new(),
+        policy: None,
     }
 }
 

@@ -12,6 +12,7 @@ use clap::{Args, Parser};
 use super::route::RouteOverride;
 use crate::addr::Cidr;
 use crate::policy::limits::ConcurrencyLimit;
+use crate::policy::mode::Mode;
 use crate::policy::retry::RetryOn;
 use crate::units::{
     parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
@@ -133,17 +134,28 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_RETRY_BODY_LIMIT", default_value = "64KiB", value_parser = parse_bytes)]
     pub retry_body_limit: usize,
 
+    /// What the retry budget does when spent: enforce (skip the retry) or observe
+    /// (retry anyway, count breakwater_observed_total).
+    #[arg(long, env = "BREAKWATER_RETRY_BUDGET_MODE", default_value = "enforce", value_parser = Mode::parse)]
+    pub retry_budget_mode: Mode,
+
+    /// A YAML policy file (a mounted ConfigMap): defaults and routes, re-read when it
+    /// changes; its keys win over the flags (see /config).
+    #[arg(long, env = "BREAKWATER_POLICY_FILE")]
+    pub policy_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub breaker: BreakerArgs,
 
     #[command(flatten)]
     pub bulkhead: BulkheadArgs,
 
-    /// Overrides for one destination: HOST[:PORT],key=value,... (repeatable). Keys are the
-    /// flag names without `--`: timeout, connect-timeout, protocol=auto|h1|h2, retries,
-    /// retry-on (conditions joined by '+'), retry-backoff, retry-backoff-max,
-    /// per-try-timeout, retry-budget, retry-budget-min, retry-body-limit. In the env var,
-    /// separate routes with ';'.
+    /// A route: HOST[:PORT],key=value,... (repeatable; HOST * for any host); the first
+    /// that matches a request wins. Keys: what it matches (direction=outbound|inbound,
+    /// path, path-prefix, method, header=NAME or NAME:VALUE, name = the `route` label),
+    /// and any policy flag's name without `--` (the README's "Policy keys" table), plus
+    /// protocol=auto|h1|h2 and tls=true. retry-on conditions are joined by '+'. In the
+    /// env var, separate routes with ';'.
     #[arg(long = "route", env = "BREAKWATER_ROUTE", value_delimiter = ';', value_parser = RouteOverride::parse)]
     pub routes: Vec<RouteOverride>,
 
@@ -333,6 +345,11 @@ pub struct BreakerArgs {
     /// Most endpoints of a destination ejected at once, in percent (one always may be).
     #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_MAX_EJECTION_PERCENT", default_value = "50", value_parser = parse_rate)]
     pub max_ejection_percent: u8,
+
+    /// What an open circuit does: enforce (refuse with 503 circuit-open) or observe
+    /// (let the request through, count breakwater_observed_total).
+    #[arg(long, env = "BREAKWATER_BREAKER_MODE", default_value = "enforce", value_parser = Mode::parse)]
+    pub breaker_mode: Mode,
 }
 
 /// Bulkhead flags.
@@ -372,6 +389,11 @@ pub struct BulkheadArgs {
     /// Longest wait in that queue.
     #[arg(long, env = "BREAKWATER_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub queue_timeout: Duration,
+
+    /// What a full bulkhead (outbound, and in front of the app) does: enforce (refuse
+    /// with 503) or observe (let the request through, count breakwater_observed_total).
+    #[arg(long, env = "BREAKWATER_BULKHEAD_MODE", default_value = "enforce", value_parser = Mode::parse)]
+    pub bulkhead_mode: Mode,
 
     /// Bulkhead in front of the app: requests in flight [default: none, no limit].
     #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_INBOUND_MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]

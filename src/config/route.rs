@@ -1,15 +1,17 @@
-//! `--route HOST[:PORT],key=value,...`: per-destination overrides of the global flags.
-//!
-//! A route names a destination and overrides some of the policy flags for it; the
-//! first route that matches a destination wins. Keys are the flag names without `--`.
+//! Routes: what a request matches (host, port, path, method, headers) and the
+//! policy keys it overrides for the requests it matches. From `--route
+//! HOST[:PORT],key=value,...` or from the policy file; the first route that
+//! matches a request wins. Keys are the flag names without `--` ([`super::keys`]).
 
 use std::time::Duration;
 
+use http::{HeaderMap, HeaderName, Method};
 use serde::Serialize;
 
-use crate::addr::Destination;
+use super::keys::{self, Applies};
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit, LimitError};
+use crate::policy::mode::{Mode, ModeError, Modes};
 use crate::policy::retry::{RetryOn, RetryOnError, RetryPolicy};
 use crate::units::{
     UnitError, parse_bytes, parse_duration, parse_per_second, parse_percent,
@@ -19,10 +21,17 @@ use crate::units::{
 /// Why a `--route` flag cannot be parsed; the message names the offending part.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RouteError {
-    #[error("a route starts with HOST[:PORT], e.g. payments:8080,timeout=2s")]
+    #[error("a route starts with HOST[:PORT] (or * for any host), e.g. payments:8080,timeout=2s")]
     NoTarget,
-    #[error("'{0}' names no host: HOST[:PORT], e.g. payments:8080")]
+    #[error("'{0}' names no host: HOST[:PORT] (or * for any host), e.g. payments:8080")]
     NoHost(String),
+    #[error("route key '{key}' does not apply to {direction} routes")]
+    WrongDirection {
+        key: &'static str,
+        direction: RouteDirection,
+    },
+    #[error("route key '{0}' is given twice")]
+    Twice(String),
     #[error("'{0}' is not key=value")]
     NotKeyValue(String),
     #[error("route key '{key}': {error}")]
@@ -56,7 +65,19 @@ pub enum KeyError {
     NotAProtocol(String),
     #[error("'{0}' is not true or false")]
     NotABool(String),
-    #[error("unknown key (known: {KEYS})")]
+    #[error("'{0}' is not a port (1-65535)")]
+    NotAPort(String),
+    #[error("'{0}' is not outbound or inbound")]
+    NotADirection(String),
+    #[error("'{0}' is not an HTTP method")]
+    NotAMethod(String),
+    #[error("'{0}' is not an absolute path like /reports")]
+    NotAPath(String),
+    #[error("'{0}' is not a header name, or NAME:VALUE")]
+    NotAHeader(String),
+    #[error(transparent)]
+    Mode(#[from] ModeError),
+    #[error("unknown key (known: {})", keys::route_keys_list())]
     Unknown,
 }
 
@@ -75,11 +96,93 @@ pub enum Protocol {
     H2,
 }
 
-/// One `--route` flag, parsed: every key it names overrides that flag.
+/// Which listener's requests a route is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteDirection {
+    /// From the app to its dependencies.
+    #[default]
+    Outbound,
+    /// Into the pod, toward the app.
+    Inbound,
+}
+
+impl std::fmt::Display for RouteDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RouteDirection::Outbound => "outbound",
+            RouteDirection::Inbound => "inbound",
+        })
+    }
+}
+
+/// A header condition: present, or with exactly this value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub value: Option<String>,
+}
+
+impl HeaderMatch {
+    /// `NAME` (present) or `NAME:VALUE` (exactly that value).
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        let (name, value) = match s.split_once(':') {
+            Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
+            None => (s.trim(), None),
+        };
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| KeyError::NotAHeader(s.into()))?;
+        Ok(HeaderMatch { name, value })
+    }
+
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut found = headers.get_all(&self.name).iter();
+        match &self.value {
+            None => found.next().is_some(),
+            Some(want) => found.any(|v| v.as_bytes() == want.as_bytes()),
+        }
+    }
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.value {
+            Some(v) => s.collect_str(&format_args!("{}:{v}", self.name)),
+            None => s.serialize_str(self.name.as_str()),
+        }
+    }
+}
+
+/// What a route is matched against: the request as it arrives.
+pub struct RequestFacts<'a> {
+    /// The destination host (outbound) or the `Host` the client named (inbound).
+    pub host: &'a str,
+    pub port: u16,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// One route, parsed: what it matches, and every key it names overrides that
+/// flag for the requests it matches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RouteOverride {
-    pub host: String,
+    /// The `route` label; `None` takes [`RouteOverride::label`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub direction: RouteDirection,
+    /// `None`: any host (`*`).
+    pub host: Option<String>,
     pub port: Option<u16>,
+    /// The exact path (without the query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "serialize_opt_duration"
@@ -122,6 +225,28 @@ pub struct RouteOverride {
     pub retry_body_limit: Option<usize>,
     #[serde(flatten)]
     pub limits: LimitOverrides,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulkhead_mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget_mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_max_concurrent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_max_queue: Option<usize>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub inbound_queue_timeout: Option<Duration>,
+    /// Where the route was written, for messages: `--route` when `None`.
+    #[serde(skip)]
+    pub origin: Option<String>,
+    /// The keys this route sets itself, in the order given: to name them in
+    /// messages, and to refuse one given twice.
+    #[serde(skip)]
+    pub set_keys: Vec<&'static str>,
 }
 
 /// The breaker and bulkhead keys of a route.
@@ -239,15 +364,6 @@ impl LimitOverrides {
     }
 }
 
-/// The keys a route may set, for error messages.
-const KEYS: &str = "timeout, connect-timeout, protocol, tls, retries, retry-on, retry-backoff, \
-                    retry-backoff-max, per-try-timeout, retry-budget, retry-budget-min, \
-                    retry-body-limit, breaker-consecutive-failures, breaker-failure-rate, \
-                    breaker-window, breaker-min-requests, breaker-open-duration, \
-                    breaker-half-open-requests, breaker-slow-call, breaker-slow-call-rate, \
-                    max-ejection-percent, max-concurrent, max-concurrent-min, \
-                    max-concurrent-max, max-queue, queue-timeout";
-
 impl RouteOverride {
     /// Parses `HOST[:PORT],key=value,...`; errors name the offending key.
     pub fn parse(s: &str) -> Result<Self, RouteError> {
@@ -256,8 +372,18 @@ impl RouteOverride {
         if target.is_empty() {
             return Err(RouteError::NoTarget);
         }
-        let (host, port) = split_host_port(target)?;
-        if host.is_empty() {
+        let (host, port) = match target.strip_prefix('*') {
+            Some("") => (None, None),
+            Some(port) => match port.strip_prefix(':') {
+                Some(p) => (None, Some(parse_port(p)?)),
+                None => return Err(RouteError::NotHostPort(target.into())),
+            },
+            None => {
+                let (host, port) = split_host_port(target)?;
+                (Some(host), port)
+            }
+        };
+        if host.as_deref() == Some("") {
             // `:8080` or `[]` would match no destination, silently.
             return Err(RouteError::NoHost(target.into()));
         }
@@ -275,16 +401,110 @@ impl RouteOverride {
                 .split_once('=')
                 .ok_or_else(|| RouteError::NotKeyValue(pair.into()))?;
             let (key, value) = (key.trim(), value.trim());
-            route.set(key, value).map_err(|error| RouteError::Key {
-                key: key.into(),
-                error,
-            })?;
+            route.set_key(key, value)?;
         }
+        route.finish()?;
         Ok(route)
     }
 
+    /// Sets one `key=value`, as the flag or the policy file gives it; errors name the key.
+    pub fn set_key(&mut self, key: &str, value: &str) -> Result<(), RouteError> {
+        let Some(def) = keys::policy_key(key).or_else(|| keys::match_key(key)) else {
+            return Err(RouteError::Key {
+                key: key.into(),
+                error: KeyError::Unknown,
+            });
+        };
+        // A header condition may be given more than once; nothing else may.
+        if def.name != "header" && self.set_keys.contains(&def.name) {
+            return Err(RouteError::Twice(key.into()));
+        }
+        self.set(def.name, value).map_err(|error| RouteError::Key {
+            key: key.into(),
+            error,
+        })?;
+        self.set_keys.push(def.name);
+        Ok(())
+    }
+
+    /// Checks what only the whole route can tell: that each key it sets means
+    /// something on its direction's listener.
+    pub fn finish(&self) -> Result<(), RouteError> {
+        let wrong = match self.direction {
+            RouteDirection::Outbound => Applies::Inbound,
+            RouteDirection::Inbound => Applies::Outbound,
+        };
+        for name in &self.set_keys {
+            if keys::policy_key(name).is_some_and(|k| k.applies == wrong) {
+                return Err(RouteError::WrongDirection {
+                    key: keys::policy_key(name).map_or("", |k| k.name),
+                    direction: self.direction,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this route sets `key` itself.
+    pub fn sets(&self, key: &str) -> bool {
+        self.set_keys.contains(&key)
+    }
+
     fn set(&mut self, key: &str, value: &str) -> Result<(), KeyError> {
+        let mode = |v: &str| Mode::parse(v).map_err(KeyError::from);
+        let path = |v: &str| {
+            if v.starts_with('/') && !v.contains(char::is_whitespace) {
+                Ok(v.to_string())
+            } else {
+                Err(KeyError::NotAPath(v.into()))
+            }
+        };
         match key {
+            "name" => self.name = Some(value.to_string()),
+            "direction" => {
+                self.direction = match value.to_ascii_lowercase().as_str() {
+                    "outbound" => RouteDirection::Outbound,
+                    "inbound" => RouteDirection::Inbound,
+                    _ => return Err(KeyError::NotADirection(value.into())),
+                }
+            }
+            "host" => {
+                self.host = match value {
+                    "*" => None,
+                    host => Some(host.to_ascii_lowercase()),
+                }
+            }
+            "port" => {
+                self.port = Some(parse_port(value).map_err(|_| KeyError::NotAPort(value.into()))?)
+            }
+            "path" => self.path = Some(path(value)?),
+            "path-prefix" => self.path_prefix = Some(path(value)?),
+            "method" => {
+                let m = value.to_ascii_uppercase();
+                if Method::from_bytes(m.as_bytes()).is_err() || m.is_empty() {
+                    return Err(KeyError::NotAMethod(value.into()));
+                }
+                self.method = Some(m);
+            }
+            "header" => self.headers.push(HeaderMatch::parse(value)?),
+            "breaker-mode" => self.breaker_mode = Some(mode(value)?),
+            "bulkhead-mode" => self.bulkhead_mode = Some(mode(value)?),
+            "retry-budget-mode" => self.retry_budget_mode = Some(mode(value)?),
+            "inbound-max-concurrent" => match value.parse::<u64>() {
+                Ok(0) => return Err(KeyError::AtLeastOne),
+                Ok(n) => self.inbound_max_concurrent = Some(n),
+                Err(_) => return Err(KeyError::NotACount(value.into())),
+            },
+            "inbound-max-queue" => {
+                self.inbound_max_queue = Some(
+                    value
+                        .parse()
+                        .map_err(|_| KeyError::NotACount(value.into()))?,
+                )
+            }
+            "inbound-queue-timeout" => {
+                self.inbound_queue_timeout = Some(parse_positive_duration(value)?)
+            }
             "timeout" => self.timeout = Some(parse_positive_duration(value)?),
             "connect-timeout" => self.connect_timeout = Some(parse_positive_duration(value)?),
             "protocol" => {
@@ -338,10 +558,82 @@ impl RouteOverride {
         policy.body_limit = self.retry_body_limit.unwrap_or(policy.body_limit);
     }
 
-    /// Whether this route applies to `dest`: same host (case-insensitive) and, when the
-    /// route names a port, the same port.
-    pub fn matches(&self, dest: &Destination) -> bool {
-        self.host.eq_ignore_ascii_case(dest.host()) && self.port.is_none_or(|p| p == dest.port())
+    /// The modes this route sets, over `modes`.
+    pub fn apply_modes(&self, modes: &mut Modes) {
+        modes.breaker = self.breaker_mode.unwrap_or(modes.breaker);
+        modes.bulkhead = self.bulkhead_mode.unwrap_or(modes.bulkhead);
+        modes.retry_budget = self.retry_budget_mode.unwrap_or(modes.retry_budget);
+    }
+
+    /// Whether this route applies to a request: every condition it names holds
+    /// (host case-insensitive; a path prefix is a plain string prefix, as Envoy's
+    /// `prefix`: `/slow` also matches `/slowest`).
+    pub fn matches(&self, r: &RequestFacts<'_>) -> bool {
+        self.host
+            .as_deref()
+            .is_none_or(|h| h.eq_ignore_ascii_case(r.host))
+            && self.port.is_none_or(|p| p == r.port)
+            && self.path.as_deref().is_none_or(|p| p == r.path)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| r.path.starts_with(p))
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m == r.method.as_str())
+            && self.headers.iter().all(|h| h.matches(r.headers))
+    }
+
+    /// Whether every request this route matches is matched by `self` first:
+    /// `later` can never match behind it.
+    pub fn shadows(&self, later: &RouteOverride) -> bool {
+        let within =
+            |mine: &Option<String>, theirs: &Option<String>| mine.is_none() || mine == theirs;
+        let path_covered = match (&self.path, &self.path_prefix) {
+            (None, None) => true,
+            (Some(exact), _) => later.path.as_ref() == Some(exact),
+            (None, Some(prefix)) => {
+                later
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with(prefix.as_str()))
+                    || later
+                        .path_prefix
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with(prefix.as_str()))
+            }
+        };
+        self.direction == later.direction
+            && within(&self.host, &later.host)
+            && self.port.is_none_or(|p| later.port == Some(p))
+            && within(&self.method, &later.method)
+            && path_covered
+            && self.headers.iter().all(|h| later.headers.contains(h))
+    }
+
+    /// The `route` label when no `name` is given: what the route matches, as
+    /// written (`payments:8080`, `*/upload`, `reports/slow GET`).
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut label = self.host.clone().unwrap_or_else(|| "*".into());
+        if let Some(p) = self.port {
+            label = if label.contains(':') {
+                format!("[{label}]:{p}")
+            } else {
+                format!("{label}:{p}")
+            };
+        }
+        if let Some(p) = self.path.as_ref().or(self.path_prefix.as_ref()) {
+            label.push_str(p);
+        }
+        if let Some(m) = &self.method {
+            label.push(' ');
+            label.push_str(m);
+        }
+        label
     }
 }
 
@@ -391,7 +683,7 @@ mod tests {
             assert!(e.contains("names no host"), "{e}");
         }
         let r = RouteOverride::parse("payments:8080,timeout=2s,protocol=h2").unwrap();
-        assert_eq!(r.host, "payments");
+        assert_eq!(r.host.as_deref(), Some("payments"));
         assert_eq!(r.port, Some(8080));
         assert_eq!(r.timeout, Some(Duration::from_secs(2)));
         assert_eq!(r.protocol, Some(Protocol::H2));
@@ -432,15 +724,104 @@ mod tests {
         assert!(RouteOverride::parse("payments:http").is_err());
     }
 
+    fn facts<'a>(
+        host: &'a str,
+        port: u16,
+        method: &'a Method,
+        path: &'a str,
+        headers: &'a HeaderMap,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            host,
+            port,
+            method,
+            path,
+            headers,
+        }
+    }
+
     #[test]
-    fn matches_host_and_optional_port() {
+    fn matches_host_port_path_method_and_headers() {
+        let (get, post, none) = (Method::GET, Method::POST, HeaderMap::new());
         let any_port = RouteOverride::parse("Payments").unwrap();
         let one_port = RouteOverride::parse("payments:8080").unwrap();
-        let d80 = Destination::new("payments", 80);
-        let d8080 = Destination::new("payments", 8080);
-        assert!(any_port.matches(&d80) && any_port.matches(&d8080));
-        assert!(!one_port.matches(&d80) && one_port.matches(&d8080));
+        assert!(any_port.matches(&facts("payments", 80, &get, "/", &none)));
+        assert!(any_port.matches(&facts("payments", 8080, &get, "/", &none)));
+        assert!(!one_port.matches(&facts("payments", 80, &get, "/", &none)));
         let v6 = RouteOverride::parse("[::1]:9000").unwrap();
-        assert!(v6.matches(&Destination::new("::1", 9000)));
+        assert!(v6.matches(&facts("::1", 9000, &get, "/", &none)));
+        let slow =
+            RouteOverride::parse("reports,path-prefix=/slow,method=get,timeout=30s").unwrap();
+        assert!(slow.matches(&facts("reports", 80, &get, "/slow/q", &none)));
+        assert!(!slow.matches(&facts("reports", 80, &post, "/slow", &none)));
+        assert!(!slow.matches(&facts("reports", 80, &get, "/fast", &none)));
+        let exact = RouteOverride::parse("*,path=/healthz").unwrap();
+        assert!(exact.matches(&facts("any", 1, &get, "/healthz", &none)));
+        assert!(!exact.matches(&facts("any", 1, &get, "/healthz/x", &none)));
+        let canary = RouteOverride::parse("*,header=x-canary:1,header=x-debug").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", "1".parse().unwrap());
+        assert!(!canary.matches(&facts("a", 1, &get, "/", &h)));
+        h.insert("x-debug", "".parse().unwrap());
+        assert!(canary.matches(&facts("a", 1, &get, "/", &h)));
+        h.insert("x-canary", "2".parse().unwrap());
+        assert!(!canary.matches(&facts("a", 1, &get, "/", &h)));
+    }
+
+    #[test]
+    fn keys_that_do_not_apply_to_the_direction_are_refused() {
+        let e = RouteOverride::parse("*,direction=inbound,retries=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retries") && e.contains("inbound"), "{e}");
+        let e = RouteOverride::parse("api,inbound-max-concurrent=2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inbound-max-concurrent"), "{e}");
+        assert!(RouteOverride::parse("*,direction=inbound,inbound-max-concurrent=2").is_ok());
+        let e = RouteOverride::parse("api,timeout=1s,timeout=2s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn a_broader_earlier_route_shadows() {
+        let p = |s| RouteOverride::parse(s).unwrap();
+        assert!(p("api").shadows(&p("api,path-prefix=/x")));
+        assert!(p("*").shadows(&p("api:80")));
+        assert!(p("api,path-prefix=/x").shadows(&p("api,path=/x/y")));
+        assert!(!p("api,path-prefix=/x").shadows(&p("api")));
+        assert!(!p("api,method=GET").shadows(&p("api")));
+        assert!(!p("api").shadows(&p("*,direction=inbound")));
+        assert!(!p("api,header=x-a").shadows(&p("api")));
+    }
+
+    #[test]
+    fn every_policy_and_match_key_is_a_route_key() {
+        for k in keys::POLICY_KEYS.iter().chain(keys::MATCH_KEYS) {
+            let direction = match k.applies {
+                Applies::Inbound => ",direction=inbound",
+                _ => "",
+            };
+            let spec = format!("*{direction},{}={}", k.name, k.example);
+            let spec = if k.name == "direction" {
+                format!("*,direction={}", k.example)
+            } else {
+                spec
+            };
+            RouteOverride::parse(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            if let Some(default) = k.default {
+                let spec = format!("*{direction},{}={}", k.name, default.replace(',', "+"));
+                RouteOverride::parse(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            }
+        }
+        let e = RouteOverride::parse("api,colour=blue")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("path-prefix") && e.contains("breaker-mode"),
+            "{e}"
+        );
     }
 }

@@ -55,7 +55,7 @@ impl Scope<'_> {
     fn key(&self, key: &str, value: impl Display) -> String {
         match self {
             Scope::Flags => format!("--{key} ({value})"),
-            Scope::Route(route) if sets(route, key) => format!("{key} ({value})"),
+            Scope::Route(route) if route.sets(key) => format!("{key} ({value})"),
             Scope::Route(_) => format!("{key} ({value}, from --{key})"),
         }
     }
@@ -63,29 +63,12 @@ impl Scope<'_> {
     fn say(&self, text: String) -> String {
         match self {
             Scope::Flags => text,
-            Scope::Route(route) => match route.port {
-                Some(port) => format!("--route {}:{port}: {text}", route.host),
-                None => format!("--route {}: {text}", route.host),
-            },
+            Scope::Route(route) => format!(
+                "{} {}: {text}",
+                route.origin.as_deref().unwrap_or("--route"),
+                route.label()
+            ),
         }
-    }
-}
-
-/// Whether `route` sets `key` itself (only the keys the rules name).
-fn sets(route: &RouteOverride, key: &str) -> bool {
-    let l = &route.limits;
-    match key {
-        "timeout" => route.timeout.is_some(),
-        "retries" => route.retries.is_some(),
-        "retry-backoff" => route.retry_backoff.is_some(),
-        "retry-backoff-max" => route.retry_backoff_max.is_some(),
-        "per-try-timeout" => route.per_try_timeout.is_some(),
-        "retry-budget" => route.retry_budget.is_some(),
-        "retry-budget-min" => route.retry_budget_min.is_some(),
-        "breaker-half-open-requests" => l.breaker_half_open_requests.is_some(),
-        "max-concurrent-min" => l.max_concurrent_min.is_some(),
-        "max-concurrent-max" => l.max_concurrent_max.is_some(),
-        _ => false,
     }
 }
 
@@ -93,9 +76,27 @@ fn sets(route: &RouteOverride, key: &str) -> bool {
 pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
     rules(&Scope::Flags, &Effective::of_flags(config), &mut warnings)?;
-    for route in &config.routes {
+    let mut names = std::collections::HashMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
         let policy = Effective::of_route(config, route);
-        rules(&Scope::Route(route), &policy, &mut warnings)?;
+        let scope = Scope::Route(route);
+        rules(&scope, &policy, &mut warnings)?;
+        // The name is the `route` label and the key of learned state.
+        if let Some(name) = &route.name
+            && let Some(earlier) = names.insert(name.clone(), i)
+        {
+            return Err(ConfigError::Conflict(scope.say(format!(
+                "the name is also route {}'s; give each route its own `name`",
+                earlier + 1
+            ))));
+        }
+        if let Some(first) = config.routes[..i].iter().find(|r| r.shadows(route)) {
+            warnings.push(scope.say(format!(
+                "never matches: {} {} matches every request it would",
+                first.origin.as_deref().unwrap_or("--route"),
+                first.label()
+            )));
+        }
     }
     Ok(warnings)
 }

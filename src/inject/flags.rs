@@ -52,6 +52,22 @@ pub struct InjectArgs {
     #[arg(long, value_delimiter = ',')]
     pub exclude_outbound_cidrs: Vec<String>,
 
+    /// A ConfigMap in the pod's namespace holding a policy file: mounted read-only as a
+    /// directory at /etc/breakwater/policy (never with subPath, which gets no updates)
+    /// and passed as --policy-file, so that an edit of the ConfigMap reaches breakwater
+    /// live, as with the chart's policy.configMap.
+    #[arg(long, value_name = "NAME")]
+    pub policy_configmap: Option<String>,
+
+    /// The key of --policy-configmap that holds the file (the chart's policy.file).
+    #[arg(
+        long,
+        value_name = "KEY",
+        default_value = "policy.yaml",
+        requires = "policy_configmap"
+    )]
+    pub policy_configmap_key: String,
+
     /// `breakwater run` flags for the sidecar, e.g. `--retries 3 --route
     /// payments:8080,timeout=2s` (after inject's own flags, or after `--`).
     #[arg(
@@ -83,6 +99,15 @@ pub enum SidecarForm {
     Classic,
 }
 
+/// The policy file's ConfigMap (`--policy-configmap`), which every pod mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfigMap {
+    /// The ConfigMap, in the pod's namespace.
+    pub name: String,
+    /// Its key holding the file: the file's name in the mounted directory.
+    pub key: String,
+}
+
 /// The checked flags: what every pod gets.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -95,17 +120,24 @@ pub struct Plan {
     pub exclude_inbound_ports: Vec<String>,
     pub exclude_outbound_ports: Vec<String>,
     pub exclude_outbound_cidrs: Vec<String>,
+    /// The policy file's ConfigMap, if any.
+    pub policy: Option<PolicyConfigMap>,
     /// `--flag=value` each, in the order given.
     pub run_flags: Vec<String>,
 }
 
 /// `breakwater run` flags that inject sets itself.
-const OWN_RUN_FLAGS: [(&str, &str); 5] = [
+const OWN_RUN_FLAGS: [(&str, &str); 6] = [
     ("--inbound-addr", "the inbound port is 15006"),
     ("--outbound-addr", "the outbound port is 15001"),
     ("--admin-addr", "the admin port is 15000"),
     ("--app-addr", "use --app-port"),
     ("--check", "inject checks the flags itself"),
+    (
+        "--policy-file",
+        "use --policy-configmap NAME: inject mounts the ConfigMap and points \
+         --policy-file at it",
+    ),
 ];
 
 /// Why inject's flags cannot make a plan; as `breakwater run --check` or
@@ -116,6 +148,13 @@ pub enum PlanError {
     SetByInject { flag: String, why: &'static str },
     #[error("{0} is a flag of inject: put it before the run flags")]
     InjectFlag(String),
+    /// A bad value of one of inject's own flags.
+    #[error("invalid value '{value}' for {flag}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("run flags: {0}")]
     RunFlags(crate::config::ConfigError),
     #[error("unexpected parse of the run flags: {0}")]
@@ -161,6 +200,7 @@ impl Plan {
                 .map(u16::to_string)
                 .collect(),
             exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+            policy: policy_configmap(args.policy_configmap, args.policy_configmap_key)?,
             run_flags,
         };
         let run = pod::run_args(&plan, plan.app_port.unwrap_or(pod::DEFAULT_APP_PORT));
@@ -175,6 +215,58 @@ impl Plan {
         }
         Ok(plan)
     }
+}
+
+/// `--policy-configmap` and its key, checked as the API server checks a ConfigMap
+/// volume's name and a ConfigMap's keys, so that a pod that could not be created
+/// fails here.
+fn policy_configmap(
+    name: Option<String>,
+    key: String,
+) -> Result<Option<PolicyConfigMap>, PlanError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    if !is_dns_subdomain(&name) {
+        return Err(PlanError::Invalid {
+            flag: "--policy-configmap",
+            value: name,
+            reason: "a ConfigMap's name is a DNS-1123 subdomain: at most 253 lower-case \
+                     letters, digits, '-' and '.', each part between dots starting and \
+                     ending with a letter or digit",
+        });
+    }
+    if !is_configmap_key(&key) {
+        return Err(PlanError::Invalid {
+            flag: "--policy-configmap-key",
+            value: key,
+            reason: "a ConfigMap key is 1 to 253 of [-._a-zA-Z0-9], not '.' and not \
+                     starting with '..' (it names the file in the mounted directory)",
+        });
+    }
+    Ok(Some(PolicyConfigMap { name, key }))
+}
+
+/// A DNS-1123 subdomain: lower-case alphanumeric labels with inner '-', joined by
+/// '.', 253 bytes at most.
+fn is_dns_subdomain(name: &str) -> bool {
+    let label = |l: &str| {
+        let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        l.starts_with(alnum) && l.ends_with(alnum) && l.chars().all(|c| alnum(c) || c == '-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
+}
+
+/// A ConfigMap key, as Kubernetes validates it: `[-._a-zA-Z0-9]+`, 253 bytes at
+/// most, and not a path to the directory or its parent.
+fn is_configmap_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && key != "."
+        && !key.starts_with("..")
 }
 
 impl InjectArgs {

@@ -1,6 +1,7 @@
 //! What `breakwater inject` does to one pod spec: the sidecar container, the
-//! iptables init container, the app containers' proxy variables and the volume, each
-//! the same as the Helm chart renders (the tests compare the two).
+//! iptables init container, the app containers' proxy variables and the volumes
+//! (iptables' lock directory, the policy file's ConfigMap), each the same as the Helm
+//! chart renders (the tests compare the two).
 //!
 //! Injection first removes whatever an earlier injection added, then adds it again at
 //! fixed places, so injecting twice gives the same pod as injecting once, and
@@ -19,6 +20,11 @@ pub const INIT_NAME: &str = "breakwater-init";
 /// A writable /run for the iptables init container: iptables takes its lock file
 /// there, and the container's root filesystem is read-only.
 pub const XTABLES_VOLUME: &str = "breakwater-xtables";
+/// The policy file's ConfigMap (`--policy-configmap`), mounted into the sidecar at
+/// [`POLICY_DIR`] as a directory: a subPath mount of the one file would never receive
+/// the ConfigMap's updates.
+pub const POLICY_VOLUME: &str = "breakwater-policy";
+pub const POLICY_DIR: &str = "/etc/breakwater/policy";
 /// Set on the pod template: the mode injected, so that a later injection in the
 /// other mode knows the proxy variables on the app containers are its own.
 pub const MODE_ANNOTATION: &str = "breakwater.io/mode";
@@ -133,6 +139,10 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, PodError> {
             }
         }
     }
+    if let Some(policy) = &plan.policy {
+        // After the xtables volume, as the chart renders them.
+        seq(spec, "volumes")?.push(policy_volume(&policy.name));
+    }
 
     // Lists that only an earlier injection filled go, so a switch of form or mode
     // leaves no `initContainers: []` behind.
@@ -171,7 +181,7 @@ fn remove_previous(spec: &mut Node, drop_proxy_env: bool) {
         items.retain(|c| !named(c, SIDECAR_NAME) && !named(c, INIT_NAME));
     }
     if let Some(Node::Seq(items)) = spec.get_mut("volumes") {
-        items.retain(|v| !named(v, XTABLES_VOLUME));
+        items.retain(|v| !named(v, XTABLES_VOLUME) && !named(v, POLICY_VOLUME));
     }
     if let Some(Node::Seq(items)) = spec.get_mut("containers") {
         items.retain(|c| !named(c, SIDECAR_NAME));
@@ -223,7 +233,15 @@ pub fn run_args(plan: &Plan, app_port: u16) -> Vec<String> {
         format!("--app-addr=127.0.0.1:{app_port}"),
     ];
     args.extend(plan.run_flags.iter().cloned());
+    if let Some(policy) = &plan.policy {
+        args.push(policy_file_flag(&policy.key));
+    }
     args
+}
+
+/// `--policy-file` at `key` of the mounted ConfigMap.
+fn policy_file_flag(key: &str) -> String {
+    format!("--policy-file={POLICY_DIR}/{key}")
 }
 
 /// `breakwater init-iptables` and its arguments, as the chart renders them.
@@ -322,6 +340,17 @@ fn sidecar_container(plan: &Plan, app_port: u16) -> Node {
             ),
         ]),
     );
+    if plan.policy.is_some() {
+        // The directory, not the file with subPath: a subPath mount gets no updates.
+        c.set(
+            "volumeMounts",
+            Node::Seq(vec![Node::map([
+                ("name", Node::str(POLICY_VOLUME)),
+                ("mountPath", Node::str(POLICY_DIR)),
+                ("readOnly", Node::plain(true)),
+            ])]),
+        );
+    }
     c
 }
 
@@ -362,6 +391,15 @@ fn init_container(plan: &Plan) -> Node {
                 ("mountPath", Node::str("/run")),
             ])]),
         ),
+    ])
+}
+
+/// The whole ConfigMap as a volume (no `items`: every key is a file, and the
+/// kubelet's updates replace them all at once).
+fn policy_volume(configmap: &str) -> Node {
+    Node::map([
+        ("name", Node::str(POLICY_VOLUME)),
+        ("configMap", Node::map([("name", Node::str(configmap))])),
     ])
 }
 

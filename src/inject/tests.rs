@@ -174,7 +174,7 @@ fn documents_without_pods_pass_through_byte_for_byte() {
 
 #[test]
 fn injecting_twice_changes_nothing() {
-    let forms: [&[&str]; 4] = [
+    let forms: [&[&str]; 6] = [
         &[],
         &["--sidecar", "classic"],
         &["--mode", "explicit"],
@@ -185,6 +185,15 @@ fn injecting_twice_changes_nothing() {
             "classic",
             "--retries",
             "3",
+        ],
+        &["--policy-configmap", "shop-policy"],
+        &[
+            "--mode",
+            "explicit",
+            "--sidecar",
+            "classic",
+            "--policy-configmap=shop-policy",
+            "--policy-configmap-key=rules.yaml",
         ],
     ];
     for flags in forms {
@@ -204,6 +213,214 @@ fn reinjecting_with_other_flags_replaces_the_injection() {
     assert!(web.get("volumes").is_none());
     let back = run(&explicit, &[]).output;
     assert_eq!(back, original, "back to the first injection exactly");
+}
+
+/// The breakwater container of a pod spec, native or classic.
+fn sidecar_of(spec: &Node) -> &Node {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| match spec.get(list) {
+            Some(Node::Seq(items)) => items
+                .iter()
+                .find(|c| c.get("name").and_then(Node::as_str) == Some(pod::SIDECAR_NAME)),
+            _ => None,
+        })
+        .next()
+        .expect("a breakwater container")
+}
+
+fn args_of(container: &Node) -> Vec<String> {
+    match container.get("args") {
+        Some(Node::Seq(args)) => args
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_policy_configmap_is_mounted_as_a_directory_and_read_as_the_policy_file() {
+    for (flags, volumes) in [
+        (
+            &["--policy-configmap", "shop-policy", "--retries", "3"][..],
+            &["breakwater-xtables", "breakwater-policy"][..],
+        ),
+        (
+            &[
+                "--mode",
+                "explicit",
+                "--sidecar",
+                "classic",
+                "--policy-configmap",
+                "shop-policy",
+                "--retries",
+                "3",
+            ],
+            &["breakwater-policy"],
+        ),
+    ] {
+        let out = run(WORKLOADS, flags);
+        for doc in &docs(&out.output) {
+            let spec = pod_spec(doc);
+            assert_eq!(names(spec, "volumes"), volumes, "{flags:?}");
+            let Some(Node::Seq(vols)) = spec.get("volumes") else {
+                panic!("no volumes")
+            };
+            let policy = vols.last().expect("the policy volume");
+            assert_eq!(
+                policy,
+                &yaml::parse("name: breakwater-policy\nconfigMap: {name: shop-policy}")
+                    .expect("ok")
+                    .expect("node"),
+                "the whole ConfigMap, no items"
+            );
+            let sidecar = sidecar_of(spec);
+            assert_eq!(
+                sidecar.get("volumeMounts"),
+                yaml::parse(
+                    "- {name: breakwater-policy, mountPath: /etc/breakwater/policy, readOnly: true}"
+                )
+                .expect("ok")
+                .as_ref(),
+                "the directory, read-only, without subPath: {flags:?}"
+            );
+            assert_eq!(
+                args_of(sidecar).last().map(String::as_str),
+                Some("--policy-file=/etc/breakwater/policy/policy.yaml"),
+                "after the run flags: {flags:?}"
+            );
+        }
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("ConfigMap shop-policy") && n.contains("policy.yaml")),
+            "{:?}",
+            out.notes
+        );
+    }
+
+    let p = plan(&[
+        "--policy-configmap",
+        "a.b-1",
+        "--policy-configmap-key",
+        "Rules_v2.yaml",
+    ]);
+    assert_eq!(
+        p.policy,
+        Some(PolicyConfigMap {
+            name: "a.b-1".into(),
+            key: "Rules_v2.yaml".into()
+        })
+    );
+    assert!(
+        pod::run_args(&p, 8080)
+            .contains(&"--policy-file=/etc/breakwater/policy/Rules_v2.yaml".to_string())
+    );
+    assert_eq!(plan(&[]).policy, None, "none by default");
+    assert!(
+        run(WORKLOADS, &[])
+            .notes
+            .iter()
+            .all(|n| !n.contains("ConfigMap")),
+        "no note without it"
+    );
+}
+
+#[test]
+fn reinjecting_without_the_policy_configmap_removes_it() {
+    let plain = run(WORKLOADS, &[]).output;
+    let with = run(
+        &plain,
+        &[
+            "--policy-configmap",
+            "shop-policy",
+            "--policy-configmap-key",
+            "a.yaml",
+        ],
+    )
+    .output;
+    let other = run(&with, &["--policy-configmap", "other"]).output;
+    let web = pod_spec(&docs(&other)[0]).clone();
+    assert_eq!(
+        names(&web, "volumes"),
+        ["breakwater-xtables", "breakwater-policy"]
+    );
+    assert!(
+        other.contains("name: other"),
+        "replaced, not added: {other}"
+    );
+    assert!(!other.contains("shop-policy") && !other.contains("a.yaml"));
+    assert_eq!(run(&other, &[]).output, plain, "back to no policy exactly");
+
+    // In explicit mode the policy volume is the only one: the list goes with it.
+    let explicit = ["--mode", "explicit", "--sidecar", "classic"];
+    let without = run(WORKLOADS, &explicit).output;
+    let with = run(
+        &without,
+        &[&explicit[..], &["--policy-configmap", "shop-policy"]].concat(),
+    )
+    .output;
+    assert_eq!(
+        names(pod_spec(&docs(&with)[0]), "volumes"),
+        ["breakwater-policy"]
+    );
+    let off = run(&with, &explicit).output;
+    assert!(pod_spec(&docs(&off)[0]).get("volumes").is_none(), "{off}");
+    assert!(!off.contains("breakwater-policy") && !off.contains("--policy-file"));
+    assert_eq!(off, without);
+}
+
+#[test]
+fn policy_configmap_flags_are_checked_naming_the_flag() {
+    let err = plan_error(&["--policy-file", "/etc/policy.yaml"]);
+    assert!(
+        err.contains("--policy-file is set by inject") && err.contains("--policy-configmap"),
+        "{err}"
+    );
+    assert!(plan_error(&["--retries=1", "--policy-file=/p.yaml"]).contains("--policy-configmap"));
+    assert!(
+        plan_error(&["--retries", "1", "--policy-configmap", "p"]).contains("before the run flags")
+    );
+    let long = "a".repeat(254);
+    for name in [
+        "Shop",
+        "shop_policy",
+        "-shop",
+        "shop-",
+        "a..b",
+        "a.-b",
+        "",
+        &long,
+    ] {
+        let err = plan_error(&["--policy-configmap", name]);
+        assert!(
+            err.contains("--policy-configmap:") && err.contains("DNS-1123"),
+            "{name:?}: {err}"
+        );
+    }
+    for name in ["p", "shop-policy", "shop.policy.v2", "0", &"a".repeat(253)] {
+        assert!(
+            plan(&["--policy-configmap", name]).policy.is_some(),
+            "{name}"
+        );
+    }
+    for key in ["a/b", "../x", "..x", ".", "..", "", "a b", "pol:icy", &long] {
+        let err = plan_error(&["--policy-configmap", "p", "--policy-configmap-key", key]);
+        assert!(err.contains("--policy-configmap-key:"), "{key:?}: {err}");
+    }
+    for key in ["policy.yaml", ".hidden", "a..b", "Rules-2_x.yml"] {
+        assert_eq!(
+            plan(&["--policy-configmap", "p", "--policy-configmap-key", key])
+                .policy
+                .map(|p| p.key),
+            Some(key.to_string())
+        );
+    }
+    // A key without a ConfigMap is a mistake, not ignored.
+    let argv = ["breakwater", "inject", "--policy-configmap-key", "a.yaml"];
+    let err = Cli::try_parse_from(argv).expect_err("a key without a ConfigMap");
+    assert!(err.to_string().contains("--policy-configmap"), "{err}");
 }
 
 #[test]

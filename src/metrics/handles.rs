@@ -14,6 +14,9 @@ pub struct DestinationMetrics {
     pub(super) requests: IntCounterVec,
     pub(super) direction: Direction,
     pub(super) label: Box<str>,
+    /// The `route` label.
+    pub(super) route: Box<str>,
+    pub(super) observed: IntCounterVec,
     pub(super) common: [OnceLock<IntCounter>; COMMON_CODES.len()],
     pub inflight: IntGauge,
     pub duration: Histogram,
@@ -49,8 +52,12 @@ impl DestinationMetrics {
 
     /// The circuit-state gauge of one endpoint, made once when the endpoint is.
     pub fn circuit_gauge(&self, endpoint: &str) -> IntGauge {
-        self.circuit_state
-            .with_label_values(&[self.direction.as_str(), &self.label, endpoint])
+        self.circuit_state.with_label_values(&[
+            self.direction.as_str(),
+            &self.label,
+            &self.route,
+            endpoint,
+        ])
     }
 
     /// Counts a circuit entering `to` (`closed`, `open`, `half-open`).
@@ -74,6 +81,19 @@ impl DestinationMetrics {
         count_by(&self.client_errors, &CLIENT_ERROR_REASONS, reason);
     }
 
+    /// Counts what an observed policy would have done (`breakwater_observed_total`).
+    pub fn count_observed(&self, policy: &str, action: &str) {
+        self.observed
+            .with_label_values(&[
+                self.direction.as_str(),
+                &self.label,
+                &self.route,
+                policy,
+                action,
+            ])
+            .inc();
+    }
+
     /// Counts a retry by its reason, one of [`RETRY_REASONS`].
     pub fn count_retry(&self, reason: &str) {
         count_by(&self.retries, &RETRY_REASONS, reason);
@@ -86,8 +106,12 @@ impl DestinationMetrics {
 
     fn counter_for(&self, code: u16) -> IntCounter {
         let mut buf = itoa::Buffer::new();
-        self.requests
-            .with_label_values(&[self.direction.as_str(), &self.label, buf.format(code)])
+        self.requests.with_label_values(&[
+            self.direction.as_str(),
+            &self.label,
+            &self.route,
+            buf.format(code),
+        ])
     }
 }
 

@@ -96,6 +96,20 @@ impl Bulkhead {
         }
     }
 
+    /// A slot only if one is free now: for an observed bulkhead, which never
+    /// makes a request wait.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<BulkheadPermit> {
+        Arc::clone(&self.semaphore)
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| self.grant(permit))
+    }
+
+    /// Whether a request that finds no free slot would wait (else it is refused).
+    pub fn queues(&self) -> bool {
+        self.max_queue > 0
+    }
+
     fn grant(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> BulkheadPermit {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         BulkheadPermit {

@@ -221,6 +221,22 @@ pub fn pick(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>>
     pick_p2c(&loads, |n| fastrand::usize(..n)).and_then(|i| endpoints.get(i))
 }
 
+/// Picks an endpoint whatever its circuit, by the same load rule: for a
+/// breaker that does not decide (observed, or forced closed).
+pub fn pick_any(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>> {
+    if let [only] = endpoints {
+        return Some(only);
+    }
+    let loads: Vec<Load> = endpoints
+        .iter()
+        .map(|e| Load {
+            eligible: true,
+            ..e.load(now)
+        })
+        .collect();
+    pick_p2c(&loads, |n| fastrand::usize(..n)).and_then(|i| endpoints.get(i))
+}
+
 /// The soonest an open endpoint of these will take a probe.
 pub fn next_probe(endpoints: &[Arc<Endpoint>], now: Instant) -> Duration {
     endpoints

@@ -46,20 +46,20 @@ async fn metrics_count_requests_by_direction_destination_and_code() {
     );
     let app_label = app.addr.to_string();
     let inbound_200 = format!(
-        r#"breakwater_requests_total{{code="200",destination="{app_label}",direction="inbound"}}"#
+        r#"breakwater_requests_total{{code="200",destination="{app_label}",direction="inbound",route="default"}}"#
     );
     assert_eq!(sample(&m.body, &inbound_200), Some(3.0), "{}", m.body);
-    let outbound_502 =
-        r#"breakwater_requests_total{code="502",destination="127.0.0.1:1",direction="outbound"}"#;
+    let outbound_502 = r#"breakwater_requests_total{code="502",destination="127.0.0.1:1",direction="outbound",route="default"}"#;
     assert_eq!(sample(&m.body, outbound_502), Some(1.0), "{}", m.body);
-    let failures = r#"breakwater_upstream_failures_total{destination="127.0.0.1:1",direction="outbound",reason="connect-failure"}"#;
+    let failures = r#"breakwater_upstream_failures_total{destination="127.0.0.1:1",direction="outbound",reason="connect-failure",route="default"}"#;
     assert_eq!(sample(&m.body, failures), Some(1.0));
     let count = format!(
-        r#"breakwater_request_duration_seconds_count{{destination="{app_label}",direction="inbound"}}"#
+        r#"breakwater_request_duration_seconds_count{{destination="{app_label}",direction="inbound",route="default"}}"#
     );
     assert_eq!(sample(&m.body, &count), Some(3.0));
-    let inflight =
-        format!(r#"breakwater_inflight_requests{{destination="{app_label}",direction="inbound"}}"#);
+    let inflight = format!(
+        r#"breakwater_inflight_requests{{destination="{app_label}",direction="inbound",route="default"}}"#
+    );
     assert_eq!(
         sample(&m.body, &inflight),
         Some(0.0),
@@ -91,7 +91,7 @@ async fn a_scan_of_hosts_cannot_grow_the_destination_labels() {
         "at most 5 destinations plus \"other\": {labels:?}"
     );
     assert!(labels.contains("other"), "{labels:?}");
-    let other = r#"breakwater_requests_total{code="502",destination="other",direction="outbound"}"#;
+    let other = r#"breakwater_requests_total{code="502",destination="other",direction="outbound",route="default"}"#;
     assert_eq!(sample(&m.body, other), Some(35.0), "{}", m.body);
 }
 
@@ -197,7 +197,16 @@ async fn closed_label_sets_start_at_zero() {
     assert_eq!(get_via(&c, &proxy, &dest, "/").await.status, 200);
     let after = get(&c, &proxy.admin("/metrics")).await.body;
     let per_destination = |family: &str, label: &str, value: &str| {
-        format!(r#"{family}{{destination="{dest}",direction="outbound",{label}="{value}"}}"#)
+        // Prometheus sorts label names: `reason` before `route`, `to` after it.
+        if label < "route" {
+            format!(
+                r#"{family}{{destination="{dest}",direction="outbound",{label}="{value}",route="default"}}"#
+            )
+        } else {
+            format!(
+                r#"{family}{{destination="{dest}",direction="outbound",route="default",{label}="{value}"}}"#
+            )
+        }
     };
     let mut expected = Vec::new();
     for r in FAILURE_REASONS {

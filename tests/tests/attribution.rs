@@ -39,7 +39,7 @@ fn circuit_state(text: &str, dest: &str) -> Option<f64> {
     series(
         text,
         &format!(
-            r#"breakwater_circuit_state{{destination="{dest}",direction="outbound",endpoint="{dest}"}}"#
+            r#"breakwater_circuit_state{{destination="{dest}",direction="outbound",endpoint="{dest}",route="default"}}"#
         ),
     )
 }
@@ -85,7 +85,8 @@ async fn broken_chunked_bodies_are_400_and_never_open_the_circuit() {
         "{text}"
     );
     assert!(
-        !text.contains(r#"reason="reset""#) || text.contains(r#"reason="reset"} 0"#),
+        !text.contains(r#"reason="reset""#)
+            || text.contains(r#"reason="reset",route="default"} 0"#),
         "no upstream failure counted: {text}"
     );
     // Another client of the same destination sees nothing of it.

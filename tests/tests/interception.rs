@@ -210,13 +210,13 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     );
     let m = pod.metrics();
     let outbound = format!(
-        r#"breakwater_requests_total{{code="200",destination="{SVC_IP}:8080",direction="outbound"}}"#
+        r#"breakwater_requests_total{{code="200",destination="{SVC_IP}:8080",direction="outbound",route="default"}}"#
     );
     assert_eq!(sample(&m, &outbound), 1.0, "{m}");
     assert_eq!(
         sample(
             &m,
-            r#"breakwater_retries_total{destination="198.18.9.2:8080",direction="outbound",reason="gateway-error"}"#
+            r#"breakwater_retries_total{destination="198.18.9.2:8080",direction="outbound",reason="gateway-error",route="default"}"#
         ),
         1.0
     );
@@ -235,7 +235,7 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     assert!(
         sample(
             &m,
-            r#"breakwater_requests_total{code="200",destination="127.0.0.1:8080",direction="inbound"}"#
+            r#"breakwater_requests_total{code="200",destination="127.0.0.1:8080",direction="inbound",route="default"}"#
         ) >= 1.0,
         "{m}"
     );
@@ -383,7 +383,7 @@ fn real_clients_are_intercepted_transparently() {
         sample(
             &m,
             &format!(
-                r#"breakwater_requests_total{{code="200",destination="{SVC_IP}:8080",direction="outbound"}}"#
+                r#"breakwater_requests_total{{code="200",destination="{SVC_IP}:8080",direction="outbound",route="default"}}"#
             )
         ) >= 6.0,
         "the clients' calls went through breakwater:\n{m}"

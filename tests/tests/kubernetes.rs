@@ -18,17 +18,17 @@ use breakwater::inject::yaml::{Node, Scalar, emit};
 
 use crate::support;
 
-const KUBE_VERSION: &str = "1.29.0";
+pub(crate) const KUBE_VERSION: &str = "1.29.0";
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn chart() -> PathBuf {
+pub(crate) fn chart() -> PathBuf {
     repo().join("charts/breakwater")
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -37,7 +37,7 @@ fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -57,7 +57,7 @@ fn missing(available: bool, what: &str) -> bool {
 }
 
 /// The helm binary: on PATH, or where `install-helm.sh` puts it.
-fn helm() -> Option<&'static Path> {
+pub(crate) fn helm() -> Option<&'static Path> {
     static HELM: OnceLock<Option<PathBuf>> = OnceLock::new();
     HELM.get_or_init(|| {
         ["helm", "/usr/local/bin/helm"]
@@ -73,7 +73,7 @@ fn helm() -> Option<&'static Path> {
     .as_deref()
 }
 
-fn have_helm() -> bool {
+pub(crate) fn have_helm() -> bool {
     !missing(helm().is_some(), "helm (../shared/tools/install-helm.sh)")
 }
 
@@ -87,7 +87,7 @@ fn kubernetes_validate_available() -> bool {
     })
 }
 
-fn have_kubernetes_validate() -> bool {
+pub(crate) fn have_kubernetes_validate() -> bool {
     !missing(
         kubernetes_validate_available(),
         "kubernetes-validate (pip install kubernetes-validate)",
@@ -95,7 +95,7 @@ fn have_kubernetes_validate() -> bool {
 }
 
 /// `helm template` of the chart with `values` files and `--set` pairs.
-fn helm_template(values: &[PathBuf], set: &[&str], kube: &str) -> Output {
+pub(crate) fn helm_template(values: &[PathBuf], set: &[&str], kube: &str) -> Output {
     let helm = helm().expect("helm checked by the caller");
     let mut cmd = Command::new(helm);
     cmd.args(["template", "demo"]).arg(chart()).args([
@@ -113,7 +113,7 @@ fn helm_template(values: &[PathBuf], set: &[&str], kube: &str) -> Output {
     output(&mut cmd)
 }
 
-fn render(values: &[PathBuf]) -> String {
+pub(crate) fn render(values: &[PathBuf]) -> String {
     let out = helm_template(values, &[], KUBE_VERSION);
     assert!(
         out.status.success(),
@@ -147,7 +147,7 @@ fn render_file(file: &Option<PathBuf>) -> String {
 }
 
 /// Writes `text` to a fresh file under the target dir (tests run side by side).
-fn temp_file(name: &str, text: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubernetes");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{}-{name}", std::process::id()));
@@ -157,7 +157,7 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 
 /// Validates manifests against the Kubernetes schemas, strictly (unknown fields are
 /// errors). CRDs (ServiceMonitor, PrometheusRule) have no schema there: warned only.
-fn validate(named: &[(String, String)]) {
+pub(crate) fn validate(named: &[(String, String)]) {
     let files: Vec<PathBuf> = named
         .iter()
         .map(|(name, manifests)| temp_file(&format!("{name}.yaml"), manifests))
@@ -184,53 +184,53 @@ fn validate(named: &[(String, String)]) {
     );
 }
 
-fn parse(manifests: &str) -> Vec<Node> {
+pub(crate) fn parse(manifests: &str) -> Vec<Node> {
     documents(manifests).unwrap_or_else(|e| panic!("{e}\n{manifests}"))
 }
 
-fn kind_of(doc: &Node) -> &str {
+pub(crate) fn kind_of(doc: &Node) -> &str {
     doc.get("kind").and_then(Node::as_str).unwrap_or("")
 }
 
-fn find<'a>(docs: &'a [Node], kind: &str) -> &'a Node {
+pub(crate) fn find<'a>(docs: &'a [Node], kind: &str) -> &'a Node {
     docs.iter()
         .find(|d| kind_of(d) == kind)
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
-fn items(node: Option<&Node>) -> &[Node] {
+pub(crate) fn items(node: Option<&Node>) -> &[Node] {
     match node {
         Some(Node::Seq(items)) => items,
         _ => &[],
     }
 }
 
-fn named<'a>(list: Option<&'a Node>, name: &str) -> Option<&'a Node> {
+pub(crate) fn named<'a>(list: Option<&'a Node>, name: &str) -> Option<&'a Node> {
     items(list)
         .iter()
         .find(|c| c.get("name").and_then(Node::as_str) == Some(name))
 }
 
-fn strings(node: Option<&Node>) -> Vec<String> {
+pub(crate) fn strings(node: Option<&Node>) -> Vec<String> {
     items(node)
         .iter()
         .filter_map(|n| n.as_str().map(str::to_string))
         .collect()
 }
 
-fn str_at<'a>(node: &'a Node, path: &[&str]) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(node: &'a Node, path: &[&str]) -> Option<&'a str> {
     node.at(path).and_then(Node::as_str)
 }
 
 /// The pod spec of the first Deployment.
-fn deployment_pod(docs: &[Node]) -> &Node {
+pub(crate) fn deployment_pod(docs: &[Node]) -> &Node {
     find(docs, "Deployment")
         .at(&["spec", "template", "spec"])
         .expect("a pod template")
 }
 
 /// The breakwater container of a pod spec, and whether it is a native sidecar.
-fn sidecar(pod: &Node) -> (&Node, bool) {
+pub(crate) fn sidecar(pod: &Node) -> (&Node, bool) {
     if let Some(c) = named(pod.get("initContainers"), "breakwater") {
         return (c, true);
     }
@@ -260,13 +260,28 @@ fn same(a: &Node, b: &Node) -> bool {
     emit(&canonical(a)) == emit(&canonical(b))
 }
 
-fn breakwater(args: &[String]) -> Output {
+pub(crate) fn breakwater(args: &[String]) -> Output {
     output(Command::new(support::binary()).args(args))
 }
 
+/// Where the chart mounts the policy file's ConfigMap (a directory, never subPath).
+pub(crate) const POLICY_DIR: &str = "/etc/breakwater/policy";
+
 /// `breakwater run --check` with a container's args (`run` first): what the pod would
-/// run must start.
-fn assert_run_checks(container: &Node, what: &str) -> Vec<String> {
+/// run must start. A `--policy-file` in the ConfigMap the pod mounts is checked as an
+/// empty file, the ConfigMap not being here; [`assert_run_checks_in`] uses the one
+/// the chart rendered.
+pub(crate) fn assert_run_checks(container: &Node, what: &str) -> Vec<String> {
+    run_checks(container, &[], what)
+}
+
+/// [`assert_run_checks`] with the policy file of the ConfigMap in `docs` that the
+/// chart made of `policy.inline`, when there is one.
+pub(crate) fn assert_run_checks_in(docs: &[Node], container: &Node, what: &str) -> Vec<String> {
+    run_checks(container, docs, what)
+}
+
+fn run_checks(container: &Node, docs: &[Node], what: &str) -> Vec<String> {
     let args = strings(container.get("args"));
     assert_eq!(
         args.first().map(String::as_str),
@@ -275,7 +290,24 @@ fn assert_run_checks(container: &Node, what: &str) -> Vec<String> {
     );
     let mut with_check = args.clone();
     with_check.insert(1, "--check".into());
+    let mut policies = Vec::new();
+    for arg in &mut with_check {
+        let Some(key) = arg
+            .strip_prefix("--policy-file=")
+            .and_then(|p| p.strip_prefix(POLICY_DIR))
+            .and_then(|p| p.strip_prefix('/'))
+        else {
+            continue;
+        };
+        let content = inline_policy(docs, key).unwrap_or_default();
+        let file = temp_file(&format!("policy-{}.yaml", unique()), &content);
+        *arg = format!("--policy-file={}", file.display());
+        policies.push(file);
+    }
     let out = breakwater(&with_check);
+    for f in &policies {
+        let _ = std::fs::remove_file(f);
+    }
     assert!(
         out.status.success(),
         "{what}: breakwater {} failed: {}",
@@ -283,6 +315,22 @@ fn assert_run_checks(container: &Node, what: &str) -> Vec<String> {
         text(&out.stderr)
     );
     args
+}
+
+/// The policy file `key` of the ConfigMap the chart makes of `policy.inline`.
+pub(crate) fn inline_policy(docs: &[Node], key: &str) -> Option<String> {
+    docs.iter()
+        .filter(|d| kind_of(d) == "ConfigMap")
+        .filter(|d| {
+            str_at(d, &["metadata", "name"]).is_some_and(|n| n.ends_with("-breakwater-policy"))
+        })
+        .find_map(|d| str_at(d, &["data", key]).map(str::to_string))
+}
+
+/// A number no other call in this process gets: tests run side by side.
+pub(crate) fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn init_iptables_available() -> bool {
@@ -430,14 +478,15 @@ fn assert_pod_shape(pod: &Node, mode: &str, form: &str, app_port: u16, what: &st
     }
 }
 
-/// Renders the chart with `mode`, `sidecar` and `app.port` as given.
-fn render_with(mode: &str, form: &str, app_port: u16) -> Vec<Node> {
+/// Renders the chart with `mode`, `sidecar` and `app.port` as given, and `extra`
+/// `--set` pairs.
+fn render_with(mode: &str, form: &str, app_port: u16, extra: &[String]) -> Vec<Node> {
     let set = [
         format!("mode={mode}"),
         format!("sidecar={form}"),
         format!("app.port={app_port}"),
     ];
-    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    let set: Vec<&str> = set.iter().chain(extra).map(String::as_str).collect();
     let out = helm_template(&[], &set, KUBE_VERSION);
     assert!(out.status.success(), "{}", text(&out.stderr));
     parse(&text(&out.stdout))
@@ -490,6 +539,8 @@ fn chart_renders_schema_valid_manifests_whose_args_the_binary_accepts() {
         let (mode, form) = (value("mode", "transparent"), value("sidecar", "native"));
         let app_port: u16 = value("app.port", "8080").parse().expect("app.port");
         assert_pod_shape(deployment_pod(&docs), &mode, &form, app_port, &what);
+        // With the policy file the chart made, where it made one.
+        assert_run_checks_in(&docs, sidecar(deployment_pod(&docs)).0, &what);
 
         let service = find(&docs, "Service");
         let target = items(service.at(&["spec", "ports"]))
@@ -534,7 +585,7 @@ fn chart_has_a_value_for_every_run_flag() {
         ci.join("tls-values.yaml"),
     ]));
     let (side, _) = sidecar(deployment_pod(&docs));
-    let args = assert_run_checks(side, "all flags");
+    let args = assert_run_checks_in(&docs, side, "all flags");
     let rendered: BTreeSet<String> = args
         .iter()
         .filter_map(|a| a.strip_prefix("--"))
@@ -560,6 +611,26 @@ fn bad_values_fail_naming_the_value() {
         ("routes:\n  - host: payments\n    retrys: 1\n", "retrys"),
         ("mode: sidecarless\n", "mode"),
         ("drain:\n  delay: soon\n", "drain.delay"),
+        ("breaker:\n  mode: sometimes\n", "breaker.mode"),
+        // A route key for the other listener, named as written in values.
+        (
+            "routes:\n  - direction: inbound\n    retries: 1\n",
+            "retries",
+        ),
+        (
+            "routes:\n  - host: api\n    inboundMaxQueue: 1\n",
+            "inboundMaxQueue",
+        ),
+        (
+            "routes:\n  - host: api\n    headers: [{value: x}]\n",
+            "routes.0.headers.0",
+        ),
+        (
+            "policy:\n  configMap: shop-policy\n  inline: {defaults: {timeout: 1s}}\n",
+            "policy.inline",
+        ),
+        ("policy:\n  inline: {defaults: {colour: blue}}\n", "colour"),
+        ("policy:\n  file: ../policy.yaml\n", "policy.file"),
     ];
     for (values, name) in cases {
         let file = temp_file("bad-values.yaml", values);
@@ -602,7 +673,7 @@ fn named_templates_inject_into_a_parent_chart() {
     .expect("Chart.yaml");
     std::fs::write(
         dir.join("values.yaml"),
-        "breakwater:\n  mode: explicit\n  sidecar: classic\n  app:\n    port: 9000\n  demo:\n    enabled: false\n  resilience:\n    retries: 4\n",
+        "breakwater:\n  mode: explicit\n  sidecar: classic\n  app:\n    port: 9000\n  demo:\n    enabled: false\n  resilience:\n    retries: 4\n  policy:\n    inline:\n      defaults: {retries: 1}\n",
     )
     .expect("values.yaml");
     std::fs::write(
@@ -658,6 +729,136 @@ spec:
     assert_pod_shape(pod, "explicit", "classic", 9000, "parent chart");
     let (side, _) = sidecar(pod);
     assert!(strings(side.get("args")).contains(&"--retries=4".to_string()));
+    // The ConfigMap the dependency makes of policy.inline is the one the parent's pod mounts.
+    assert_policy_mounted(
+        &docs,
+        pod,
+        "shop-breakwater-policy",
+        "policy.yaml",
+        "parent chart",
+    );
+    assert_eq!(
+        inline_policy(&docs, "policy.yaml").as_deref(),
+        Some("defaults:\n  retries: 1"),
+        "parent chart"
+    );
+}
+
+/// The pod mounts ConfigMap `name` as the policy directory, read-only and without
+/// subPath, and the sidecar reads `file` there; `run --check` takes the args with
+/// the file the chart rendered, if it did.
+fn assert_policy_mounted(docs: &[Node], pod: &Node, name: &str, file: &str, what: &str) {
+    let volume = named(pod.get("volumes"), "breakwater-policy")
+        .unwrap_or_else(|| panic!("{what}: no breakwater-policy volume"));
+    assert_eq!(
+        str_at(volume, &["configMap", "name"]),
+        Some(name),
+        "{what}: {}",
+        emit(volume)
+    );
+    let (side, _) = sidecar(pod);
+    let mount = named(side.get("volumeMounts"), "breakwater-policy")
+        .unwrap_or_else(|| panic!("{what}: the sidecar does not mount the policy"));
+    assert_eq!(str_at(mount, &["mountPath"]), Some(POLICY_DIR), "{what}");
+    assert_eq!(str_at(mount, &["readOnly"]), Some("true"), "{what}");
+    // A subPath mount never receives the ConfigMap's updates: the file would never change.
+    for list in ["initContainers", "containers"] {
+        for container in items(pod.get(list)) {
+            for m in items(container.get("volumeMounts")) {
+                assert!(
+                    m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
+                    "{what}: a subPath mount: {}",
+                    emit(m)
+                );
+            }
+        }
+    }
+    let args = assert_run_checks_in(docs, side, what);
+    let flag = format!("--policy-file={POLICY_DIR}/{file}");
+    assert_eq!(
+        args.iter()
+            .filter(|a| a.starts_with("--policy-file"))
+            .collect::<Vec<_>>(),
+        [&flag],
+        "{what}"
+    );
+}
+
+#[test]
+fn chart_mounts_the_policy_file_from_a_configmap_directory() {
+    if !have_helm() {
+        return;
+    }
+    // None by default.
+    let docs = parse(&render(&[]));
+    let pod = deployment_pod(&docs);
+    assert!(named(pod.get("volumes"), "breakwater-policy").is_none());
+    assert!(
+        !strings(sidecar(pod).0.get("args"))
+            .iter()
+            .any(|a| a.starts_with("--policy-file")),
+        "no policy file by default"
+    );
+
+    let inline = temp_file(
+        &format!("policy-values-{}.yaml", unique()),
+        "policy:\n  inline:\n    defaults:\n      timeout: 3s\n      breaker-mode: observe\n    routes:\n      - host: payments\n        path-prefix: /charge\n        retries: 0\n        headers:\n          - {name: x-canary, value: \"1\"}\n      - direction: inbound\n        inbound-max-concurrent: 8\n",
+    );
+    let mut rendered = Vec::new();
+    for form in ["native", "classic"] {
+        let what = format!("policy.configMap, {form} sidecar");
+        let set = [
+            "policy.configMap=shop-policy",
+            "policy.file=rules.yaml",
+            &format!("sidecar={form}"),
+        ];
+        let out = helm_template(&[], &set, KUBE_VERSION);
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        let manifests = text(&out.stdout);
+        let docs = parse(&manifests);
+        assert_policy_mounted(
+            &docs,
+            deployment_pod(&docs),
+            "shop-policy",
+            "rules.yaml",
+            &what,
+        );
+        assert_eq!(
+            inline_policy(&docs, "rules.yaml"),
+            None,
+            "{what}: the ConfigMap is the user's"
+        );
+        rendered.push((format!("policy-configmap-{form}"), manifests));
+
+        let what = format!("policy.inline, {form} sidecar");
+        let out = helm_template(
+            std::slice::from_ref(&inline),
+            &[&format!("sidecar={form}")],
+            KUBE_VERSION,
+        );
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        let manifests = text(&out.stdout);
+        let docs = parse(&manifests);
+        let policy = inline_policy(&docs, "policy.yaml")
+            .unwrap_or_else(|| panic!("{what}: no ConfigMap with the policy"));
+        assert!(
+            policy.contains("timeout: 3s") && policy.contains("x-canary"),
+            "{what}: {policy}"
+        );
+        // run --check reads it: the rendered file is a valid policy.
+        assert_policy_mounted(
+            &docs,
+            deployment_pod(&docs),
+            "demo-breakwater-policy",
+            "policy.yaml",
+            &what,
+        );
+        rendered.push((format!("policy-inline-{form}"), manifests));
+    }
+    let _ = std::fs::remove_file(&inline);
+    if have_kubernetes_validate() {
+        validate(&rendered);
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -674,7 +875,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Workloads of every kind inject handles, and documents it must leave alone.
-const WORKLOADS: &str = "\
+pub(crate) const WORKLOADS: &str = "\
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: shop}
@@ -748,7 +949,7 @@ metadata: {name: settings, namespace: shop}   # kept as written
 data: {flag: 'yes', port: '8080'}
 ";
 
-fn inject(input: &str, flags: &[&str]) -> Output {
+pub(crate) fn inject(input: &str, flags: &[&str]) -> Output {
     let mut child = Command::new(support::binary())
         .arg("inject")
         .args(flags)
@@ -766,7 +967,7 @@ fn inject(input: &str, flags: &[&str]) -> Output {
     child.wait_with_output().expect("inject output")
 }
 
-fn injected(input: &str, flags: &[&str]) -> String {
+pub(crate) fn injected(input: &str, flags: &[&str]) -> String {
     let out = inject(input, flags);
     assert!(
         out.status.success(),
@@ -789,65 +990,134 @@ fn inject_output_is_valid_idempotent_and_the_charts() {
     ];
     let mut outputs = Vec::new();
     for (mode, form) in forms {
-        let what = format!("inject --mode {mode} --sidecar {form}");
-        let flags = ["--mode", mode, "--sidecar", form];
-        let once = injected(WORKLOADS, &flags);
-        assert_eq!(
-            injected(&once, &flags),
-            once,
-            "{what}: injecting twice changes nothing"
-        );
-
-        let docs = parse(&once);
-        assert_eq!(docs.len(), 8, "{what}");
-        for doc in &docs {
-            let pod = match kind_of(doc) {
-                "Pod" => doc.get("spec"),
-                "CronJob" => doc.at(&["spec", "jobTemplate", "spec", "template", "spec"]),
-                "Service" | "ConfigMap" => continue,
-                _ => doc.at(&["spec", "template", "spec"]),
-            }
-            .expect("a pod spec");
-            // The Deployment's containerPort, or inject's default: 8080 either way.
-            assert_pod_shape(pod, mode, form, 8080, &format!("{what}: {}", kind_of(doc)));
-        }
-        assert!(
-            once.ends_with("data: {flag: 'yes', port: '8080'}\n"),
-            "{what}: documents without pods pass through as written"
-        );
-
-        // The same containers as the chart renders for this mode and form.
-        if have_helm() {
-            let chart_docs = render_with(mode, form, 8080);
-            let chart_pod = deployment_pod(&chart_docs);
-            let inject_pod = deployment_pod(&docs);
-            for list in ["initContainers", "containers"] {
-                for name in ["breakwater", "breakwater-init"] {
-                    let (a, b) = (
-                        named(chart_pod.get(list), name),
-                        named(inject_pod.get(list), name),
-                    );
-                    assert_eq!(a.is_some(), b.is_some(), "{what}: {list}/{name}");
-                    if let (Some(a), Some(b)) = (a, b) {
-                        assert!(
-                            same(a, b),
-                            "{what}: {name} differs between the chart and inject:\n{}\n{}",
-                            emit(&canonical(a)),
-                            emit(&canonical(b))
-                        );
-                    }
+        let plain = ["--mode", mode, "--sidecar", form].map(String::from);
+        let mut plain_once = None;
+        // Without a policy file, and with one from a ConfigMap: inject's
+        // --policy-configmap against the chart's policy.configMap (the default key for
+        // native sidecars, another one for classic).
+        let key = if form == "native" {
+            None
+        } else {
+            Some("rules.yaml")
+        };
+        for policy in [None, Some(("shop-policy", key))] {
+            let mut what = format!("inject --mode {mode} --sidecar {form}");
+            let mut flags = plain.to_vec();
+            let mut chart_set = Vec::new();
+            if let Some((name, key)) = policy {
+                what.push_str(&format!(" --policy-configmap {name}"));
+                flags.push(format!("--policy-configmap={name}"));
+                chart_set.push(format!("policy.configMap={name}"));
+                if let Some(key) = key {
+                    what.push_str(&format!(" --policy-configmap-key {key}"));
+                    flags.push(format!("--policy-configmap-key={key}"));
+                    chart_set.push(format!("policy.file={key}"));
                 }
             }
-            let (a, b) = (chart_pod.get("volumes"), inject_pod.get("volumes"));
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let once = injected(WORKLOADS, &flags);
             assert_eq!(
-                a.map(|v| emit(&canonical(v))),
-                b.map(|v| emit(&canonical(v))),
-                "{what}: volumes"
+                injected(&once, &flags),
+                once,
+                "{what}: injecting twice changes nothing"
             );
+
+            let docs = parse(&once);
+            assert_eq!(docs.len(), 8, "{what}");
+            for doc in &docs {
+                let pod = match kind_of(doc) {
+                    "Pod" => doc.get("spec"),
+                    "CronJob" => doc.at(&["spec", "jobTemplate", "spec", "template", "spec"]),
+                    "Service" | "ConfigMap" => continue,
+                    _ => doc.at(&["spec", "template", "spec"]),
+                }
+                .expect("a pod spec");
+                let what = format!("{what}: {}", kind_of(doc));
+                // The Deployment's containerPort, or inject's default: 8080 either way.
+                assert_pod_shape(pod, mode, form, 8080, &what);
+                match policy {
+                    Some((name, key)) => {
+                        assert_policy_mounted(&docs, pod, name, key.unwrap_or("policy.yaml"), &what)
+                    }
+                    None => assert!(
+                        named(pod.get("volumes"), "breakwater-policy").is_none()
+                            && !emit(pod).contains("--policy-file"),
+                        "{what}: no policy file unless asked for"
+                    ),
+                }
+            }
+            assert!(
+                once.ends_with("data: {flag: 'yes', port: '8080'}\n"),
+                "{what}: documents without pods pass through as written"
+            );
+            match &plain_once {
+                None => plain_once = Some(once.clone()),
+                // Injecting again without --policy-configmap takes it all out again.
+                Some(plain_once) => {
+                    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+                    assert_eq!(
+                        &injected(&once, &plain),
+                        plain_once,
+                        "{what}: re-injected without it"
+                    );
+                }
+            }
+
+            // The same containers and volumes as the chart renders for this mode and
+            // form (and policy ConfigMap).
+            if have_helm() {
+                let chart_docs = render_with(mode, form, 8080, &chart_set);
+                let chart_pod = deployment_pod(&chart_docs);
+                let inject_pod = deployment_pod(&docs);
+                for list in ["initContainers", "containers"] {
+                    for name in ["breakwater", "breakwater-init"] {
+                        let (a, b) = (
+                            named(chart_pod.get(list), name),
+                            named(inject_pod.get(list), name),
+                        );
+                        assert_eq!(a.is_some(), b.is_some(), "{what}: {list}/{name}");
+                        if let (Some(a), Some(b)) = (a, b) {
+                            assert!(
+                                same(a, b),
+                                "{what}: {name} differs between the chart and inject:\n{}\n{}",
+                                emit(&canonical(a)),
+                                emit(&canonical(b))
+                            );
+                        }
+                    }
+                }
+                let (a, b) = (chart_pod.get("volumes"), inject_pod.get("volumes"));
+                assert_eq!(
+                    a.map(|v| emit(&canonical(v))),
+                    b.map(|v| emit(&canonical(v))),
+                    "{what}: volumes"
+                );
+            }
+            let name = if policy.is_some() { "-policy" } else { "" };
+            outputs.push((format!("inject-{mode}-{form}{name}"), once));
         }
-        outputs.push((format!("inject-{mode}-{form}"), once));
     }
     validate(&outputs);
+}
+
+#[test]
+fn inject_refuses_a_policy_file_among_the_run_flags() {
+    let out = inject(WORKLOADS, &["--retries", "3", "--policy-file", "/p.yaml"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "--policy-file accepted");
+    assert!(out.stdout.is_empty(), "nothing written");
+    assert!(
+        stderr.contains("--policy-file") && stderr.contains("--policy-configmap"),
+        "{stderr}"
+    );
+    let out = inject(WORKLOADS, &["--policy-configmap", "Shop_Policy"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing written");
+    assert!(
+        text(&out.stderr).contains("--policy-configmap"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

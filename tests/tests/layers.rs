@@ -47,6 +47,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("rescue", 6),
     ("app", 7),
     ("admin", 7),
+    ("reload", 7),
     ("demo", 7),
     ("inject", 7),
     ("cli", 7),

@@ -13,7 +13,7 @@ use breakwater::config::units::{
     MAX_DURATION, format_duration, parse_bytes, parse_duration, parse_per_second, parse_percent,
     parse_positive_duration,
 };
-use breakwater::config::{ConcurrencyLimit, Protocol, RouteOverride};
+use breakwater::config::{ConcurrencyLimit, Protocol, RouteOverride, keys};
 use breakwater::exchange::check_request;
 use breakwater::inject::{Plan, inject_stream};
 use breakwater::policy::deadline::{DEADLINE_HEADER, announce, incoming};
@@ -265,7 +265,7 @@ impl Setting {
         }
     }
 
-    /// What the parsed route should hold after this setting (a later key wins).
+    /// What the parsed route should hold after this setting.
     fn apply(&self, r: &mut RouteOverride) {
         let l = &mut r.limits;
         match self.clone() {
@@ -335,7 +335,7 @@ proptest! {
     #[test]
     fn route_parsing_never_panics(s in text()) {
         if let Ok(r) = RouteOverride::parse(&s) {
-            prop_assert_eq!(&r.host, &r.host.to_ascii_lowercase());
+            prop_assert_eq!(&r.host, &r.host.as_ref().map(|h| h.to_ascii_lowercase()));
             prop_assert_ne!(r.port, Some(0));
         }
     }
@@ -343,16 +343,14 @@ proptest! {
     /// Any key after a valid target: never a panic, and an error names the key.
     #[test]
     fn route_keys_with_garbage_values_never_panic(
-        key in prop::sample::select(&[
-            "timeout", "connect-timeout", "protocol", "tls", "retries", "retry-on",
-            "retry-backoff", "retry-backoff-max", "per-try-timeout", "retry-budget",
-            "retry-budget-min", "retry-body-limit", "breaker-consecutive-failures",
-            "breaker-failure-rate", "breaker-window", "breaker-min-requests",
-            "breaker-open-duration", "breaker-half-open-requests", "breaker-slow-call",
-            "breaker-slow-call-rate", "max-ejection-percent", "max-concurrent",
-            "max-concurrent-min", "max-concurrent-max", "max-queue", "queue-timeout",
-            "colour",
-        ][..]),
+        key in prop::sample::select(
+            keys::POLICY_KEYS
+                .iter()
+                .chain(keys::MATCH_KEYS)
+                .map(|k| k.name)
+                .chain(["colour"])
+                .collect::<Vec<_>>(),
+        ),
         value in "[^,]{0,24}",
     ) {
         if let Err(e) = RouteOverride::parse(&format!("payments:8080,{key}={value}")) {
@@ -370,9 +368,17 @@ proptest! {
             0..12,
         ),
     ) {
-        let mut expected = RouteOverride { host, port, ..RouteOverride::default() };
+        let mut expected = RouteOverride { host: Some(host), port, ..RouteOverride::default() };
         let mut text = written;
         for (s, pad, empty_pair) in &settings {
+            // A key given twice is an error; this property is about the rest.
+            let rendered = s.render();
+            let name = rendered.split('=').next().unwrap_or_default();
+            let Some(key) = keys::policy_key(name) else { continue };
+            if expected.set_keys.contains(&key.name) {
+                continue;
+            }
+            expected.set_keys.push(key.name);
             s.apply(&mut expected);
             text.push_str(&format!(",{pad}{}{pad}", s.render()));
             if *empty_pair {
@@ -866,5 +872,65 @@ proptest! {
         prop_assert_ne!(&once, &input, "nothing injected");
         let twice = inject_stream(&once, &plan).map(|i| i.output);
         prop_assert_eq!(twice, Ok(once));
+    }
+}
+
+// ---------------------------------------------------------------- policy file
+
+/// Lines a policy file is made of, valid and not, for files built from them.
+fn policy_line() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(
+            &[
+                "defaults:",
+                "routes:",
+                "  - name: a",
+                "  - host: api",
+                "    path-prefix: /x",
+                "    method: GET",
+                "    direction: inbound",
+                "    headers:",
+                "      - name: x-a",
+                "        value: \"1\"",
+                "    timeout: 2s",
+                "  timeout: 30s",
+                "  retries: 2",
+                "  retry-on: [5xx, 429]",
+                "  breaker-mode: observe",
+                "    inbound-max-concurrent: 4",
+                "  max-concurrent-min: 2000",
+                "  - &a x",
+                "---",
+                "  ? complex",
+                "\t- tab",
+            ][..]
+        )
+        .prop_map(str::to_string),
+        "[ a-z:#\\-\\[\\]{}\"'&*!|>]{0,30}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    /// Any text is a policy or an error at a position in the file, never a
+    /// panic; what applies passes the flags' validation.
+    #[test]
+    fn policy_files_apply_or_fail_with_a_position(
+        lines in proptest::collection::vec(policy_line(), 0..14),
+        raw in text(),
+    ) {
+        let flags = breakwater::Config::loopback();
+        for text in [lines.join("\n"), raw] {
+            let applied = breakwater::config::layered::apply(
+                &flags,
+                std::path::Path::new("p.yaml"),
+                text.as_bytes(),
+            );
+            match applied {
+                Ok(l) => prop_assert!(l.config.validate().is_ok()),
+                Err(e) => prop_assert!(e.to_string().starts_with("p.yaml"), "{e}"),
+            }
+        }
     }
 }

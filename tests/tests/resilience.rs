@@ -63,7 +63,7 @@ async fn consecutive_failures_open_the_circuit_and_a_probe_closes_it() {
     );
     let m = get(&c, &proxy.admin("/metrics")).await;
     let open = format!(
-        r#"breakwater_circuit_state{{destination="{0}",direction="outbound",endpoint="{0}"}} 1"#,
+        r#"breakwater_circuit_state{{destination="{0}",direction="outbound",endpoint="{0}",route="default"}} 1"#,
         upstream.addr
     );
     assert!(m.body.contains(&open), "{}", m.body);
@@ -78,7 +78,7 @@ async fn consecutive_failures_open_the_circuit_and_a_probe_closes_it() {
     }
     let m = get(&c, &proxy.admin("/metrics")).await;
     let closed = format!(
-        r#"breakwater_circuit_state{{destination="{0}",direction="outbound",endpoint="{0}"}} 0"#,
+        r#"breakwater_circuit_state{{destination="{0}",direction="outbound",endpoint="{0}",route="default"}} 0"#,
         upstream.addr
     );
     assert!(m.body.contains(&closed), "{}", m.body);

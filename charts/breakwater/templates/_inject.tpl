@@ -56,6 +56,36 @@ renders nothing. `breakwater inject` writes the same containers (the tests compa
   secret:
     secretName: {{ . }}
 {{- end }}
+{{- end }}
+{{- with include "breakwater.policyConfigMap" (dict "v" $v "release" .Release.Name) }}
+# The policy file's ConfigMap, the whole of it: mounted without subPath, so that the
+# kubelet's updates reach the file (a subPath mount never sees them).
+- name: breakwater-policy
+  configMap:
+    name: {{ . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether a policy file is set (policy.configMap or policy.inline): "true" or
+nothing. Takes breakwater's values. */}}
+{{- define "breakwater.policySet" -}}
+{{- if and .policy.configMap .policy.inline -}}
+{{- fail "breakwater: policy.configMap and policy.inline are both set: set one (inline makes its own ConfigMap)" -}}
+{{- end -}}
+{{- if or .policy.configMap .policy.inline }}true{{ end -}}
+{{- end -}}
+
+{{/* The name of the policy file's ConfigMap: policy.configMap, or the one the chart
+makes of policy.inline (templates/policy-configmap.yaml); nothing when neither is
+set. (dict "v" values "release" .Release.Name), which a parent chart and this one
+share. */}}
+{{- define "breakwater.policyConfigMap" -}}
+{{- if include "breakwater.policySet" .v -}}
+{{- if .v.policy.configMap -}}
+{{- .v.policy.configMap -}}
+{{- else -}}
+{{- printf "%s-breakwater-policy" .release | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -148,7 +178,8 @@ breakwater.io/mode: {{ $v.mode }}
         - ALL
     seccompProfile:
       type: RuntimeDefault
-  {{- if or $v.tls.inbound.secretName $v.tls.outbound.secretName }}
+  {{- $policy := include "breakwater.policySet" $v }}
+  {{- if or $v.tls.inbound.secretName $v.tls.outbound.secretName $policy }}
   volumeMounts:
     {{- range $way := list "inbound" "outbound" }}
     {{- if (index $v.tls $way).secretName }}
@@ -156,6 +187,12 @@ breakwater.io/mode: {{ $v.mode }}
       mountPath: /etc/breakwater/tls/{{ $way }}
       readOnly: true
     {{- end }}
+    {{- end }}
+    {{- if $policy }}
+    # The directory, not the file with subPath: a subPath mount gets no ConfigMap updates.
+    - name: breakwater-policy
+      mountPath: /etc/breakwater/policy
+      readOnly: true
     {{- end }}
   {{- end }}
 {{- end -}}
@@ -221,6 +258,7 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "retry-budget" $r.retryBudget) }}
 {{- include "breakwater.flag" (list "retry-budget-min" $r.retryBudgetMin) }}
 {{- include "breakwater.flag" (list "retry-body-limit" $r.retryBodyLimit) }}
+{{- include "breakwater.flag" (list "retry-budget-mode" $r.retryBudgetMode) }}
 {{- $b := .breaker }}
 {{- include "breakwater.flag" (list "breaker-consecutive-failures" $b.consecutiveFailures) }}
 {{- include "breakwater.flag" (list "breaker-failure-rate" $b.failureRate) }}
@@ -231,17 +269,22 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "breaker-slow-call" $b.slowCall) }}
 {{- include "breakwater.flag" (list "breaker-slow-call-rate" $b.slowCallRate) }}
 {{- include "breakwater.flag" (list "max-ejection-percent" $b.maxEjectionPercent) }}
+{{- include "breakwater.flag" (list "breaker-mode" $b.mode) }}
 {{- $k := .bulkhead }}
 {{- include "breakwater.flag" (list "max-concurrent" $k.maxConcurrent) }}
 {{- include "breakwater.flag" (list "max-concurrent-min" $k.maxConcurrentMin) }}
 {{- include "breakwater.flag" (list "max-concurrent-max" $k.maxConcurrentMax) }}
 {{- include "breakwater.flag" (list "max-queue" $k.maxQueue) }}
 {{- include "breakwater.flag" (list "queue-timeout" $k.queueTimeout) }}
+{{- include "breakwater.flag" (list "bulkhead-mode" $k.mode) }}
 {{- include "breakwater.flag" (list "inbound-max-concurrent" .inbound.maxConcurrent) }}
 {{- include "breakwater.flag" (list "inbound-max-queue" .inbound.maxQueue) }}
 {{- include "breakwater.flag" (list "inbound-queue-timeout" .inbound.queueTimeout) }}
 {{- range $route := .routes }}
 {{- include "breakwater.route" $route }}
+{{- end }}
+{{- if include "breakwater.policySet" . }}
+- {{ printf "--policy-file=/etc/breakwater/policy/%s" .policy.file | quote }}
 {{- end }}
 {{- $h := .appHealth }}
 {{- include "breakwater.flag" (list "app-health-path" $h.path) }}
@@ -317,20 +360,50 @@ comma list for a list, whole numbers without a decimal point. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* One --route: HOST[:PORT],key=value,...; retry-on conditions joined by '+'. */}}
+{{/* One --route from a route's camelCase keys: HOST[:PORT] (host absent or "*":
+any host), then key=value for each key that is set (the route keys of `breakwater
+run --route`, kebab-case; the README's "Policy keys" table); headers, a list of
+{name, value}, give one header=NAME[:VALUE] each; retry-on conditions are joined
+by '+'. A key that does not apply to the route's direction fails, naming it. */}}
 {{- define "breakwater.route" -}}
 {{- $route := . -}}
-{{- $parts := list (ternary (printf "%s:%s" $route.host (include "breakwater.scalar" $route.port)) $route.host (not (kindIs "invalid" $route.port))) -}}
-{{- $keys := list "timeout" "connectTimeout" "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout" -}}
-{{- range $key := $keys -}}
+{{- $host := toString ($route.host | default "*") -}}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}{{ $host = printf "[%s]" $host }}{{ end -}}
+{{- if not (kindIs "invalid" $route.port) }}{{ $host = printf "%s:%s" $host (include "breakwater.scalar" $route.port) }}{{ end -}}
+{{- $parts := list $host -}}
+{{- $direction := toString ($route.direction | default "outbound") -}}
+{{- range $key := list "name" "direction" "path" "pathPrefix" "method" -}}
 {{- $value := index $route $key -}}
 {{- if not (kindIs "invalid" $value) -}}
+{{- $parts = append $parts (printf "%s=%s" (kebabcase $key) (include "breakwater.scalar" $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $route.headers -}}
+{{- if kindIs "invalid" .value -}}
+{{- $parts = append $parts (printf "header=%s" .name) -}}
+{{- else -}}
+{{- $parts = append $parts (printf "header=%s:%s" .name (include "breakwater.scalar" .value)) -}}
+{{- end -}}
+{{- end -}}
+{{- /* Policy keys by the listener they apply to; "both" keys apply to either. */ -}}
+{{- $keys := dict
+  "both" (list "timeout" "connectTimeout" "bulkheadMode")
+  "outbound" (list "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "retryBudgetMode" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "breakerMode" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout")
+  "inbound" (list "inboundMaxConcurrent" "inboundMaxQueue" "inboundQueueTimeout") -}}
+{{- range $applies := list "both" "outbound" "inbound" -}}
+{{- range $key := index $keys $applies -}}
+{{- $value := index $route $key -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- if and (ne $applies "both") (ne $applies $direction) -}}
+{{- fail (printf "breakwater: routes: %s applies to %s routes only, and this route (%s) is %s" $key $applies (index $parts 0) $direction) -}}
+{{- end -}}
 {{- if kindIs "slice" $value -}}
 {{- $value = join "+" $value -}}
 {{- else -}}
 {{- $value = include "breakwater.scalar" $value | replace "," "+" | nospace -}}
 {{- end -}}
 {{- $parts = append $parts (printf "%s=%s" (kebabcase $key) $value) -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
 - {{ printf "--route=%s" (join "," $parts) | quote }}
