@@ -11,8 +11,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, ProxyState};
-use crate::config::Config;
+use crate::config::{Config, DiscoveryMode};
 use crate::connect::Connector;
+use crate::discovery::kubernetes::KubeDiscovery;
 use crate::drain::{Drain, ShutdownHandle, ShutdownRequests, shutdown_channel};
 use crate::forward::Forwarder;
 use crate::health::{AppHealth, Prober};
@@ -199,7 +200,17 @@ impl Proxy {
 
         let routes = Arc::new(RouteTable::new(&config));
         let overrides = Arc::new(Overrides::default());
-        let out_connector = Connector::new(config.dns_ttl);
+        let discovery = match config.discovery.mode {
+            DiscoveryMode::Dns => None,
+            DiscoveryMode::Kubernetes => match KubeDiscovery::start(&config.discovery) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    warn!(error = %e, "Kubernetes discovery unavailable: every destination goes by DNS");
+                    None
+                }
+            },
+        };
+        let out_connector = Connector::new(config.dns_ttl).with_discovery(discovery);
         let out_stack = Arc::new(Outbound::new(
             &config,
             Forwarder::new(Arc::new(out_connector)),
@@ -227,6 +238,8 @@ impl Proxy {
             inbound_watch.clone(),
             EndpointSettings {
                 overrides: overrides.clone(),
+                // The app is one process: one HTTP/2 connection carries it all.
+                h2_connections: 1,
                 ..EndpointSettings::from_config(&config)
             },
         ));

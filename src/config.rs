@@ -65,6 +65,16 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     #[serde(serialize_with = "units::serialize_duration")]
     pub dns_ttl: Duration,
+    /// `--discovery`, `--discovery-namespaces`, `--kubernetes-api`.
+    pub discovery: DiscoveryConfig,
+    /// `--h2-connections-per-endpoint`.
+    pub h2_connections_per_endpoint: usize,
+    /// `--upstream-max-connection-age`; `None`: connections are kept while used.
+    #[serde(serialize_with = "units::serialize_opt_duration")]
+    pub upstream_max_connection_age: Option<Duration>,
+    /// `--slow-start`; zero: off.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub slow_start: Duration,
     pub metrics_max_destinations: usize,
     /// `--inbound-tls-*`: `None` serves plain HTTP.
     pub inbound_tls: Option<tls::InboundTlsConfig>,
@@ -72,6 +82,27 @@ pub struct Config {
     /// Combinations that work but do not do what they seem to, logged at start-up.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// Where outbound endpoints come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    /// The destination's DNS addresses (an address literal as it is).
+    #[default]
+    Dns,
+    /// A Kubernetes Service's ready endpoints, from its EndpointSlices.
+    Kubernetes,
+}
+
+/// `--discovery` and what it needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiscoveryConfig {
+    pub mode: DiscoveryMode,
+    /// Namespaces watched for ClusterIPs; empty: the pod's own.
+    pub namespaces: Vec<String>,
+    /// The API server; `None`: in-cluster.
+    pub api: Option<String>,
 }
 
 /// The queue in front of the app's bulkhead, as the flags set it.
@@ -256,6 +287,29 @@ impl Config {
                 "--outbound-tls-cert and --outbound-tls-key go together",
             ));
         }
+        // A namespace is a DNS-1123 label: a typo would watch nothing, silently.
+        let label = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 63
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !n.starts_with('-')
+                && !n.ends_with('-')
+        };
+        if let Some(bad) = args.discovery_namespaces.iter().find(|n| !label(n)) {
+            return Err(err(
+                "--discovery-namespaces",
+                &format!("'{bad}' is not a namespace name (lower-case letters, digits, '-')"),
+            ));
+        }
+        if let Some(url) = &args.kubernetes_api {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(err("--kubernetes-api", "is not an http:// or https:// URL"));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             return Err(err("--log-level", &e.to_string()));
         }
@@ -308,6 +362,16 @@ impl Config {
             protocol_detect_timeout: args.protocol_detect_timeout,
             upstream_idle_timeout: args.upstream_idle_timeout,
             dns_ttl: args.dns_ttl,
+            discovery: DiscoveryConfig {
+                mode: args.discovery,
+                namespaces: args.discovery_namespaces,
+                api: args.kubernetes_api,
+            },
+            h2_connections_per_endpoint: usize::try_from(args.h2_connections_per_endpoint)
+                .unwrap_or(1),
+            upstream_max_connection_age: Some(args.upstream_max_connection_age)
+                .filter(|age| !age.is_zero()),
+            slow_start: args.slow_start,
             metrics_max_destinations: args.metrics_max_destinations,
             inbound_tls,
             outbound_tls,
@@ -408,6 +472,12 @@ mod tests {
                 "--inbound-tls-identity-header",
             ),
             (&["--outbound-tls-cert", "c.pem"][..], "--outbound-tls-key"),
+            (
+                &["--discovery-namespaces", "shop,Bad_NS"][..],
+                "--discovery-namespaces",
+            ),
+            (&["--kubernetes-api", "nope"][..], "--kubernetes-api"),
+            (&["--discovery", "consul"][..], "--discovery"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::discovery::kubernetes::KubeDiscovery;
 use dns::DnsCache;
 
 /// Why a TCP connection to an upstream could not be made.
@@ -27,13 +28,26 @@ pub enum ConnectError {
 /// knows no routes: each caller says how long a connect may take.
 pub struct Connector {
     dns: DnsCache,
+    /// `--discovery kubernetes`: Services become their pods.
+    discovery: Option<Arc<KubeDiscovery>>,
 }
 
 impl Connector {
     pub fn new(dns_ttl: Duration) -> Self {
         Connector {
             dns: DnsCache::new(dns_ttl),
+            discovery: None,
         }
+    }
+
+    /// Asks `discovery` before DNS for each destination.
+    pub fn with_discovery(mut self, discovery: Option<Arc<KubeDiscovery>>) -> Self {
+        self.discovery = discovery;
+        self
+    }
+
+    pub fn discovery(&self) -> Option<&Arc<KubeDiscovery>> {
+        self.discovery.as_ref()
     }
 
     /// The addresses of `host` (an address literal is its own answer).

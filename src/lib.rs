@@ -24,6 +24,7 @@ pub(crate) mod connect;
 pub(crate) mod context;
 pub mod demo;
 pub mod destination;
+pub(crate) mod discovery;
 pub mod drain;
 pub mod error;
 pub mod exchange;

@@ -393,7 +393,7 @@ impl DestinationState {
         let now = tokio::time::Instant::now();
         let endpoints: Vec<serde_json::Value> = self
             .endpoints
-            .known()
+            .snapshot_list()
             .map(|list| list.iter().map(|e| e.snapshot(now)).collect())
             .unwrap_or_default();
         let mut observed = serde_json::Map::new();
@@ -409,8 +409,12 @@ impl DestinationState {
             retry_budget: self.mode(Observable::RetryBudget),
         };
         let dest = self.dest.to_string();
+        let (discovery, service, fallback) = self.endpoints.source();
         serde_json::json!({
             "destination": dest,
+            "discovery": discovery,
+            "service": service,
+            "discovery_fallback": fallback,
             "direction": direction.as_str(),
             "route": self.route.as_ref(),
             "modes": effective,
@@ -434,6 +438,12 @@ pub struct EndpointSettings {
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// The admin endpoint's overrides.
     pub overrides: Arc<Overrides>,
+    /// `--h2-connections-per-endpoint`.
+    pub h2_connections: usize,
+    /// `--upstream-max-connection-age`.
+    pub max_connection_age: Option<Duration>,
+    /// `--slow-start`.
+    pub slow_start: Duration,
 }
 
 impl EndpointSettings {
@@ -444,6 +454,9 @@ impl EndpointSettings {
             dns_ttl: config.dns_ttl,
             tls: None,
             overrides: Arc::new(Overrides::default()),
+            h2_connections: config.h2_connections_per_endpoint,
+            max_connection_age: config.upstream_max_connection_age,
+            slow_start: config.slow_start,
         }
     }
 }
@@ -471,6 +484,9 @@ impl DestinationState {
                     }
                     _ => None,
                 },
+                h2_connections: settings.h2_connections,
+                max_connection_age: settings.max_connection_age,
+                slow_start: settings.slow_start,
             },
             settings.dns_ttl,
         );

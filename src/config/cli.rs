@@ -260,6 +260,43 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_DNS_TTL", default_value = "5s", value_parser = parse_duration)]
     pub dns_ttl: Duration,
 
+    /// Where an outbound destination's endpoints come from: dns (its addresses; a
+    /// Kubernetes Service is then one ClusterIP) or kubernetes (the ready pods of its
+    /// Service, watched in EndpointSlices; DNS for anything else, or while the API
+    /// cannot be used).
+    #[arg(long, value_enum, env = "BREAKWATER_DISCOVERY", default_value = "dns")]
+    pub discovery: crate::config::DiscoveryMode,
+
+    /// With --discovery kubernetes: namespaces whose Services are watched so that a
+    /// ClusterIP maps to its pods (comma list) [default: the pod's own namespace].
+    #[arg(long, env = "BREAKWATER_DISCOVERY_NAMESPACES", value_delimiter = ',')]
+    pub discovery_namespaces: Vec<String>,
+
+    /// With --discovery kubernetes: the API server's URL [default: in-cluster, from
+    /// the pod's service account].
+    #[arg(long, env = "BREAKWATER_KUBERNETES_API")]
+    pub kubernetes_api: Option<String>,
+
+    /// HTTP/2 connections opened to one endpoint, requests spread over them: behind a
+    /// ClusterIP, kube-proxy picks a pod per connection, so more than one spreads
+    /// HTTP/2 and gRPC calls over pods.
+    #[arg(long, allow_negative_numbers = true, env = "BREAKWATER_H2_CONNECTIONS_PER_ENDPOINT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub h2_connections_per_endpoint: u64,
+
+    /// Pooled upstream connections are replaced after this age (up to 10 % sooner, at
+    /// random), so new pods behind a ClusterIP get traffic after a scale-up; 0s: never.
+    #[arg(long, env = "BREAKWATER_UPSTREAM_MAX_CONNECTION_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub upstream_max_connection_age: Duration,
+
+    /// A new or recovered endpoint's share of requests ramps up over this time, so
+    /// a cold pod is not flooded the moment it turns ready: linearly from 10 %, for
+    /// an endpoint that joins a destination's endpoints after their first resolution
+    /// or whose circuit closes again. 0s: off, the default, since pods added to
+    /// relieve an overload are wanted at once and most servers need no warm-up; set
+    /// it for JIT-compiled or cache-warming apps.
+    #[arg(long, env = "BREAKWATER_SLOW_START", default_value = "0s", value_parser = parse_duration)]
+    pub slow_start: Duration,
+
     /// Distinct `destination` label values in metrics; further destinations share "other".
     #[arg(
         long,

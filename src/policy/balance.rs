@@ -16,6 +16,18 @@
 //! struggle is shunned at its first slow answer, not after a moving average
 //! has caught up; and the estimate decays while the endpoint is idle, so a
 //! past spike does not exile it forever.
+//!
+//! Slow start (`--slow-start`) weighs an endpoint that joined a live set, or
+//! whose circuit just closed again, by a share that grows linearly from 10 %
+//! to whole over the window (Envoy's `slow_start_config` at aggression 1.0 and
+//! its default `min_weight_percent`), and divides its cost by that weight, as
+//! Envoy's weighted least-request divides weight by active requests. Under
+//! load that gives it about its weight's share of the requests in flight (its
+//! cost matches the others' when its in-flight count is that share of
+//! theirs); at low concurrency less, since it only wins a draw once the other
+//! one is busier than its weight allows. Endpoints there at the destination's
+//! first resolution do not ramp: at start all of them are new, and ramping
+//! them all alike would change nothing but the ramp of one that joins later.
 
 use std::time::Duration;
 
@@ -93,14 +105,63 @@ pub struct Load {
     pub ewma: Duration,
     /// False while the endpoint is ejected (its circuit refuses requests).
     pub eligible: bool,
+    /// Its share of a whole endpoint's, in millionths: [`FULL_WEIGHT`] but
+    /// while it ramps up ([`slow_start_weight`]).
+    pub weight: u32,
 }
 
+/// The weight of an endpoint that does not ramp.
+pub const FULL_WEIGHT: u32 = 1_000_000;
+
+/// Where a ramp starts: a tenth of a whole endpoint's share.
+pub const SLOW_START_FLOOR: u32 = FULL_WEIGHT / 10;
+
+/// Endpoints that joined within this time of a set's oldest came with the
+/// destination's first resolution (an address, or the pods of a Service's
+/// first list, made one after the other), not after it.
+pub const FIRST_RESOLUTION: Duration = Duration::from_secs(1);
+
 impl Load {
-    /// linkerd's cost: latency × (in flight + 1). The floor of one nanosecond
-    /// keeps in-flight counts deciding when no latency is known.
+    /// linkerd's cost: latency × (in flight + 1), divided by the weight while
+    /// the endpoint ramps up. The floor of one nanosecond keeps in-flight
+    /// counts deciding when no latency is known.
     fn cost(&self) -> u128 {
-        self.ewma.as_nanos().max(1) * (self.in_flight as u128 + 1)
+        let cost = self.ewma.as_nanos().max(1) * (self.in_flight as u128 + 1);
+        if self.weight >= FULL_WEIGHT {
+            return cost;
+        }
+        cost * u128::from(FULL_WEIGHT) / u128::from(self.weight.max(1))
     }
+}
+
+/// When an endpoint's ramp started, if it has one: its circuit's last close
+/// (`recovered`), or when it joined (`created`) if that was after the first
+/// resolution of its destination, whose oldest endpoint now was made at
+/// `first_created`. The later of the two.
+pub fn ramp_start(
+    created: Instant,
+    recovered: Option<Instant>,
+    first_created: Instant,
+) -> Option<Instant> {
+    let joined = created.saturating_duration_since(first_created) > FIRST_RESOLUTION;
+    joined.then_some(created).max(recovered)
+}
+
+/// An endpoint's weight `now` within a ramp of length `window` that started
+/// at `since`: linear from [`SLOW_START_FLOOR`] to [`FULL_WEIGHT`], whole
+/// without a ramp or once the window has passed.
+pub fn slow_start_weight(window: Duration, since: Option<Instant>, now: Instant) -> u32 {
+    let Some(since) = since else {
+        return FULL_WEIGHT;
+    };
+    let elapsed = now.saturating_duration_since(since);
+    if elapsed >= window {
+        return FULL_WEIGHT;
+    }
+    let share = elapsed.as_nanos() * u128::from(FULL_WEIGHT) / window.as_nanos().max(1);
+    u32::try_from(share)
+        .unwrap_or(FULL_WEIGHT)
+        .max(SLOW_START_FLOOR)
 }
 
 /// The index of the endpoint to send to: the cheaper of two eligible ones
@@ -162,6 +223,7 @@ mod tests {
             in_flight,
             ewma: Duration::from_millis(ewma_ms),
             eligible: true,
+            weight: FULL_WEIGHT,
         }
     }
 
@@ -278,6 +340,116 @@ mod tests {
     fn a_draw_out_of_range_does_not_panic() {
         let loads = [load(0, 10), load(0, 20)];
         assert!(pick_p2c(&loads, |_| usize::MAX).is_some());
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_weight_ramps_linearly_from_the_floor() {
+        let t0 = Instant::now();
+        let window = 10 * SEC;
+        let w = |at: Duration| slow_start_weight(window, Some(t0), t0 + at);
+        assert_eq!(w(Duration::ZERO), SLOW_START_FLOOR);
+        assert_eq!(w(SEC / 2), SLOW_START_FLOOR, "5 % is below the floor");
+        assert_eq!(w(2 * SEC), FULL_WEIGHT / 5);
+        assert_eq!(w(5 * SEC), FULL_WEIGHT / 2);
+        assert_eq!(w(9 * SEC), FULL_WEIGHT / 10 * 9);
+        assert_eq!(w(10 * SEC), FULL_WEIGHT);
+        assert_eq!(w(60 * SEC), FULL_WEIGHT);
+        assert_eq!(slow_start_weight(window, None, t0), FULL_WEIGHT);
+        // A clock read before the start (another thread's) is the start.
+        assert_eq!(
+            slow_start_weight(window, Some(t0 + SEC), t0),
+            SLOW_START_FLOOR
+        );
+    }
+
+    #[test]
+    fn only_endpoints_that_joined_later_or_recovered_ramp() {
+        let t0 = Instant::now();
+        // The first resolution's endpoints, made one after the other.
+        assert_eq!(ramp_start(t0, None, t0), None);
+        assert_eq!(ramp_start(t0 + 5 * MS, None, t0), None);
+        // One that joined the live set later.
+        assert_eq!(ramp_start(t0 + 30 * SEC, None, t0), Some(t0 + 30 * SEC));
+        // One whose circuit closed again, whenever it joined.
+        assert_eq!(ramp_start(t0, Some(t0 + 90 * SEC), t0), Some(t0 + 90 * SEC));
+        assert_eq!(
+            ramp_start(t0 + 30 * SEC, Some(t0 + 10 * SEC), t0),
+            Some(t0 + 30 * SEC),
+            "the later start counts"
+        );
+        // A set whose first endpoints are all gone: the oldest left is the
+        // base, so a whole new set does not ramp.
+        let later = t0 + 60 * SEC;
+        assert_eq!(ramp_start(later, None, later), None);
+    }
+
+    #[test]
+    fn a_ramping_endpoint_costs_more_by_its_weight() {
+        let ramping = |weight| Load {
+            weight,
+            ..load(0, 10)
+        };
+        // Idle, it loses to an idle whole one, whichever is drawn first.
+        let loads = [load(0, 10), ramping(FULL_WEIGHT / 2)];
+        assert_eq!(pick_p2c(&loads, script(&[1, 0])), Some(0));
+        assert_eq!(pick_p2c(&loads, script(&[0, 0])), Some(0));
+        // At half weight it matches a whole one with one request in flight
+        // (a tie: the first drawn), and wins against one with two.
+        let loads = [load(1, 10), ramping(FULL_WEIGHT / 2)];
+        assert_eq!(pick_p2c(&loads, script(&[1, 0])), Some(1));
+        assert_eq!(pick_p2c(&loads, script(&[0, 0])), Some(0));
+        let loads = [load(2, 10), ramping(FULL_WEIGHT / 2)];
+        assert_eq!(pick_p2c(&loads, script(&[0, 0])), Some(1));
+        // A weight of zero is taken as the least there is, not a division by it.
+        assert!(pick_p2c(&[load(0, 10), ramping(0)], script(&[1, 0])).is_some());
+    }
+
+    /// Requests in flight on three endpoints, one of them at `weight`: each
+    /// step one random request ends and a new one is placed by P2C. Returns
+    /// the ramping endpoint's share of the placements.
+    fn share_under_load(weight: u32, concurrency: usize, seed: u64) -> f64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut loads = [load(0, 10), load(0, 10), load(0, 10)];
+        loads[2].weight = weight;
+        let mut in_flight: Vec<usize> = Vec::new();
+        let mut ramping = 0u32;
+        let steps = 20_000;
+        for step in 0..steps + concurrency {
+            if in_flight.len() == concurrency {
+                let done = in_flight.swap_remove(rng.usize(..concurrency));
+                loads[done].in_flight -= 1;
+            }
+            let i = pick_p2c(&loads, |n| rng.usize(..n)).expect("picks");
+            loads[i].in_flight += 1;
+            in_flight.push(i);
+            if step >= concurrency && i == 2 {
+                ramping += 1;
+            }
+        }
+        f64::from(ramping) / steps as f64
+    }
+
+    #[test]
+    fn under_load_a_ramping_endpoint_gets_about_its_weights_share() {
+        // Of three, a whole one takes a third; at weight w, w / (2 + w).
+        for (percent, seed) in [(10u32, 1u64), (50, 2), (100, 3)] {
+            let weight = FULL_WEIGHT / 100 * percent;
+            let w = f64::from(percent) / 100.0;
+            let expected = w / (2.0 + w);
+            let got = share_under_load(weight, 60, seed);
+            assert!(
+                (got - expected).abs() < 0.04,
+                "weight {percent} %: share {got:.3}, expected about {expected:.3}"
+            );
+        }
+        // The share grows with the weight all along the ramp.
+        let shares: Vec<f64> = [10u32, 30, 60, 90]
+            .iter()
+            .map(|p| share_under_load(FULL_WEIGHT / 100 * p, 60, 7))
+            .collect();
+        assert!(shares.windows(2).all(|w| w[0] < w[1]), "{shares:?}");
     }
 
     #[test]

@@ -50,6 +50,8 @@ struct Inner {
     consecutive: u32,
     trips: u32,
     closed_since: Instant,
+    /// When the circuit last closed after being open: slow start ramps from it.
+    recovered_at: Option<Instant>,
     window: Window,
 }
 
@@ -71,6 +73,7 @@ impl Breaker {
                 consecutive: 0,
                 trips: 0,
                 closed_since: now,
+                recovered_at: None,
                 window: Window::new(config.window, now),
             }),
         }
@@ -156,11 +159,20 @@ impl Breaker {
     /// Whether `admit` would let a request through now, for the balancer's
     /// choice of endpoint. Racy by nature: `admit` has the last word.
     pub fn eligible(&self, now: Instant) -> bool {
-        match self.lock().state {
+        self.eligibility(now).0
+    }
+
+    /// [`eligible`](Self::eligible), and when the circuit last closed again
+    /// after it had opened (none if it never opened): in one lock, for the
+    /// balancer's slow start.
+    pub fn eligibility(&self, now: Instant) -> (bool, Option<Instant>) {
+        let inner = self.lock();
+        let eligible = match inner.state {
             State::Closed => true,
             State::Open { until } => now >= until,
             State::HalfOpen { admitted, .. } => admitted < self.config.probes(),
-        }
+        };
+        (eligible, inner.recovered_at)
     }
 
     /// The state as last changed. An open circuit whose probe is due stays open
@@ -319,6 +331,7 @@ impl Inner {
         self.generation += 1;
         self.consecutive = 0;
         self.closed_since = now;
+        self.recovered_at = Some(now);
         self.window.clear();
         Transition {
             from,
@@ -582,6 +595,19 @@ mod tests {
             (0, 0),
             "closing clears the window"
         );
+    }
+
+    #[test]
+    fn a_close_after_an_open_is_when_the_endpoint_recovered() {
+        let t0 = Instant::now();
+        let b = breaker(only_consecutive(1), t0);
+        assert_eq!(b.eligibility(t0), (true, None), "never opened");
+        trip(&b, t0);
+        assert_eq!(b.eligibility(t0 + SEC), (false, None));
+        let due = t0 + 5 * SEC;
+        let probe = b.admit(due).expect("probe");
+        assert!(probe.record(true, MS, due).is_some(), "closes");
+        assert_eq!(b.eligibility(due + SEC), (true, Some(due)));
     }
 
     #[test]

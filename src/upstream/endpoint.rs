@@ -2,6 +2,7 @@
 //! own connection pool and load figures. Re-resolved when the DNS TTL passes;
 //! an address that stays keeps its endpoint (and its state).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,6 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::connect::Connector;
+use crate::discovery::kubernetes::KubeDiscovery;
+use crate::discovery::{Lookup, Watched};
 use crate::error::ProxyError;
 use crate::metrics::DestinationMetrics;
 use crate::policy::balance::{Load, PeakEwma, pick_p2c};
@@ -26,6 +29,10 @@ pub struct Endpoint {
     pub circuit_gauge: IntGauge,
     in_flight: AtomicUsize,
     latency: Mutex<PeakEwma>,
+    /// When it joined its destination's set: slow start may ramp from it.
+    created: Instant,
+    /// `--slow-start`; zero: off.
+    slow_start: Duration,
 }
 
 /// Latency assumed for an endpoint that has not answered yet, and how fast old
@@ -37,18 +44,25 @@ impl Endpoint {
     fn new(addr: SocketAddr, settings: &EndpointConfig) -> Arc<Self> {
         let circuit_gauge = settings.metrics.circuit_gauge(&addr.to_string());
         circuit_gauge.set(0);
+        let now = Instant::now();
         Arc::new(Endpoint {
             addr,
-            pool: EndpointPool::with_tls(
+            pool: EndpointPool::with_options(
                 addr,
-                settings.connect_timeout,
-                settings.idle_timeout,
-                settings.tls.clone(),
+                crate::transport::pool::PoolOptions {
+                    connect_timeout: settings.connect_timeout,
+                    idle_timeout: settings.idle_timeout,
+                    tls: settings.tls.clone(),
+                    h2_connections: settings.h2_connections,
+                    max_age: settings.max_connection_age,
+                },
             ),
-            breaker: Arc::new(Breaker::new(settings.breaker, Instant::now())),
+            breaker: Arc::new(Breaker::new(settings.breaker, now)),
             circuit_gauge,
             in_flight: AtomicUsize::new(0),
-            latency: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
+            latency: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, now)),
+            created: now,
+            slow_start: settings.slow_start,
         })
     }
 
@@ -68,16 +82,27 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    fn load(&self, now: Instant) -> Load {
+    /// What the balancer weighs; `first_created`: when the oldest endpoint of
+    /// the set it is picked from was made (see [`set_start`]).
+    fn load(&self, now: Instant, first_created: Instant) -> Load {
+        use crate::policy::balance::{FULL_WEIGHT, ramp_start, slow_start_weight};
         let ewma = self
             .latency
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .estimate(now);
+        let (eligible, recovered) = self.breaker.eligibility(now);
+        let weight = if self.slow_start.is_zero() {
+            FULL_WEIGHT
+        } else {
+            let since = ramp_start(self.created, recovered, first_created);
+            slow_start_weight(self.slow_start, since, now)
+        };
         Load {
             in_flight: self.in_flight(),
             ewma,
-            eligible: self.breaker.eligible(now),
+            eligible,
+            weight,
         }
     }
 }
@@ -96,6 +121,7 @@ impl Endpoint {
             "in_flight": self.in_flight(),
             "latency_ewma_ms": ewma.as_secs_f64() * 1000.0,
             "speaks": self.pool.speaks().snapshot(),
+            "h2_connections": self.pool.h2_connections(),
         })
     }
 }
@@ -113,6 +139,7 @@ impl Drop for EndpointGuard {
 type Resolved = (Arc<[Arc<Endpoint>]>, Instant);
 
 /// What every endpoint of a destination is made with.
+#[derive(Clone)]
 pub struct EndpointConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -120,6 +147,36 @@ pub struct EndpointConfig {
     pub metrics: Arc<DestinationMetrics>,
     /// TLS to the upstream (`--route HOST,tls=true`).
     pub tls: Option<crate::tls::Origin>,
+    /// `--h2-connections-per-endpoint` for an endpoint that may stand for many
+    /// pods (a ClusterIP); 1 for one that is a pod (discovered).
+    pub h2_connections: usize,
+    /// `--upstream-max-connection-age`.
+    pub max_connection_age: Option<Duration>,
+    /// `--slow-start`; zero: off.
+    pub slow_start: Duration,
+}
+
+impl EndpointConfig {
+    /// The same, for an endpoint that is one pod (discovered): one HTTP/2
+    /// connection, since nothing behind it chooses per connection.
+    fn for_a_pod(&self) -> EndpointConfig {
+        EndpointConfig {
+            h2_connections: 1,
+            ..self.clone()
+        }
+    }
+}
+
+/// Where a destination's endpoints come from, with `--discovery kubernetes`.
+enum Source {
+    /// Discovery not asked yet, or its answer is due again.
+    Unasked,
+    /// Not a Service: DNS (or the address literal).
+    Dns,
+    /// A Service's pods, as of the cell's `version`.
+    Discovered(Arc<Watched>, u64),
+    /// A Service that discovery cannot serve now: DNS meanwhile.
+    Fallback(String),
 }
 
 /// The resolved endpoints of one destination.
@@ -132,6 +189,8 @@ pub struct Endpoints {
     current: RwLock<Option<Resolved>>,
     /// One resolution at a time; the others use what is there.
     resolving: tokio::sync::Mutex<()>,
+    /// Only read when the connector has discovery.
+    source: RwLock<Source>,
 }
 
 impl Endpoints {
@@ -143,6 +202,7 @@ impl Endpoints {
             ttl: if literal.is_some() { None } else { Some(ttl) },
             current: RwLock::new(None),
             resolving: tokio::sync::Mutex::new(()),
+            source: RwLock::new(Source::Unasked),
             config,
         };
         if let Some(ip) = literal {
@@ -169,9 +229,14 @@ impl Endpoints {
         }
     }
 
-    /// The endpoints now, resolving the name when its TTL has passed. A failed
+    /// The endpoints now: with discovery, a Service's ready pods (one atomic
+    /// load tells they are current); otherwise, or for anything that is not a
+    /// Service, the name resolved when its TTL has passed. A failed
     /// re-resolution keeps the endpoints it had.
     pub async fn current(&self, connector: &Connector) -> Result<Arc<[Arc<Endpoint>]>, ProxyError> {
+        if let Some(discovery) = connector.discovery() {
+            return self.current_discovered(connector, discovery).await;
+        }
         if let Some(list) = self.fresh() {
             return Ok(list);
         }
@@ -179,6 +244,131 @@ impl Endpoints {
         if let Some(list) = self.fresh() {
             return Ok(list);
         }
+        self.resolve(connector).await
+    }
+
+    /// The list as it stands, if its source says it is current.
+    fn discovered_fresh(&self) -> Option<Result<Arc<[Arc<Endpoint>]>, ProxyError>> {
+        let source = self.source.read().unwrap_or_else(|p| p.into_inner());
+        match &*source {
+            Source::Discovered(cell, version) if cell.version() == *version => Some(
+                self.known()
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| self.no_pods(cell)),
+            ),
+            Source::Dns | Source::Fallback(_) => self.fresh().map(Ok),
+            _ => None,
+        }
+    }
+
+    async fn current_discovered(
+        &self,
+        connector: &Connector,
+        discovery: &KubeDiscovery,
+    ) -> Result<Arc<[Arc<Endpoint>]>, ProxyError> {
+        if let Some(list) = self.discovered_fresh() {
+            return list;
+        }
+        let _one = self.resolving.lock().await;
+        if let Some(list) = self.discovered_fresh() {
+            return list;
+        }
+        let known = match &*self.source.read().unwrap_or_else(|p| p.into_inner()) {
+            Source::Discovered(cell, _) => Some(cell.clone()),
+            _ => None,
+        };
+        let cell = match known {
+            Some(cell) => cell,
+            None => match discovery.lookup(&self.host, self.port).await {
+                Lookup::Found(cell) => cell,
+                Lookup::NotMine => {
+                    *self.source.write().unwrap_or_else(|p| p.into_inner()) = Source::Dns;
+                    return self.resolve_or_keep(connector).await;
+                }
+                Lookup::Unavailable(why) => {
+                    *self.source.write().unwrap_or_else(|p| p.into_inner()) = Source::Fallback(why);
+                    return self.resolve_or_keep(connector).await;
+                }
+            },
+        };
+        let list = self.follow(cell.clone());
+        if list.is_empty() {
+            return Err(self.no_pods(&cell));
+        }
+        Ok(list)
+    }
+
+    /// Rebuilds the list from the cell's set: endpoints still there are kept
+    /// (their breakers and pools), new ones made, gone ones dropped (requests
+    /// in flight on them finish).
+    fn follow(&self, cell: Arc<Watched>) -> Arc<[Arc<Endpoint>]> {
+        let (addrs, version) = cell.addrs();
+        // A Service may have thousands of pods: find the kept ones by address.
+        let previous: HashMap<SocketAddr, Arc<Endpoint>> = self
+            .known()
+            .map(|list| list.iter().map(|e| (e.addr, e.clone())).collect())
+            .unwrap_or_default();
+        let pod = self.config.for_a_pod();
+        // Each pod is one endpoint: one HTTP/2 connection reaches it.
+        let list: Arc<[Arc<Endpoint>]> = addrs
+            .iter()
+            .map(|addr| {
+                previous
+                    .get(addr)
+                    .cloned()
+                    .unwrap_or_else(|| Endpoint::new(*addr, &pod))
+            })
+            .collect();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((list.clone(), Instant::now()));
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = Source::Discovered(cell, version);
+        list
+    }
+
+    /// The endpoints as `/upstreams` shows them: a discovered set as it is
+    /// now, even before a request has asked for it.
+    pub fn snapshot_list(&self) -> Option<Arc<[Arc<Endpoint>]>> {
+        let stale = match &*self.source.read().unwrap_or_else(|p| p.into_inner()) {
+            Source::Discovered(cell, version) if cell.version() != *version => Some(cell.clone()),
+            _ => None,
+        };
+        match stale {
+            Some(cell) => Some(self.follow(cell)),
+            None => self.known(),
+        }
+    }
+
+    /// DNS for a destination discovery does not serve: a fresh answer if one
+    /// is due, else the one there is.
+    async fn resolve_or_keep(
+        &self,
+        connector: &Connector,
+    ) -> Result<Arc<[Arc<Endpoint>]>, ProxyError> {
+        match self.fresh() {
+            Some(list) => Ok(list),
+            None => self.resolve(connector).await,
+        }
+    }
+
+    fn no_pods(&self, cell: &Watched) -> ProxyError {
+        ProxyError::ConnectFailure {
+            dest: format!("{}:{}", self.host, self.port),
+            cause: format!("Service {} has no ready endpoints", cell.service),
+        }
+    }
+
+    /// Where the endpoints come from, for `/upstreams`: `(discovery, service,
+    /// fallback reason)`.
+    pub fn source(&self) -> (&'static str, Option<String>, Option<String>) {
+        match &*self.source.read().unwrap_or_else(|p| p.into_inner()) {
+            Source::Discovered(cell, _) => ("kubernetes", Some(cell.service.clone()), None),
+            Source::Fallback(why) => ("dns", None, Some(why.clone())),
+            Source::Unasked | Source::Dns => ("dns", None, None),
+        }
+    }
+
+    /// Resolves the name by DNS; the caller holds `resolving`.
+    async fn resolve(&self, connector: &Connector) -> Result<Arc<[Arc<Endpoint>]>, ProxyError> {
         let resolved = connector.resolve(&self.host).await;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         let ips = match resolved {
@@ -217,8 +407,19 @@ pub fn pick(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>>
         // The breaker's admit decides for a lone endpoint; asking twice costs a lock.
         return Some(only);
     }
-    let loads: Vec<Load> = endpoints.iter().map(|e| e.load(now)).collect();
+    let first = set_start(endpoints, now);
+    let loads: Vec<Load> = endpoints.iter().map(|e| e.load(now, first)).collect();
     pick_p2c(&loads, |n| fastrand::usize(..n)).and_then(|i| endpoints.get(i))
+}
+
+/// When the oldest of a set's endpoints was made: those made with it came
+/// with the destination's first resolution and do not ramp up in slow start
+/// (`now` when slow start is off: nothing asks).
+fn set_start(endpoints: &[Arc<Endpoint>], now: Instant) -> Instant {
+    if endpoints.first().is_none_or(|e| e.slow_start.is_zero()) {
+        return now;
+    }
+    endpoints.iter().map(|e| e.created).min().unwrap_or(now)
 }
 
 /// Picks an endpoint whatever its circuit, by the same load rule: for a
@@ -227,11 +428,12 @@ pub fn pick_any(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoi
     if let [only] = endpoints {
         return Some(only);
     }
+    let first = set_start(endpoints, now);
     let loads: Vec<Load> = endpoints
         .iter()
         .map(|e| Load {
             eligible: true,
-            ..e.load(now)
+            ..e.load(now, first)
         })
         .collect();
     pick_p2c(&loads, |n| fastrand::usize(..n)).and_then(|i| endpoints.get(i))

@@ -631,6 +631,23 @@ fn bad_values_fail_naming_the_value() {
         ),
         ("policy:\n  inline: {defaults: {colour: blue}}\n", "colour"),
         ("policy:\n  file: ../policy.yaml\n", "policy.file"),
+        ("discovery:\n  mode: consul\n", "discovery.mode"),
+        (
+            "discovery:\n  namespaces: [Shop_NS]\n",
+            "discovery.namespaces.0",
+        ),
+        (
+            "discovery:\n  rbac:\n    create: yes please\n",
+            "discovery.rbac.create",
+        ),
+        (
+            "upstream:\n  h2ConnectionsPerEndpoint: 0\n",
+            "upstream.h2ConnectionsPerEndpoint",
+        ),
+        (
+            "upstream:\n  maxConnectionAge: forever\n",
+            "upstream.maxConnectionAge",
+        ),
     ];
     for (values, name) in cases {
         let file = temp_file("bad-values.yaml", values);
@@ -655,14 +672,15 @@ fn bad_values_fail_naming_the_value() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-#[test]
-fn named_templates_inject_into_a_parent_chart() {
-    if !have_helm() {
-        return;
-    }
-    // A user's chart with breakwater as a dependency, including the named templates.
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("parent-{}", std::process::id()));
+/// `helm template` (release `shop`, namespace `shop`) of a user's chart with
+/// breakwater as a dependency, `values` its values.yaml, whose Deployment includes
+/// every named template.
+fn template_parent_chart(values: &str) -> Output {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "parent-{}-{}",
+        std::process::id(),
+        unique()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("templates")).expect("parent chart dir");
     std::fs::create_dir_all(dir.join("charts")).expect("charts dir");
@@ -671,11 +689,7 @@ fn named_templates_inject_into_a_parent_chart() {
         "apiVersion: v2\nname: shop\nversion: 1.0.0\ndependencies:\n  - name: breakwater\n    version: 0.1.0\n    repository: file://../breakwater\n",
     )
     .expect("Chart.yaml");
-    std::fs::write(
-        dir.join("values.yaml"),
-        "breakwater:\n  mode: explicit\n  sidecar: classic\n  app:\n    port: 9000\n  demo:\n    enabled: false\n  resilience:\n    retries: 4\n  policy:\n    inline:\n      defaults: {retries: 1}\n",
-    )
-    .expect("values.yaml");
+    std::fs::write(dir.join("values.yaml"), values).expect("values.yaml");
     std::fs::write(
         dir.join("templates/deployment.yaml"),
         r#"apiVersion: apps/v1
@@ -689,6 +703,7 @@ spec:
     metadata:
       labels: {app: shop}
     spec:
+      {{- include "breakwater.podServiceAccount" . | nindent 6 }}
       initContainers:
         {{- include "breakwater.initContainers" . | nindent 8 }}
       containers:
@@ -711,9 +726,29 @@ spec:
         Command::new(helm().expect("helm"))
             .args(["template", "shop"])
             .arg(&dir)
-            .args(["--kube-version", KUBE_VERSION]),
+            .args(["--namespace", "shop", "--kube-version", KUBE_VERSION]),
     );
     let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// The pod spec of the parent chart's Deployment `shop`.
+fn parent_pod(docs: &[Node]) -> &Node {
+    docs.iter()
+        .find(|d| kind_of(d) == "Deployment" && str_at(d, &["metadata", "name"]) == Some("shop"))
+        .and_then(|d| d.at(&["spec", "template", "spec"]))
+        .expect("the parent's Deployment")
+}
+
+#[test]
+fn named_templates_inject_into_a_parent_chart() {
+    if !have_helm() {
+        return;
+    }
+    // A user's chart with breakwater as a dependency, including the named templates.
+    let out = template_parent_chart(
+        "breakwater:\n  mode: explicit\n  sidecar: classic\n  app:\n    port: 9000\n  demo:\n    enabled: false\n  resilience:\n    retries: 4\n  policy:\n    inline:\n      defaults: {retries: 1}\n",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let docs = parse(&text(&out.stdout));
     assert!(
@@ -721,12 +756,13 @@ spec:
             || str_at(d, &["metadata", "name"]) != Some("shop-breakwater-demo")),
         "demo.enabled: false"
     );
-    let pod = docs
-        .iter()
-        .find(|d| kind_of(d) == "Deployment" && str_at(d, &["metadata", "name"]) == Some("shop"))
-        .and_then(|d| d.at(&["spec", "template", "spec"]))
-        .expect("the parent's Deployment");
+    let pod = parent_pod(&docs);
     assert_pod_shape(pod, "explicit", "classic", 9000, "parent chart");
+    assert!(
+        pod.get("serviceAccountName").is_none()
+            && pod.get("automountServiceAccountToken").is_none(),
+        "parent chart: no service account fields without discovery"
+    );
     let (side, _) = sidecar(pod);
     assert!(strings(side.get("args")).contains(&"--retries=4".to_string()));
     // The ConfigMap the dependency makes of policy.inline is the one the parent's pod mounts.
@@ -858,6 +894,277 @@ fn chart_mounts_the_policy_file_from_a_configmap_directory() {
     let _ = std::fs::remove_file(&inline);
     if have_kubernetes_validate() {
         validate(&rendered);
+    }
+}
+
+/// The verbs discovery's Role grants, on each of its resources.
+const DISCOVERY_VERBS: [&str; 3] = ["get", "list", "watch"];
+
+fn namespace_of(doc: &Node) -> &str {
+    str_at(doc, &["metadata", "namespace"]).unwrap_or("")
+}
+
+/// The documents of `kind` in `docs`.
+fn of_kind<'a>(docs: &'a [Node], kind: &str) -> Vec<&'a Node> {
+    docs.iter().filter(|d| kind_of(d) == kind).collect()
+}
+
+/// No RBAC object in `docs`.
+fn assert_no_rbac(docs: &[Node], what: &str) {
+    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(of_kind(docs, kind).is_empty(), "{what}: a {kind} rendered");
+    }
+}
+
+/// With --discovery kubernetes: one Role and one RoleBinding in each of
+/// `namespaces` and nowhere else, no cluster-wide ones; each Role may get, list and
+/// watch Services ("") and EndpointSlices (discovery.k8s.io), and nothing more;
+/// each binding gives its namespace's Role to service account `account` of the
+/// release's namespace, shop, where the pods run.
+fn assert_discovery_rbac(docs: &[Node], namespaces: &[&str], account: &str, what: &str) {
+    let mut want: Vec<&str> = namespaces.to_vec();
+    want.sort_unstable();
+    let roles = of_kind(docs, "Role");
+    let bindings = of_kind(docs, "RoleBinding");
+    for (kind, objects) in [("Role", &roles), ("RoleBinding", &bindings)] {
+        let mut got: Vec<&str> = objects.iter().map(|d| namespace_of(d)).collect();
+        got.sort_unstable();
+        assert_eq!(got, want, "{what}: the namespaces of the {kind}s");
+    }
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(of_kind(docs, kind).is_empty(), "{what}: a {kind} rendered");
+    }
+    for role in &roles {
+        let mut rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = items(role.get("rules"))
+            .iter()
+            .map(|r| {
+                let mut verbs = strings(r.get("verbs"));
+                verbs.sort();
+                (
+                    strings(r.get("apiGroups")),
+                    strings(r.get("resources")),
+                    verbs,
+                )
+            })
+            .collect();
+        rules.sort();
+        let verbs: Vec<String> = DISCOVERY_VERBS.map(String::from).to_vec();
+        assert_eq!(
+            rules,
+            [
+                (vec![String::new()], vec!["services".into()], verbs.clone()),
+                (
+                    vec!["discovery.k8s.io".into()],
+                    vec!["endpointslices".into()],
+                    verbs
+                ),
+            ],
+            "{what}: the Role in {}: {}",
+            namespace_of(role),
+            emit(role)
+        );
+    }
+    for binding in &bindings {
+        let namespace = namespace_of(binding);
+        let role = roles
+            .iter()
+            .find(|r| namespace_of(r) == namespace)
+            .unwrap_or_else(|| panic!("{what}: no Role in {namespace}"));
+        assert_eq!(
+            str_at(binding, &["roleRef", "apiGroup"]),
+            Some("rbac.authorization.k8s.io"),
+            "{what}"
+        );
+        assert_eq!(
+            str_at(binding, &["roleRef", "kind"]),
+            Some("Role"),
+            "{what}"
+        );
+        assert_eq!(
+            str_at(binding, &["roleRef", "name"]),
+            str_at(role, &["metadata", "name"]),
+            "{what}: the RoleBinding in {namespace} names its namespace's Role"
+        );
+        let subjects = items(binding.get("subjects"));
+        assert_eq!(subjects.len(), 1, "{what}: {}", emit(binding));
+        for (key, want) in [
+            ("kind", "ServiceAccount"),
+            ("name", account),
+            ("namespace", "shop"),
+        ] {
+            assert_eq!(
+                str_at(&subjects[0], &[key]),
+                Some(want),
+                "{what}: the subject of the RoleBinding in {namespace}"
+            );
+        }
+    }
+}
+
+/// The sidecar's `--discovery*` args, after `run --check` has taken them all.
+fn discovery_args(docs: &[Node], pod: &Node, what: &str) -> Vec<String> {
+    assert_run_checks_in(docs, sidecar(pod).0, what)
+        .into_iter()
+        .filter(|a| a.starts_with("--discovery") || a.starts_with("--kubernetes-api"))
+        .collect()
+}
+
+#[test]
+fn chart_renders_discovery_rbac_only_with_kubernetes_discovery() {
+    if !have_helm() {
+        return;
+    }
+    let template = |set: &[&str]| {
+        let out = helm_template(&[], set, KUBE_VERSION);
+        assert!(out.status.success(), "{set:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    // None by default, nor with dns named: no RBAC, no flags, no pod fields.
+    for set in [&[][..], &["discovery.mode=dns"][..]] {
+        let what = format!("{set:?}");
+        let docs = parse(&template(set));
+        assert_no_rbac(&docs, &what);
+        let pod = deployment_pod(&docs);
+        let want: Vec<String> = set
+            .iter()
+            .filter_map(|s| s.strip_prefix("discovery.mode="))
+            .map(|mode| format!("--discovery={mode}"))
+            .collect();
+        assert_eq!(discovery_args(&docs, pod, &what), want, "{what}");
+        assert!(
+            pod.get("serviceAccountName").is_none()
+                && pod.get("automountServiceAccountToken").is_none(),
+            "{what}: {}",
+            emit(pod)
+        );
+    }
+
+    let mut rendered = Vec::new();
+    // kubernetes, namespaces unset: the release's namespace and the default account,
+    // the one a pod without serviceAccountName runs as; the binary's own default
+    // (the pod's namespace) for --discovery-namespaces.
+    let what = "discovery.mode=kubernetes";
+    let manifests = template(&[what]);
+    let docs = parse(&manifests);
+    assert_discovery_rbac(&docs, &["shop"], "default", what);
+    let pod = deployment_pod(&docs);
+    assert_eq!(
+        discovery_args(&docs, pod, what),
+        ["--discovery=kubernetes"],
+        "{what}"
+    );
+    assert!(pod.get("serviceAccountName").is_none(), "{what}: default");
+    // The sidecar reads the API with the pod's token: mounted, whatever the account says.
+    assert_eq!(
+        str_at(pod, &["automountServiceAccountToken"]),
+        Some("true"),
+        "{what}"
+    );
+    rendered.push(("discovery-default".to_string(), manifests));
+
+    // Several namespaces and a dedicated account, both sidecar forms: a Role and
+    // RoleBinding in each namespace, the pod running as the account.
+    for form in ["native", "classic"] {
+        let set = [
+            "discovery.mode=kubernetes",
+            "discovery.namespaces={shop,payments,billing}",
+            "discovery.serviceAccount=shop-app",
+            "discovery.kubernetesApi=https://10.96.0.1:443",
+            &format!("sidecar={form}"),
+        ];
+        let what = format!("{set:?}");
+        let manifests = template(&set);
+        let docs = parse(&manifests);
+        assert_discovery_rbac(&docs, &["shop", "payments", "billing"], "shop-app", &what);
+        let pod = deployment_pod(&docs);
+        assert_eq!(sidecar(pod).1, form == "native", "{what}");
+        assert_eq!(
+            discovery_args(&docs, pod, &what),
+            [
+                "--discovery=kubernetes",
+                "--discovery-namespaces=shop,payments,billing",
+                "--kubernetes-api=https://10.96.0.1:443",
+            ],
+            "{what}"
+        );
+        assert_eq!(
+            str_at(pod, &["serviceAccountName"]),
+            Some("shop-app"),
+            "{what}"
+        );
+        assert_eq!(
+            str_at(pod, &["automountServiceAccountToken"]),
+            Some("true"),
+            "{what}"
+        );
+        rendered.push((format!("discovery-namespaces-{form}"), manifests));
+    }
+
+    // rbac.create=false: the platform grants it; the sidecar is configured the same.
+    let set = [
+        "discovery.mode=kubernetes",
+        "discovery.namespaces={shop,payments}",
+        "discovery.rbac.create=false",
+    ];
+    let what = format!("{set:?}");
+    let manifests = template(&set);
+    let docs = parse(&manifests);
+    assert_no_rbac(&docs, &what);
+    let pod = deployment_pod(&docs);
+    assert_eq!(
+        discovery_args(&docs, pod, &what),
+        [
+            "--discovery=kubernetes",
+            "--discovery-namespaces=shop,payments"
+        ],
+        "{what}"
+    );
+    assert_eq!(
+        str_at(pod, &["automountServiceAccountToken"]),
+        Some("true"),
+        "{what}"
+    );
+    rendered.push(("discovery-no-rbac".to_string(), manifests));
+
+    if have_kubernetes_validate() {
+        validate(&rendered);
+    }
+}
+
+#[test]
+fn discovery_rbac_renders_from_a_parent_charts_values() {
+    if !have_helm() {
+        return;
+    }
+    // As a dependency: the parent's breakwater values decide, the pod gets the account
+    // from breakwater.podServiceAccount, and the binding names that account.
+    let out = template_parent_chart(
+        "breakwater:\n  app:\n    port: 9000\n  demo:\n    enabled: false\n  discovery:\n    mode: kubernetes\n    namespaces: [shop, search]\n    serviceAccount: shop\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manifests = text(&out.stdout);
+    let docs = parse(&manifests);
+    let what = "parent chart with discovery";
+    assert_discovery_rbac(&docs, &["shop", "search"], "shop", what);
+    let pod = parent_pod(&docs);
+    assert_pod_shape(pod, "transparent", "native", 9000, what);
+    assert_eq!(str_at(pod, &["serviceAccountName"]), Some("shop"), "{what}");
+    assert_eq!(
+        str_at(pod, &["automountServiceAccountToken"]),
+        Some("true"),
+        "{what}"
+    );
+    assert_eq!(
+        discovery_args(&docs, pod, what),
+        [
+            "--discovery=kubernetes",
+            "--discovery-namespaces=shop,search"
+        ],
+        "{what}"
+    );
+    if have_kubernetes_validate() {
+        validate(&[("parent-discovery".to_string(), manifests)]);
     }
 }
 

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("tunnel", 4),
     ("health", 4),
     ("destination", 4),
+    ("discovery", 4),
     ("upstream", 5),
     ("inbound", 6),
     ("outbound", 6),

@@ -4,6 +4,7 @@
 // Tests panic on what they set up themselves: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod kube_api;
 mod support;
 
 mod admin;
@@ -11,6 +12,7 @@ mod attribution;
 mod balancing;
 mod ci_programs;
 mod cli;
+mod discovery;
 mod faults;
 mod health;
 mod interception;
@@ -27,6 +29,7 @@ mod proxying;
 mod reasons;
 mod resilience;
 mod retries;
+mod spreading;
 mod streaming;
 mod tls;
 mod tunnels;

@@ -1,6 +1,7 @@
 {{/*
 breakwater's named templates: include them in a pod spec to inject breakwater.
 
+  {{- include "breakwater.podServiceAccount" . | nindent 2 }}  # discovery: service account, token
   initContainers:
     {{- include "breakwater.initContainers" . | nindent 4 }}   # iptables step, native sidecar
   containers:
@@ -112,6 +113,31 @@ app's port in transparent mode, where iptables redirects it to breakwater. */}}
 {{- $v := .Values -}}
 {{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
 {{- if eq $v.mode "explicit" }}15006{{ else }}{{ $v.app.port | int64 }}{{ end -}}
+{{- end -}}
+
+{{/* --discovery kubernetes: "true" or nothing. Takes breakwater's values. */}}
+{{- define "breakwater.discoveryOn" -}}
+{{- if eq (toString .discovery.mode) "kubernetes" }}true{{ end -}}
+{{- end -}}
+
+{{/* The service account the pods run as, which discovery's RoleBindings name:
+discovery.serviceAccount, else `default`, the account of a pod that names none. */}}
+{{- define "breakwater.serviceAccountName" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- $v.discovery.serviceAccount | default "default" -}}
+{{- end -}}
+
+{{/* Pod spec fields, next to `containers:`: the service account discovery.serviceAccount
+names, and with --discovery kubernetes its token mounted (the sidecar reads the API
+with it, even where the account turns automounting off). Nothing otherwise. */}}
+{{- define "breakwater.podServiceAccount" -}}
+{{- $v := .Values -}}
+{{- if kindIs "map" .Values.breakwater }}{{ $v = .Values.breakwater }}{{ end -}}
+{{- $fields := list -}}
+{{- with $v.discovery.serviceAccount }}{{ $fields = append $fields (printf "serviceAccountName: %s" .) }}{{ end -}}
+{{- if include "breakwater.discoveryOn" $v }}{{ $fields = append $fields "automountServiceAccountToken: true" }}{{ end -}}
+{{- join "\n" $fields -}}
 {{- end -}}
 
 {{/* Pod annotations: the mode, for tools (and for `breakwater inject` run over the
@@ -303,6 +329,12 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "max-connections" $l.maxConnections) }}
 {{- include "breakwater.flag" (list "upstream-idle-timeout" .upstream.idleTimeout) }}
 {{- include "breakwater.flag" (list "dns-ttl" .upstream.dnsTtl) }}
+{{- include "breakwater.flag" (list "h2-connections-per-endpoint" .upstream.h2ConnectionsPerEndpoint) }}
+{{- include "breakwater.flag" (list "upstream-max-connection-age" .upstream.maxConnectionAge) }}
+{{- include "breakwater.flag" (list "slow-start" .upstream.slowStart) }}
+{{- include "breakwater.flag" (list "discovery" .discovery.mode) }}
+{{- include "breakwater.flag" (list "discovery-namespaces" .discovery.namespaces) }}
+{{- include "breakwater.flag" (list "kubernetes-api" .discovery.kubernetesApi) }}
 {{- include "breakwater.flag" (list "protocol-detect-timeout" .transparent.protocolDetectTimeout) }}
 {{- with .tls.inbound }}
 {{- if .secretName }}
