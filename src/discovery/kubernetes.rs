@@ -393,8 +393,16 @@ impl Namespace {
         lock(&self.failure).clone()
     }
 
-    /// Waits until the Services are listed, at most `SYNC_WAIT`.
+    /// Waits until the Services are listed, at most `SYNC_WAIT`; not at all
+    /// while the watch is failing, so a destination left to DNS is not held
+    /// up each time its DNS answer is due.
     async fn services_ready(&self) -> bool {
+        if *self.services_synced.borrow() {
+            return true;
+        }
+        if self.failure().is_some() {
+            return false;
+        }
         let mut rx = self.services_synced.subscribe();
         tokio::time::timeout(SYNC_WAIT, rx.wait_for(|synced| *synced))
             .await
@@ -403,6 +411,12 @@ impl Namespace {
 
     /// Waits until the slices of generation `g` (or a later one) are listed.
     async fn slices_ready(&self, g: u64) -> bool {
+        if *self.slices_synced.borrow() >= g {
+            return true;
+        }
+        if self.failure().is_some() {
+            return false;
+        }
         let mut rx = self.slices_synced.subscribe();
         tokio::time::timeout(SYNC_WAIT, rx.wait_for(|synced| *synced >= g))
             .await
