@@ -60,6 +60,17 @@ impl DestinationMetrics {
         ])
     }
 
+    /// Drops the circuit-state series of an endpoint that left the set (a pod
+    /// gone), so that pod churn does not grow the series without bound.
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        let _ = self.circuit_state.remove_label_values(&[
+            self.direction.as_str(),
+            &self.label,
+            &self.route,
+            endpoint,
+        ]);
+    }
+
     /// Counts a circuit entering `to` (`closed`, `open`, `half-open`).
     pub fn count_transition(&self, to: &str) {
         count_by(&self.transitions, &["closed", "open", "half-open"], to);

@@ -2,7 +2,7 @@
 //! own connection pool and load figures. Re-resolved when the DNS TTL passes;
 //! an address that stays keeps its endpoint (and its state).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -319,10 +319,23 @@ impl Endpoints {
                     .unwrap_or_else(|| Endpoint::new(*addr, &pod))
             })
             .collect();
+        self.forget_departed(previous.values(), &list);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((list.clone(), Instant::now()));
         *self.source.write().unwrap_or_else(|p| p.into_inner()) = Source::Discovered(cell, version);
         list
+    }
+
+    /// Drops the metric series of endpoints in `before` that `now` lacks.
+    fn forget_departed<'a>(
+        &self,
+        before: impl Iterator<Item = &'a Arc<Endpoint>>,
+        now: &[Arc<Endpoint>],
+    ) {
+        let now: HashSet<SocketAddr> = now.iter().map(|e| e.addr).collect();
+        for gone in before.filter(|e| !now.contains(&e.addr)) {
+            self.config.metrics.forget_endpoint(&gone.addr.to_string());
+        }
     }
 
     /// The endpoints as `/upstreams` shows them: a discovered set as it is
@@ -395,6 +408,9 @@ impl Endpoints {
                     .unwrap_or_else(|| Endpoint::new(addr, &self.config))
             })
             .collect();
+        if let Some(before) = &previous {
+            self.forget_departed(before.iter(), &list);
+        }
         *current = Some((list.clone(), Instant::now()));
         Ok(list)
     }
@@ -446,4 +462,44 @@ pub fn next_probe(endpoints: &[Arc<Endpoint>], now: Instant) -> Duration {
         .filter_map(|e| e.breaker.snapshot(now).next_probe_in_us)
         .min()
         .map_or(Duration::ZERO, Duration::from_micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_departed_pod_takes_its_circuit_series_with_it() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let dest = crate::metrics::Direction::Outbound;
+        let config = EndpointConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            breaker: crate::config::Config::loopback().breaker,
+            metrics: Arc::new(metrics.destination(dest, "orders.shop:80", "default")),
+            tls: None,
+            h2_connections: 4,
+            max_connection_age: None,
+            slow_start: Duration::ZERO,
+        };
+        let endpoints = Endpoints::new("orders.shop", 80, config, Duration::from_secs(5));
+        let cell = Arc::new(Watched::new("orders.shop:80".into()));
+        let pod = |last: u8| SocketAddr::from(([10, 0, 0, last], 8080));
+        let text = || String::from_utf8(metrics.encode()).unwrap_or_default();
+        cell.set(vec![pod(1), pod(2)]);
+        let first = endpoints.follow(cell.clone());
+        assert!(text().contains("10.0.0.2:8080"), "{}", text());
+        cell.set(vec![pod(1), pod(3)]);
+        let second = endpoints.follow(cell.clone());
+        assert!(
+            Arc::ptr_eq(&first[0], &second[0]),
+            "a pod that stays is kept"
+        );
+        let text = text();
+        assert!(!text.contains("10.0.0.2:8080"), "{text}");
+        assert!(
+            text.contains("10.0.0.1:8080") && text.contains("10.0.0.3:8080"),
+            "{text}"
+        );
+    }
 }
