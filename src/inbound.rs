@@ -91,13 +91,7 @@ impl Inbound {
         } else {
             ""
         };
-        let route = table.select(&RequestFacts {
-            host,
-            port,
-            method: req.method(),
-            path: req.uri().path(),
-            headers: req.headers(),
-        });
+        let route = table.select(&RequestFacts::of(req, host, port));
         conn.state.get_or(
             // Every state here is the app's: its port and route tell them apart.
             |last| last.dest.port() == port && last.is_route(route.name),

@@ -145,13 +145,7 @@ impl Outbound {
         // The route: first match on host, port, path, method and headers, in
         // the table in force now (one atomic load).
         let table = self.registry.routes();
-        let route = table.select(&RequestFacts {
-            host,
-            port,
-            method: req.method(),
-            path: req.uri().path(),
-            headers: req.headers(),
-        });
+        let route = table.select(&RequestFacts::of(req, host, port));
         Ok(conn.state.get_or(
             |last| last.is(host, port, route.name),
             || self.registry.get(host, port, route),

@@ -7,7 +7,7 @@
 //! the file took over.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -123,7 +123,7 @@ pub fn apply(flags: &Config, path: &Path, bytes: &[u8]) -> Result<Layered, Polic
         version: PolicyVersion {
             path: name,
             hash: format!("{:016x}", fnv1a(bytes)),
-            loaded_at: httpdate_rfc3339(SystemTime::now()),
+            loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         },
         file_keys,
     })
@@ -198,40 +198,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// `2026-12-02T03:04:05Z`, from httpdate's civil-time conversion.
-fn httpdate_rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn apply_str(text: &str) -> Result<Layered, PolicyError> {
         apply(
@@ -306,11 +276,5 @@ mod tests {
             "{:?}",
             l.config.warnings
         );
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_789), (2026, 12, 2));
     }
 }

@@ -163,6 +163,19 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
 }
 
+impl<'a> RequestFacts<'a> {
+    /// The facts of `req`, going to `host` and `port` as the listener decided.
+    pub fn of<B>(req: &'a http::Request<B>, host: &'a str, port: u16) -> Self {
+        RequestFacts {
+            host,
+            port,
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        }
+    }
+}
+
 /// One route, parsed: what it matches, and every key it names overrides that
 /// flag for the requests it matches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
