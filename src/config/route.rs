@@ -165,9 +165,10 @@ pub struct RequestFacts<'a> {
 
 impl<'a> RequestFacts<'a> {
     /// The facts of `req`, going to `host` and `port` as the listener decided.
+    /// An IPv6 host is matched without its brackets, as routes write it.
     pub fn of<B>(req: &'a http::Request<B>, host: &'a str, port: u16) -> Self {
         RequestFacts {
-            host,
+            host: crate::addr::strip_brackets(host),
             port,
             method: req.method(),
             path: req.uri().path(),
@@ -763,6 +764,9 @@ mod tests {
         assert!(!one_port.matches(&facts("payments", 80, &get, "/", &none)));
         let v6 = RouteOverride::parse("[::1]:9000").unwrap();
         assert!(v6.matches(&facts("::1", 9000, &get, "/", &none)));
+        // As a request names it: `Host: [::1]:9000` gives the bracketed form.
+        let req = http::Request::get("/").body(()).unwrap();
+        assert!(v6.matches(&RequestFacts::of(&req, "[::1]", 9000)));
         let slow =
             RouteOverride::parse("reports,path-prefix=/slow,method=get,timeout=30s").unwrap();
         assert!(slow.matches(&facts("reports", 80, &get, "/slow/q", &none)));
