@@ -224,13 +224,9 @@ impl Config {
             max_queue: q.max_queue,
             queue_timeout: q.queue_timeout,
         };
-        let inbound_bulkhead = q.inbound_max_concurrent.map(|n| BulkheadPolicy {
-            max_concurrent: ConcurrencyLimit::Fixed(usize::try_from(n).unwrap_or(usize::MAX)),
-            min: 1,
-            max: usize::MAX,
-            max_queue: q.inbound_max_queue,
-            queue_timeout: q.inbound_queue_timeout,
-        });
+        let inbound_bulkhead = q
+            .inbound_max_concurrent
+            .map(|n| BulkheadPolicy::fixed(n, q.inbound_max_queue, q.inbound_queue_timeout));
         let inbound_tls = match (args.inbound_tls_cert, args.inbound_tls_key) {
             (Some(cert), Some(key)) => Some(tls::InboundTlsConfig {
                 cert,

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::accounting::InFlight;
 use crate::body::ProxyBody;
 use crate::config::{Config, RequestFacts};
+use crate::destination;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
@@ -87,7 +88,8 @@ impl Inbound {
         let table = self.ports.routes();
         // The Host header is looked at only when a route may match on it.
         let host = if table.has_routes() {
-            request_host(req)
+            // As outbound names a destination: absolute target, else `Host`.
+            destination::target_of(req).map_or("", |(host, _)| host)
         } else {
             ""
         };
@@ -157,23 +159,6 @@ impl Inbound {
             &self.drain,
         )
         .await
-    }
-}
-
-/// The host the client named, without its port: what an inbound route's
-/// `host` is matched against.
-fn request_host<B>(req: &Request<B>) -> &str {
-    if let Some(host) = req.uri().host() {
-        return host.trim_start_matches('[').trim_end_matches(']');
-    }
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
     }
 }
 

@@ -80,10 +80,7 @@ impl Initial {
                 layered: None,
             });
         };
-        let bytes = std::fs::read(path).map_err(|source| layered::PolicyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = layered::read(path)?;
         let l = layered::apply(flags, path, &bytes)?;
         // The flags' own warnings are logged with the flags; these are the file's.
         for warning in l

@@ -249,20 +249,11 @@ fn outbound_policy(defaults: &RoutePolicy, route: &RouteOverride) -> RoutePolicy
     policy.tls = route.tls.unwrap_or(policy.tls);
     route.apply(&mut policy.retry);
     route.apply_modes(&mut policy.modes);
-    // Outbound always has a bulkhead (the flags' defaults).
-    let mut bulkhead = policy.bulkhead.unwrap_or(BulkheadPolicy {
-        max_concurrent: ConcurrencyLimit::Fixed(1024),
-        min: 4,
-        max: 1024,
-        max_queue: 0,
-        queue_timeout: Duration::from_secs(1),
-    });
     route.limits.apply(
         &mut policy.breaker,
-        &mut bulkhead,
+        policy.bulkhead.as_mut(),
         &mut policy.max_ejection_percent,
     );
-    policy.bulkhead = Some(bulkhead);
     policy
 }
 
@@ -273,26 +264,26 @@ fn inbound_policy(defaults: &RoutePolicy, route: &RouteOverride, config: &Config
     policy.timeout = route.timeout.unwrap_or(policy.timeout);
     policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
     policy.modes.bulkhead = route.bulkhead_mode.unwrap_or(policy.modes.bulkhead);
-    let queue = config.inbound_queue;
-    let limit = route
-        .inbound_max_concurrent
-        .map(|n| ConcurrencyLimit::Fixed(usize::try_from(n).unwrap_or(usize::MAX)))
-        .or(policy.bulkhead.map(|b| b.max_concurrent));
-    policy.bulkhead = limit.map(|max_concurrent| {
-        let base = policy.bulkhead.unwrap_or(BulkheadPolicy {
-            max_concurrent,
-            min: 1,
-            max: usize::MAX,
-            max_queue: queue.max_queue,
-            queue_timeout: queue.queue_timeout,
-        });
-        BulkheadPolicy {
-            max_concurrent,
-            max_queue: route.inbound_max_queue.unwrap_or(base.max_queue),
-            queue_timeout: route.inbound_queue_timeout.unwrap_or(base.queue_timeout),
-            ..base
-        }
-    });
+    // The queue: the route's, else the app's bulkhead's, else the flags'.
+    let base = policy.bulkhead;
+    let (max_queue, queue_timeout) = base.map_or(
+        (
+            config.inbound_queue.max_queue,
+            config.inbound_queue.queue_timeout,
+        ),
+        |b| (b.max_queue, b.queue_timeout),
+    );
+    let max_queue = route.inbound_max_queue.unwrap_or(max_queue);
+    let queue_timeout = route.inbound_queue_timeout.unwrap_or(queue_timeout);
+    policy.bulkhead = match (route.inbound_max_concurrent, base) {
+        (Some(n), _) => Some(BulkheadPolicy::fixed(n, max_queue, queue_timeout)),
+        (None, Some(b)) => Some(BulkheadPolicy {
+            max_queue,
+            queue_timeout,
+            ..b
+        }),
+        (None, None) => None,
+    };
     policy
 }
 
@@ -380,11 +371,7 @@ impl DestinationState {
 
     /// Counts a decision an observed policy did not carry out.
     pub fn observe(&self, policy: Observable, action: &'static str) {
-        let i = Observable::ALL
-            .iter()
-            .position(|p| *p == policy)
-            .unwrap_or_default();
-        self.observed[i].fetch_add(1, Ordering::Relaxed);
+        self.observed[policy.index()].fetch_add(1, Ordering::Relaxed);
         self.metrics.count_observed(policy.as_str(), action);
     }
 
@@ -397,10 +384,10 @@ impl DestinationState {
             .map(|list| list.iter().map(|e| e.snapshot(now)).collect())
             .unwrap_or_default();
         let mut observed = serde_json::Map::new();
-        for (i, p) in Observable::ALL.into_iter().enumerate() {
+        for p in Observable::ALL {
             observed.insert(
                 p.as_str().into(),
-                self.observed[i].load(Ordering::Relaxed).into(),
+                self.observed[p.index()].load(Ordering::Relaxed).into(),
             );
         }
         let effective = Modes {

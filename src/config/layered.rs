@@ -68,11 +68,15 @@ impl PolicyError {
 
 /// Reads `path` and applies it over `flags`.
 pub fn load(flags: &Config, path: &Path) -> Result<Layered, PolicyError> {
-    let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+    apply(flags, path, &read(path)?)
+}
+
+/// The file's bytes, or why it cannot be read, naming it.
+pub fn read(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    std::fs::read(path).map_err(|source| PolicyError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    apply(flags, path, &bytes)
+    })
 }
 
 /// Applies the file's `bytes` over `flags`, validated as the flags are.
@@ -165,30 +169,21 @@ fn apply_defaults(config: &mut Config, d: &RouteOverride) {
     d.apply(&mut config.retry);
     d.limits.apply(
         &mut config.breaker,
-        &mut config.bulkhead,
+        Some(&mut config.bulkhead),
         &mut config.max_ejection_percent,
     );
     d.apply_modes(&mut config.modes);
     let q = &mut config.inbound_queue;
     q.max_queue = d.inbound_max_queue.unwrap_or(q.max_queue);
     q.queue_timeout = d.inbound_queue_timeout.unwrap_or(q.queue_timeout);
-    let limit = d
-        .inbound_max_concurrent
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-        .or(match config.inbound_bulkhead {
-            Some(BulkheadPolicy {
-                max_concurrent: ConcurrencyLimit::Fixed(n),
-                ..
-            }) => Some(n),
-            _ => None,
-        });
-    config.inbound_bulkhead = limit.map(|n| BulkheadPolicy {
-        max_concurrent: ConcurrencyLimit::Fixed(n),
-        min: 1,
-        max: usize::MAX,
-        max_queue: q.max_queue,
-        queue_timeout: q.queue_timeout,
+    let limit = d.inbound_max_concurrent.or(match config.inbound_bulkhead {
+        Some(BulkheadPolicy {
+            max_concurrent: ConcurrencyLimit::Fixed(n),
+            ..
+        }) => u64::try_from(n).ok(),
+        _ => None,
     });
+    config.inbound_bulkhead = limit.map(|n| BulkheadPolicy::fixed(n, q.max_queue, q.queue_timeout));
 }
 
 /// FNV-1a, 64 bits: a version stamp, not a defence against anyone.

@@ -352,7 +352,7 @@ impl LimitOverrides {
     pub fn apply(
         &self,
         breaker: &mut BreakerConfig,
-        bulkhead: &mut BulkheadPolicy,
+        bulkhead: Option<&mut BulkheadPolicy>,
         ejection: &mut u8,
     ) {
         let b = breaker;
@@ -369,7 +369,7 @@ impl LimitOverrides {
         b.slow_call = self.breaker_slow_call.or(b.slow_call);
         b.slow_call_rate = self.breaker_slow_call_rate.unwrap_or(b.slow_call_rate);
         *ejection = self.max_ejection_percent.unwrap_or(*ejection);
-        let q = bulkhead;
+        let Some(q) = bulkhead else { return };
         q.max_concurrent = self.max_concurrent.unwrap_or(q.max_concurrent);
         q.min = self.max_concurrent_min.unwrap_or(q.min);
         q.max = self.max_concurrent_max.unwrap_or(q.max);

@@ -38,7 +38,7 @@ impl Effective {
         let mut ejection = config.max_ejection_percent;
         route
             .limits
-            .apply(&mut p.breaker, &mut p.bulkhead, &mut ejection);
+            .apply(&mut p.breaker, Some(&mut p.bulkhead), &mut ejection);
         p
     }
 }

@@ -59,6 +59,20 @@ pub struct BulkheadPolicy {
 }
 
 impl BulkheadPolicy {
+    /// A fixed limit of `n` with its queue: the bulkhead in front of the app
+    /// (`--inbound-max-concurrent`, an inbound route's), which never adapts.
+    pub fn fixed(n: u64, max_queue: usize, queue_timeout: Duration) -> Self {
+        BulkheadPolicy {
+            max_concurrent: ConcurrencyLimit::Fixed(usize::try_from(n).unwrap_or(usize::MAX)),
+            min: 1,
+            max: usize::MAX,
+            max_queue,
+            queue_timeout,
+        }
+    }
+}
+
+impl BulkheadPolicy {
     /// The limit to start with: the fixed one, or for `auto` a modest start
     /// within its bounds (20, as Netflix's limiters start). Start-up refuses
     /// `min > max`; were it to get here, `min` wins (as in the adaptive limit)

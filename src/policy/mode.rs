@@ -68,6 +68,11 @@ impl Observable {
         Observable::RetryBudget,
     ];
 
+    /// Its place in [`Observable::ALL`], for per-policy arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Observable::Breaker => "breaker",
@@ -123,17 +128,13 @@ impl ModeCell {
     }
 
     pub fn set(&self, modes: Modes) {
-        for (i, p) in Observable::ALL.into_iter().enumerate() {
-            self.observe[i].store(modes.of(p) == Mode::Observe, Ordering::Relaxed);
+        for p in Observable::ALL {
+            self.observe[p.index()].store(modes.of(p) == Mode::Observe, Ordering::Relaxed);
         }
     }
 
     pub fn get(&self, policy: Observable) -> Mode {
-        let i = Observable::ALL
-            .iter()
-            .position(|p| *p == policy)
-            .unwrap_or_default();
-        if self.observe[i].load(Ordering::Relaxed) {
+        if self.observe[policy.index()].load(Ordering::Relaxed) {
             Mode::Observe
         } else {
             Mode::Enforce
@@ -166,5 +167,8 @@ mod tests {
         assert_eq!(cell.get(Observable::Bulkhead), Mode::Observe);
         assert_eq!(cell.get(Observable::Breaker), Mode::Enforce);
         assert_eq!(cell.snapshot().bulkhead, Mode::Observe);
+        for (i, p) in Observable::ALL.into_iter().enumerate() {
+            assert_eq!(p.index(), i, "ALL is in declaration order");
+        }
     }
 }
