@@ -34,6 +34,8 @@ pub struct AccessEntry {
     pub request_id: String,
     pub reason: Option<&'static str>,
     pub broken_body: bool,
+    /// A fault a route injected on purpose: `delay` or `abort`.
+    pub fault: Option<&'static str>,
 }
 
 impl InFlight {
@@ -56,6 +58,11 @@ impl InFlight {
 
     pub fn metrics(&self) -> &DestinationMetrics {
         &self.metrics
+    }
+
+    /// When the request arrived: its deadline counts from here.
+    pub fn started(&self) -> Instant {
+        self.start
     }
 
     /// Keeps the bulkhead slot until the response body ends.
@@ -104,6 +111,7 @@ impl Drop for InFlight {
                 request_id = %a.request_id,
                 reason = a.reason.unwrap_or(""),
                 broken_body = a.broken_body,
+                fault = a.fault.unwrap_or(""),
             );
         }
     }

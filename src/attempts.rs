@@ -23,7 +23,7 @@ use crate::error::ProxyError;
 use crate::forward::{AttemptError, Failed, Forwarder, Hold, Sent};
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
-use crate::policy::retry::{self, Outcome};
+use crate::policy::retry::{self, Outcome, RetryPolicy};
 use crate::transport::client_body::ClientBody;
 use crate::transport::replay::ReplayBody;
 
@@ -43,19 +43,21 @@ pub struct Answer {
     pub first_frame: Option<Result<Frame<Bytes>, hyper::Error>>,
 }
 
-/// Sends the request until an attempt's outcome is final or nothing allows
-/// another; returns the last outcome.
-pub async fn send(
-    forwarder: &Forwarder,
-    ctx: &RequestCtx<'_>,
-    req: Request<ClientBody>,
-) -> Result<Answer, ProxyError> {
-    let state = ctx.state;
-    let deadline = ctx.deadline;
-    let policy = &state.policy.retry;
+/// A request whose body is kept as far as its retries need, and whether it
+/// is safe to repeat.
+pub struct Kept {
+    pub req: Request<ReplayBody>,
+    pub idempotent: bool,
+}
+
+/// Wraps the client's body so that it is kept as far as the retry policy
+/// needs, or whole up to `retry-body-limit` when `copied` (a mirror's copy).
+pub fn keep_body(req: Request<ClientBody>, policy: &RetryPolicy, copied: bool) -> Kept {
     let idempotent = retry::is_idempotent(req.method(), req.headers());
-    let mut req = req.map(|body| {
-        if policy.retries == 0 {
+    let req = req.map(|body| {
+        if copied {
+            ReplayBody::replayable(body, policy.body_limit)
+        } else if policy.retries == 0 {
             ReplayBody::once(body)
         } else {
             // A request that is not safe to repeat keeps nothing: only a body that
@@ -63,6 +65,23 @@ pub async fn send(
             ReplayBody::replayable(body, if idempotent { policy.body_limit } else { 0 })
         }
     });
+    Kept { req, idempotent }
+}
+
+/// Sends the request until an attempt's outcome is final or nothing allows
+/// another; returns the last outcome.
+pub async fn send(
+    forwarder: &Forwarder,
+    ctx: &RequestCtx<'_>,
+    kept: Kept,
+) -> Result<Answer, ProxyError> {
+    let state = ctx.state;
+    let deadline = ctx.deadline;
+    let policy = &state.policy.retry;
+    let Kept {
+        mut req,
+        idempotent,
+    } = kept;
     // A retry after the upstream has seen the request needs a copy made before
     // it leaves; a request that never left comes back from the forwarder.
     let copies = idempotent && policy.retries_sent();
@@ -219,7 +238,7 @@ async fn peek_grpc_trailers(sent: Sent) -> Answer {
 
 /// Another attempt's request: the same head, and the body replayed (none when
 /// it cannot be).
-fn copy_of(req: &Request<ReplayBody>) -> Option<Request<ReplayBody>> {
+pub fn copy_of(req: &Request<ReplayBody>) -> Option<Request<ReplayBody>> {
     let mut copy = Request::new(req.body().try_clone()?);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();

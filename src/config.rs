@@ -7,6 +7,7 @@ pub mod layered;
 pub mod policy_file;
 pub mod route;
 pub mod tls;
+pub mod traffic;
 pub use crate::units;
 pub mod validate;
 

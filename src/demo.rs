@@ -1,9 +1,15 @@
 //! `breakwater demo`: a flaky service on loopback, load straight at it and load
 //! through breakwater (outbound, on built-in defaults), and a table of what each
 //! client saw. It measures for real; as policies land, the second column shows them.
+//!
+//! `breakwater demo --strangler` is the other scene (`demo/strangler.rs`): an
+//! old and a new service, part of the old one's traffic split and the rest
+//! mirrored to the new one, and a table of where requests went by breakwater's
+//! counters and by the services' own.
 
 mod flaky;
 mod load;
+mod strangler;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,7 +32,14 @@ pub fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args)) {
+    let scene = async {
+        if args.strangler {
+            strangler::run(args).await
+        } else {
+            run(args).await
+        }
+    };
+    match runtime.block_on(scene) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("breakwater demo: {e}");

@@ -27,6 +27,7 @@ pub enum Reason {
     MalformedBody,
     ClientGone,
     ClientTimeout,
+    FaultInjected,
 }
 
 /// Whose doing a failure was, which decides the metric family it is counted in.
@@ -44,7 +45,7 @@ pub enum Counted {
 
 impl Reason {
     /// Every reason, in the README's order of statuses.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::ConnectFailure,
         Reason::Reset,
         Reason::Protocol,
@@ -59,6 +60,7 @@ impl Reason {
         Reason::MalformedBody,
         Reason::ClientGone,
         Reason::ClientTimeout,
+        Reason::FaultInjected,
     ];
 
     /// The `x-breakwater-reason` value, a stable token users alert and grep on.
@@ -78,11 +80,13 @@ impl Reason {
             Reason::MalformedBody => "malformed-body",
             Reason::ClientGone => "client-gone",
             Reason::ClientTimeout => "client-timeout",
+            Reason::FaultInjected => "fault-injected",
         }
     }
 
     /// The status of breakwater's answer (a gRPC client's `protocol` answer is
-    /// HTTP 200 with `grpc-status`: see [`ProxyError::status`]).
+    /// HTTP 200 with `grpc-status`, and an injected fault's is the route's:
+    /// see [`ProxyError::status`]).
     pub const fn status(self) -> StatusCode {
         match self {
             Reason::ConnectFailure | Reason::Reset | Reason::Protocol => StatusCode::BAD_GATEWAY,
@@ -91,7 +95,8 @@ impl Reason {
             | Reason::AppNotReady
             | Reason::CircuitOpen
             | Reason::BulkheadFull
-            | Reason::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::QueueTimeout
+            | Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             Reason::BadRequest | Reason::MalformedBody | Reason::ClientGone => {
                 StatusCode::BAD_REQUEST
             }
@@ -110,7 +115,8 @@ impl Reason {
             | Reason::AppNotReady
             | Reason::CircuitOpen
             | Reason::BulkheadFull
-            | Reason::QueueTimeout => Counted::Rejection,
+            | Reason::QueueTimeout
+            | Reason::FaultInjected => Counted::Rejection,
             Reason::BadRequest
             | Reason::UriTooLong
             | Reason::MalformedBody
@@ -196,6 +202,9 @@ pub enum ProxyError {
     /// The request target is longer than `--max-uri-bytes`.
     #[error("request target longer than {0} bytes (--max-uri-bytes)")]
     UriTooLong(usize),
+    /// A route's `fault-abort` answered the request, on purpose.
+    #[error("fault injected by route {route} (fault-abort)")]
+    FaultInjected { status: StatusCode, route: String },
 }
 
 impl ProxyError {
@@ -204,6 +213,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Protocol { grpc: true, .. } => StatusCode::OK,
+            ProxyError::FaultInjected { status, .. } => *status,
             other => other.kind().status(),
         }
     }
@@ -231,6 +241,7 @@ impl ProxyError {
             ProxyError::ClientGone(_) => Reason::ClientGone,
             ProxyError::ClientTimeout(_) => Reason::ClientTimeout,
             ProxyError::UriTooLong(_) => Reason::UriTooLong,
+            ProxyError::FaultInjected { .. } => Reason::FaultInjected,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::drain::DrainWatch;
 use crate::error::{Counted, ProxyError};
 use crate::forward::Forwarder;
 use crate::metrics::Direction;
+use crate::mirror;
 use crate::policy::bulkhead::Refusal;
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
@@ -58,6 +59,7 @@ pub fn access_entry(direction: Direction, req: &Request<Incoming>) -> AccessEntr
             .unwrap_or_default(),
         reason: None,
         broken_body: false,
+        fault: None,
     }
 }
 
@@ -97,20 +99,21 @@ pub async fn send(
     mut req: Request<Incoming>,
     client_upgrade: Option<OnUpgrade>,
     mut in_flight: InFlight,
-    started: Instant,
     drain: &DrainWatch,
+    mirror: Option<mirror::Pending>,
 ) -> Response<ProxyBody> {
+    let started = in_flight.started();
     let http1 = req.version() < http::Version::HTTP_2;
-    if let Err(e) = point_at(&mut req, &state.authority) {
-        let unread = body_unread(&req);
-        return fail(e, in_flight, unread);
-    }
-    // A caller that announced a shorter deadline will not wait for ours.
-    let budget = match deadline::incoming(req.headers()) {
-        Some(theirs) => theirs.min(state.policy.timeout),
-        None => state.policy.timeout,
+    let point = point_at(&mut req, &state.authority);
+    let budget = budget(req.headers(), state);
+    let slot = match point {
+        Ok(()) => take_slot(state, &mut in_flight).await,
+        Err(e) => Err(e),
     };
-    if let Err(e) = take_slot(state, &mut in_flight).await {
+    if let Err(e) = slot {
+        if let Some(mirror) = mirror {
+            mirror.refused(forwarder, &req, e.status());
+        }
         let unread = body_unread(&req);
         return fail(e, in_flight, unread);
     }
@@ -134,9 +137,19 @@ pub async fn send(
         slot_granted,
         body: watch.as_deref(),
     };
+    let kept = attempts::keep_body(req, &state.policy.retry, mirror.is_some());
+    // A mirror's copy: the head as it is now, the body as it will have been read.
+    let held = mirror.as_ref().and_then(|_| attempts::copy_of(&kept.req));
     // The retry loop: per attempt pick → admit → per-try timeout(send) → record.
-    let sent = attempts::send(forwarder, &ctx, req).await;
+    let sent = attempts::send(forwarder, &ctx, kept).await;
     adapt_limit(&ctx, &sent, in_flight_at_start);
+    if let Some(mirror) = mirror {
+        let status = match &sent {
+            Ok(answer) => answer.response.status(),
+            Err(e) => e.status(),
+        };
+        mirror.launch(forwarder, held, status);
+    }
     let (mut resp, first, hold) = match sent {
         Ok(answer) => (answer.response, answer.first_frame, answer.hold),
         Err(e) => {
@@ -152,6 +165,29 @@ pub async fn send(
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
     in_flight.set_status(resp.status().as_u16());
     resp.map(|body| ProxyBody::upstream(body, first, hold).with_in_flight(in_flight))
+}
+
+/// The request's time: the route's `timeout`, or the caller's shorter
+/// deadline (a caller that announced one will not wait for ours).
+pub fn budget(headers: &http::HeaderMap, state: &DestinationState) -> std::time::Duration {
+    match deadline::incoming(headers) {
+        Some(theirs) => theirs.min(state.policy.timeout),
+        None => state.policy.timeout,
+    }
+}
+
+/// The deadline a fault's delay must not outlast.
+pub fn fault_deadline<'a>(
+    req: &Request<Incoming>,
+    state: &'a DestinationState,
+    in_flight: &InFlight,
+) -> crate::fault::Deadline<'a> {
+    let budget = budget(req.headers(), state);
+    crate::fault::Deadline {
+        at: in_flight.started() + budget,
+        budget,
+        dest: &state.dest,
+    }
 }
 
 /// Takes a slot in the destination's bulkhead (if it has one), waiting in its

@@ -26,6 +26,7 @@ use crate::upstream::endpoint::{self, Endpoint, EndpointGuard};
 use crate::upstream::reconnect;
 
 /// Sends attempts to destinations' endpoints.
+#[derive(Clone)]
 pub struct Forwarder {
     connector: Arc<Connector>,
 }

@@ -14,11 +14,13 @@ use crate::destination;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
+use crate::fault;
 use crate::forward::Forwarder;
 use crate::health::{AppHealth, HealthState};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::transport::headers;
+use crate::upstream::traffic::RouteTraffic;
 use crate::upstream::{DestinationState, LastDestination, Registry, RouteTable};
 
 pub struct Inbound {
@@ -26,6 +28,7 @@ pub struct Inbound {
     /// The app, per port (redirected connections keep the port they targeted)
     /// and per inbound route.
     ports: Arc<Registry>,
+    metrics: Arc<Metrics>,
     app_ip: String,
     access_log: bool,
     max_uri_bytes: usize,
@@ -58,6 +61,7 @@ impl Inbound {
         Inbound {
             forwarder,
             ports,
+            metrics: metrics.clone(),
             app_ip,
             access_log: config.access_log,
             max_uri_bytes: config.limits.max_uri_bytes,
@@ -80,7 +84,7 @@ impl Inbound {
         &self,
         conn: &ClientConn<LastDestination>,
         req: &Request<Incoming>,
-    ) -> Arc<DestinationState> {
+    ) -> (Arc<DestinationState>, Option<Arc<RouteTraffic>>) {
         let port = match conn.orig_dst {
             Some(orig) => orig.port(),
             None => self.app_addr.port(),
@@ -94,11 +98,12 @@ impl Inbound {
             ""
         };
         let route = table.select(&RequestFacts::of(req, host, port));
-        conn.state.get_or(
+        let state = conn.state.get_or(
             // Every state here is the app's: its port and route tell them apart.
             |last| last.dest.port() == port && last.is_route(route.name),
             || self.ports.get(&self.app_ip, port, route),
-        )
+        );
+        (state, route.traffic.cloned())
     }
 
     /// The app's destinations, for `/upstreams`.
@@ -115,7 +120,7 @@ impl Inbound {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let app = self.target(&conn, &req);
+        let (app, traffic) = self.target(&conn, &req);
         let mut in_flight = InFlight::start(app.metrics.clone(), conn.activity.clone(), started);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
@@ -139,6 +144,22 @@ impl Inbound {
             let e = ProxyError::BadRequest("CONNECT is served on the outbound listener");
             return exchange::fail(e, in_flight, false);
         }
+        if let Some(traffic) = &traffic
+            && let Err(e) = {
+                let deadline = exchange::fault_deadline(&req, &app, &in_flight);
+                fault::inject(
+                    traffic,
+                    Direction::Inbound,
+                    &self.metrics,
+                    &mut in_flight,
+                    deadline,
+                )
+                .await
+            }
+        {
+            let unread = exchange::body_unread(&req);
+            return exchange::fail(e, in_flight, unread);
+        }
         let upgrade = exchange::prepare(&mut req);
         if let Some(name) = &self.identity_header {
             // Only breakwater vouches for an identity: a client's own is dropped.
@@ -155,8 +176,8 @@ impl Inbound {
             req,
             upgrade,
             in_flight,
-            started,
             &self.drain,
+            None,
         )
         .await
     }

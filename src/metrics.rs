@@ -122,6 +122,16 @@ pub const OUTBOUND_REJECTIONS: [&str; OUTBOUND] =
 pub const INBOUND_REJECTIONS: [&str; INBOUND] =
     reasons(Counted::Rejection, Some(Direction::Inbound));
 
+/// The series one route's traffic keys count under.
+pub struct TrafficSeries<'a> {
+    pub route: &'a str,
+    /// The destinations a split may send to, its own included where the
+    /// route names one host and port.
+    pub destinations: Vec<String>,
+    pub shadow: Option<String>,
+    pub faults: Vec<&'static str>,
+}
+
 /// Every metric family breakwater exports, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -148,6 +158,9 @@ pub struct Metrics {
     queued: IntGaugeVec,
     observed: IntCounterVec,
     pub policy_reloads: IntCounterVec,
+    split: IntCounterVec,
+    mirror: IntCounterVec,
+    faults: IntCounterVec,
     opaque_connections: IntCounterVec,
     opaque_connect_failures: IntCounterVec,
     opaque_bytes: IntCounterVec,
@@ -334,6 +347,41 @@ impl Metrics {
                     &["direction", "destination", "route", "policy", "action"],
                 ),
             ),
+            split: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_split_total",
+                        "Requests of a route with to= or split=, by the destination they \
+                         were sent to (the route's own included).",
+                    ),
+                    &["route", "destination"],
+                ),
+            ),
+            mirror: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_mirror_total",
+                        "Copies due to a shadow destination (mirror=), by outcome: its \
+                         status class matched the original's, did not, it gave no answer, \
+                         or the copy was skipped (unsafe method, body not replayable, \
+                         shadow busy).",
+                    ),
+                    &["destination", "outcome"],
+                ),
+            ),
+            faults: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_faults_injected_total",
+                        "Requests failed (abort) or slowed (delay) on purpose by a route's \
+                         fault-abort= or fault-delay=.",
+                    ),
+                    &["direction", "route", "kind"],
+                ),
+            ),
             policy_reloads: register(
                 r,
                 IntCounterVec::new(
@@ -513,6 +561,47 @@ impl Metrics {
         }
     }
 
+    /// Counts a request of a route that moves traffic, by where it went.
+    pub fn count_split(&self, route: &str, destination: &str) {
+        self.split.with_label_values(&[route, destination]).inc();
+    }
+
+    /// Counts a copy to a shadow, by outcome (`match`, `mismatch`, `error`, `skipped`).
+    pub fn count_mirror(&self, destination: &str, outcome: &str) {
+        self.mirror.with_label_values(&[destination, outcome]).inc();
+    }
+
+    /// Counts a fault injected on purpose (`abort` or `delay`).
+    pub fn count_fault(&self, direction: Direction, route: &str, kind: &str) {
+        self.faults
+            .with_label_values(&[direction.as_str(), route, kind])
+            .inc();
+    }
+
+    /// Makes the series a route table's traffic keys will count, at zero, so
+    /// that a migration dashboard and its alerts have them before the first
+    /// request: split shares per destination, mirror outcomes, faults.
+    pub fn traffic_series<'a>(
+        &self,
+        direction: Direction,
+        routes: impl IntoIterator<Item = TrafficSeries<'a>>,
+    ) {
+        for r in routes {
+            for dest in &r.destinations {
+                self.split.with_label_values(&[r.route, dest]);
+            }
+            if let Some(shadow) = &r.shadow {
+                for outcome in ["match", "mismatch", "error", "skipped"] {
+                    self.mirror.with_label_values(&[shadow, outcome]);
+                }
+            }
+            for kind in r.faults {
+                self.faults
+                    .with_label_values(&[direction.as_str(), r.route, kind]);
+            }
+        }
+    }
+
     pub fn listener(&self, name: &'static str) -> ListenerMetrics {
         ListenerMetrics {
             accepted: self.connections.with_label_values(&[name]),
@@ -589,11 +678,22 @@ mod tests {
         }
         assert_eq!(
             OUTBOUND_REJECTIONS,
-            ["no-route", "circuit-open", "bulkhead-full", "queue-timeout"]
+            [
+                "no-route",
+                "circuit-open",
+                "bulkhead-full",
+                "queue-timeout",
+                "fault-injected"
+            ]
         );
         assert_eq!(
             INBOUND_REJECTIONS,
-            ["app-not-ready", "bulkhead-full", "queue-timeout"]
+            [
+                "app-not-ready",
+                "bulkhead-full",
+                "queue-timeout",
+                "fault-injected"
+            ]
         );
     }
 

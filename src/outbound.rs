@@ -18,7 +18,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -29,12 +29,30 @@ use crate::destination;
 use crate::drain::DrainWatch;
 use crate::error::ProxyError;
 use crate::exchange;
+use crate::fault;
 use crate::forward::Forwarder;
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::mirror;
 use crate::transport::headers;
 use crate::tunnel;
-use crate::upstream::{DestinationState, LastDestination, Registry};
+use crate::upstream::traffic::RouteTraffic;
+use crate::upstream::{DestinationState, LastDestination, Registry, Selected};
+
+/// Where a request goes and what its route does with it.
+struct Routed {
+    state: Arc<DestinationState>,
+    /// The traffic keys of the route it matched, if it has any.
+    traffic: Option<Arc<RouteTraffic>>,
+    /// Set when `to` or `split` moved it to `state`'s destination.
+    moved: Option<Moved>,
+}
+
+/// A request moved to another destination, and that destination's route's
+/// traffic keys (whose faults apply too).
+struct Moved {
+    traffic: Option<Arc<RouteTraffic>>,
+}
 
 pub struct Outbound {
     forwarder: Forwarder,
@@ -89,10 +107,10 @@ impl Outbound {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let destination = exchange::check_request(&req, self.max_uri_bytes)
+        let routed = exchange::check_request(&req, self.max_uri_bytes)
             .and_then(|()| self.destination(&conn, &req));
-        let metrics = match &destination {
-            Ok(state) => state.metrics.clone(),
+        let metrics = match &routed {
+            Ok(r) => r.state.metrics.clone(),
             Err(_) => self.unrouted.clone(),
         };
         let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started);
@@ -100,8 +118,12 @@ impl Outbound {
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Outbound, &req));
         }
-        let state = match destination {
-            Ok(state) => state,
+        let Routed {
+            state,
+            traffic,
+            moved,
+        } = match routed {
+            Ok(routed) => routed,
             Err(e) => {
                 let unread = exchange::body_unread(&req);
                 return exchange::fail(e, in_flight, unread);
@@ -111,24 +133,72 @@ impl Outbound {
             return self.connect(&state, req, in_flight).await;
         }
         let upgrade = exchange::prepare(&mut req);
+        let mut mirror = None;
+        if let Some(traffic) = &traffic {
+            if let Err(e) = self
+                .steer(traffic, moved.as_ref(), &state, &mut req, &mut in_flight)
+                .await
+            {
+                let unread = exchange::body_unread(&req);
+                return exchange::fail(e, in_flight, unread);
+            }
+            mirror = mirror::plan(
+                traffic,
+                &req,
+                &state.dest,
+                state.policy.retry.body_limit,
+                &self.registry,
+                &self.metrics,
+            );
+        }
         exchange::send(
             &self.forwarder,
             &state,
             req,
             upgrade,
             in_flight,
-            started,
             &self.drain,
+            mirror,
         )
         .await
     }
 
-    /// Finds the destination's state, from the connection's last one when it is the same.
+    /// What a route with traffic keys does before the request is sent: count
+    /// where a split sent it and name its new destination in `Host`, then
+    /// the faults of the route it matched and of the route it was moved to.
+    async fn steer(
+        &self,
+        traffic: &RouteTraffic,
+        moved: Option<&Moved>,
+        state: &DestinationState,
+        req: &mut Request<Incoming>,
+        in_flight: &mut InFlight,
+    ) -> Result<(), ProxyError> {
+        if traffic.moves.is_some() {
+            self.metrics
+                .count_split(&traffic.route, state.metrics.label());
+        }
+        if moved.is_some() && !traffic.keep_host {
+            let host = HeaderValue::from_str(state.authority.as_str())
+                .map_err(|_| ProxyError::BadRequest("the new destination is not a valid Host"))?;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let out = Direction::Outbound;
+        let deadline = exchange::fault_deadline(req, state, in_flight);
+        fault::inject(traffic, out, &self.metrics, in_flight, deadline).await?;
+        if let Some(there) = moved.and_then(|m| m.traffic.as_ref()) {
+            fault::inject(there, out, &self.metrics, in_flight, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Finds the destination's state, from the connection's last one when it
+    /// is the same; a route's `to` or `split` may send the request elsewhere.
     fn destination(
         &self,
         conn: &ClientConn<LastDestination>,
         req: &Request<Incoming>,
-    ) -> Result<Arc<DestinationState>, ProxyError> {
+    ) -> Result<Routed, ProxyError> {
         // A redirected connection goes where the app sent it, unless the request
         // names an absolute target (an HTTP proxy client behind iptables).
         let (host, port) = match (&conn.orig_dst, &conn.orig_dst_host) {
@@ -145,11 +215,47 @@ impl Outbound {
         // The route: first match on host, port, path, method and headers, in
         // the table in force now (one atomic load).
         let table = self.registry.routes();
-        let route = table.select(&RequestFacts::of(req, host, port));
-        Ok(conn.state.get_or(
-            |last| last.is(host, port, route.name),
-            || self.registry.get(host, port, route),
-        ))
+        let facts = RequestFacts::of(req, host, port);
+        let route = table.select(&facts);
+        let state_of = |host: &str, port: u16, route: Selected<'_>| {
+            conn.state.get_or(
+                |last| last.is(host, port, route.name),
+                || self.registry.get(host, port, route),
+            )
+        };
+        let Some(traffic) = route.traffic else {
+            return Ok(Routed {
+                state: state_of(host, port, route),
+                traffic: None,
+                moved: None,
+            });
+        };
+        let Some(to) = traffic.moved_to(req.headers()) else {
+            return Ok(Routed {
+                state: state_of(host, port, route),
+                traffic: Some(traffic.clone()),
+                moved: None,
+            });
+        };
+        if self.is_own_listener(to.host(), to.port()) {
+            return Err(ProxyError::NoRoute(
+                "a route's to= or split= names breakwater's own outbound listener",
+            ));
+        }
+        // Moved once: the new destination's route lends its policy, state and
+        // faults; its own `to` and `split` are not followed.
+        let there = table.select(&RequestFacts {
+            host: to.host(),
+            port: to.port(),
+            ..facts
+        });
+        Ok(Routed {
+            state: state_of(to.host(), to.port(), there),
+            traffic: Some(traffic.clone()),
+            moved: Some(Moved {
+                traffic: there.traffic.cloned(),
+            }),
+        })
     }
 
     fn is_own_listener(&self, host: &str, port: u16) -> bool {

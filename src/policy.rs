@@ -11,3 +11,4 @@ pub mod limits;
 pub mod mode;
 pub mod overrides;
 pub mod retry;
+pub mod traffic;

@@ -33,7 +33,7 @@ pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
             HeaderValue::from(retry_after_secs(after)),
         );
     }
-    if err.status().is_client_error() {
+    if err.is_client_fault() {
         // The client sent something we will not forward; do not trust the rest of
         // its byte stream either.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

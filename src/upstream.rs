@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod reconnect;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,7 +17,7 @@ use crate::config::{
     BreakerConfig, BulkheadPolicy, Config, Modes, Protocol, RequestFacts, RetryPolicy,
     RouteDirection, RouteOverride,
 };
-use crate::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::metrics::{DestinationMetrics, Direction, Metrics, TrafficSeries};
 use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
 use crate::policy::bulkhead::Bulkhead;
@@ -28,6 +29,7 @@ use arc_swap::ArcSwap;
 use endpoint::{EndpointConfig, Endpoints};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use traffic::{RouteTraffic, Shadow};
 
 /// The policy in force for the requests of one route to one destination: the
 /// global flags (and the policy file's defaults), overridden by the route.
@@ -68,6 +70,8 @@ struct CompiledRoute {
     route: RouteOverride,
     name: Arc<str>,
     policy: RoutePolicy,
+    /// `to`, `split`, `mirror` and faults; `None` on most routes.
+    traffic: Option<Arc<RouteTraffic>>,
 }
 
 /// The routes a request is matched against, first match wins, and what
@@ -84,6 +88,7 @@ pub struct RouteTable {
 pub struct Selected<'a> {
     pub name: &'a Arc<str>,
     pub policy: &'a RoutePolicy,
+    pub traffic: Option<&'a Arc<RouteTraffic>>,
 }
 
 impl RouteTable {
@@ -165,7 +170,22 @@ impl RouteTable {
                 route: route.clone(),
                 name: name.into(),
                 policy,
+                traffic: None,
             });
+        }
+        // Second pass: a mirror's shadow takes the policy its destination
+        // gets from this table.
+        let traffic: Vec<Option<Arc<RouteTraffic>>> = routes
+            .iter()
+            .map(|r| {
+                RouteTraffic::compile(&r.name, &r.route.traffic, |shadow| {
+                    destination_policy(&routes, &defaults, shadow).clone()
+                })
+                .map(Arc::new)
+            })
+            .collect();
+        for (r, t) in routes.iter_mut().zip(traffic) {
+            r.traffic = t;
         }
         RouteTable {
             default_name: DEFAULT_ROUTE.into(),
@@ -188,6 +208,7 @@ impl RouteTable {
                 return Selected {
                     name: &r.name,
                     policy: &r.policy,
+                    traffic: r.traffic.as_ref(),
                 };
             }
         }
@@ -198,18 +219,58 @@ impl RouteTable {
         Selected {
             name: &self.default_name,
             policy: &self.defaults,
+            traffic: None,
         }
     }
 
-    /// The policy of the route labelled `name` in this table.
+    /// The policy of the route (or a route's shadow) labelled `name` in this table.
     pub fn named(&self, name: &str) -> Option<&RoutePolicy> {
         if *name == *self.default_name {
             return Some(&self.defaults);
         }
+        self.routes.iter().find_map(|r| {
+            if *r.name == *name {
+                return Some(&r.policy);
+            }
+            let shadow = r.traffic.as_ref()?.mirror.as_ref()?;
+            (*shadow.label == *name).then_some(&shadow.policy)
+        })
+    }
+
+    /// The series the routes' traffic keys count under, to make them at zero.
+    pub fn traffic_series(&self) -> Vec<TrafficSeries<'_>> {
         self.routes
             .iter()
-            .find(|r| *r.name == *name)
-            .map(|r| &r.policy)
+            .filter_map(|r| {
+                let t = r.traffic.as_ref()?;
+                let mut destinations: Vec<String> = Vec::new();
+                if let Some(split) = &t.moves {
+                    if let (Some(host), Some(port)) = (&r.route.host, r.route.port) {
+                        destinations.push(Destination::new(host, port).to_string());
+                    }
+                    destinations.extend(split.targets().iter().map(|(d, _)| d.to_string()));
+                }
+                let faults = t.faults.as_ref().map_or(Vec::new(), |f| {
+                    let abort = f.abort.map(|_| "abort");
+                    let delay = f.delay.map(|_| "delay");
+                    abort.into_iter().chain(delay).collect()
+                });
+                Some(TrafficSeries {
+                    route: &r.name,
+                    destinations,
+                    shadow: t.mirror.as_ref().map(|m| m.plan.target.to_string()),
+                    faults,
+                })
+            })
+            .collect()
+    }
+
+    /// Every route that mirrors, with its shadow, for `/upstreams`.
+    pub fn shadows(&self) -> impl Iterator<Item = (&Arc<RouteTraffic>, &Shadow)> {
+        self.routes.iter().filter_map(|r| {
+            let t = r.traffic.as_ref()?;
+            Some((t, t.mirror.as_ref()?))
+        })
     }
 
     /// Whether the table has routes: without any, a request needs no facts
@@ -229,15 +290,42 @@ impl RouteTable {
             .routes
             .iter()
             .map(|r| {
-                serde_json::json!({
+                let mut route = serde_json::json!({
                     "route": r.name.as_ref(),
                     "match": &r.route,
                     "policy": &r.policy,
-                })
+                });
+                if let Some(t) = &r.traffic {
+                    route["traffic"] = serde_json::json!(t.keys);
+                }
+                route
             })
             .collect();
         serde_json::json!({ "default": self.defaults, "routes": routes })
     }
+}
+
+/// The policy requests to `dest` get when no path, method or header narrows
+/// them: the first route for its host and port that names nothing else.
+fn destination_policy<'a>(
+    routes: &'a [CompiledRoute],
+    defaults: &'a RoutePolicy,
+    dest: &Destination,
+) -> &'a RoutePolicy {
+    routes
+        .iter()
+        .find(|r| {
+            let m = &r.route;
+            m.host
+                .as_deref()
+                .is_none_or(|h| h.eq_ignore_ascii_case(dest.host()))
+                && m.port.is_none_or(|p| p == dest.port())
+                && m.path.is_none()
+                && m.path_prefix.is_none()
+                && m.method.is_none()
+                && m.headers.is_empty()
+        })
+        .map_or(defaults, |r| &r.policy)
 }
 
 /// An outbound route's keys over the defaults.
@@ -538,6 +626,7 @@ impl Registry {
         settings: EndpointSettings,
     ) -> Self {
         let overflow = Arc::new(metrics.destination(direction, "other", DEFAULT_ROUTE));
+        metrics.traffic_series(direction, routes.traffic_series());
         Registry {
             direction,
             routes: ArcSwap::new(routes),
@@ -590,11 +679,28 @@ impl Registry {
         state
     }
 
+    /// The state a route's copies to its shadow go through: the shadow
+    /// destination under the route's `mirror:` label, apart from real traffic.
+    pub fn shadow(&self, shadow: &Shadow) -> Arc<DestinationState> {
+        let dest = &shadow.plan.target;
+        self.get(
+            dest.host(),
+            dest.port(),
+            Selected {
+                name: &shadow.label,
+                policy: &shadow.policy,
+                traffic: None,
+            },
+        )
+    }
+
     /// Puts `table` in force for new requests. Learned state survives for each
     /// route whose policy is the same (its modes flipped in place); the rest is
     /// retired, so the next request builds it anew, while requests in flight
     /// finish under the state they hold.
     pub fn replace_routes(&self, table: Arc<RouteTable>) -> Replaced {
+        self.metrics
+            .traffic_series(self.direction, table.traffic_series());
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let mut replaced = Replaced::default();
         entries.retain(|(_, route), state| match table.named(route) {
@@ -618,9 +724,38 @@ impl Registry {
     }
 
     /// Every destination with a state of its own, for `/upstreams`.
+    /// A route's shadow is listed with what became of its copies, before
+    /// the first copy too.
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
         let entries: Vec<Arc<DestinationState>> = self.read().values().cloned().collect();
-        entries.iter().map(|s| s.snapshot(self.direction)).collect()
+        let mut all: Vec<serde_json::Value> =
+            entries.iter().map(|s| s.snapshot(self.direction)).collect();
+        let table = self.routes();
+        for (traffic, shadow) in table.shadows() {
+            let about = shadow.describe(&traffic.route);
+            let dest = &shadow.plan.target;
+            let state = entries
+                .iter()
+                .position(|s| s.dest == *dest && *s.route == *shadow.label);
+            match state {
+                Some(i) => {
+                    let mut about = about;
+                    if let Some(b) = &entries[i].bulkhead {
+                        about["in_flight"] = b.in_flight().into();
+                        about["limit"] = b.limit().into();
+                    }
+                    all[i]["shadow"] = about;
+                }
+                None => all.push(serde_json::json!({
+                    "destination": dest.to_string(),
+                    "direction": self.direction.as_str(),
+                    "route": shadow.label.as_ref(),
+                    "shadow": about,
+                    "endpoints": [],
+                })),
+            }
+        }
+        all
     }
 
     pub fn len(&self) -> usize {

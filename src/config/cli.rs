@@ -501,13 +501,20 @@ pub struct InitIptablesArgs {
 /// Flags of `breakwater demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Total load time, split between the direct run and the run through breakwater.
+    /// Total load time, split between the direct run and the run through breakwater
+    /// (with `--strangler`, all of it goes through breakwater).
     #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub duration: Duration,
 
     /// Concurrent client connections driving load.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+
+    /// The strangler-fig scene instead: an old and a new service, 10 % of the old
+    /// one's /orders split to the new one and the rest mirrored to it, and a table
+    /// of where requests went and how often the new one answered like the old one.
+    #[arg(long)]
+    pub strangler: bool,
 }
 
 /// `breakwater run`'s flags alone, for callers that hold them without the rest

@@ -274,7 +274,26 @@ pub const POLICY_KEYS: &[PolicyKey] = &[
         "inbound.queueTimeout",
         "500ms",
     ),
+    // Moving and copying traffic, and rehearsing failures: per route only.
+    route_key("to", Outbound, "orders:8080"),
+    route_key("keep-host", Outbound, "true"),
+    route_key("split", Outbound, "orders:8080@10"),
+    route_key("split-key", Outbound, "x-user"),
+    route_key("mirror", Outbound, "orders:8080@100"),
+    route_key("mirror-unsafe", Outbound, "true"),
+    route_key("fault-abort", Both, "503@10"),
+    route_key("fault-delay", Both, "200ms@10"),
 ];
+
+/// Keys that mean something only beside another: the key and value an
+/// example of `name` needs on its route to be accepted.
+pub fn companion(name: &str) -> Option<(&'static str, &'static str)> {
+    match name {
+        "keep-host" | "mirror-unsafe" => Some(("mirror", "orders:8080@100")),
+        "split-key" => Some(("split", "orders:8080@10")),
+        _ => None,
+    }
+}
 
 /// The key named `name`, among the policy keys.
 pub fn policy_key(name: &str) -> Option<&'static PolicyKey> {

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, Method};
 use serde::Serialize;
 
 use super::keys::{self, Applies};
+use super::traffic::TrafficKeys;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit, LimitError};
 use crate::policy::mode::{Mode, ModeError, Modes};
@@ -44,6 +45,16 @@ pub enum RouteError {
     NotAPort(String),
     #[error("port 0 cannot be routed")]
     PortZero,
+    #[error("route key '{key}' needs {needs} on the same route")]
+    Needs {
+        key: &'static str,
+        needs: &'static str,
+    },
+    #[error("route keys '{key}' and '{other}' cannot be on one route ({key} moves every request)")]
+    Excludes {
+        key: &'static str,
+        other: &'static str,
+    },
 }
 
 /// Why one `key=value` of a route is refused.
@@ -77,6 +88,18 @@ pub enum KeyError {
     NotAHeader(String),
     #[error(transparent)]
     Mode(#[from] ModeError),
+    #[error("'{0}' is not HOST:PORT (a destination to send to needs its port)")]
+    NotATarget(String),
+    #[error("'{0}' is not {1}")]
+    NotAShare(String, &'static str),
+    #[error("the shares add up to {0}%, more than 100")]
+    SplitOver(f64),
+    #[error("'{0}' is named twice")]
+    SplitTwice(String),
+    #[error("'{0}' is not a status from 400 to 599")]
+    NotAStatus(String),
+    #[error("'{0}' is neither a header name nor cookie:NAME")]
+    NotASplitKey(String),
     #[error("unknown key (known: {})", keys::route_keys_list())]
     Unknown,
 }
@@ -254,6 +277,9 @@ pub struct RouteOverride {
         serialize_with = "serialize_opt_duration"
     )]
     pub inbound_queue_timeout: Option<Duration>,
+    /// Where matched requests go instead, what is copied, and faults.
+    #[serde(flatten)]
+    pub traffic: TrafficKeys,
     /// Where the route was written, for messages: `--route` when `None`.
     #[serde(skip)]
     pub origin: Option<String>,
@@ -456,7 +482,7 @@ impl RouteOverride {
                 });
             }
         }
-        Ok(())
+        self.traffic.check()
     }
 
     /// Whether this route sets `key` itself.
@@ -550,7 +576,7 @@ impl RouteOverride {
             "retry-budget-min" => self.retry_budget_min = Some(parse_per_second(value)?),
             "retry-body-limit" => self.retry_body_limit = Some(parse_bytes(value)?),
             other => {
-                if !self.limits.set(other, value)? {
+                if !self.limits.set(other, value)? && !self.traffic.set(other, value)? {
                     return Err(KeyError::Unknown);
                 }
             }
@@ -651,7 +677,7 @@ impl RouteOverride {
     }
 }
 
-fn split_host_port(target: &str) -> Result<(String, Option<u16>), RouteError> {
+pub(super) fn split_host_port(target: &str) -> Result<(String, Option<u16>), RouteError> {
     // Bracketed IPv6: [::1]:8080 or [::1].
     if let Some(rest) = target.strip_prefix('[') {
         let (host, after) = rest
@@ -821,7 +847,8 @@ mod tests {
                 Applies::Inbound => ",direction=inbound",
                 _ => "",
             };
-            let spec = format!("*{direction},{}={}", k.name, k.example);
+            let with = keys::companion(k.name).map_or(String::new(), |(k, v)| format!(",{k}={v}"));
+            let spec = format!("*{direction},{}={}{with}", k.name, k.example);
             let spec = if k.name == "direction" {
                 format!("*,direction={}", k.example)
             } else {
@@ -829,7 +856,11 @@ mod tests {
             };
             RouteOverride::parse(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
             if let Some(default) = k.default {
-                let spec = format!("*{direction},{}={}", k.name, default.replace(',', "+"));
+                let spec = format!(
+                    "*{direction},{}={}{with}",
+                    k.name,
+                    default.replace(',', "+")
+                );
                 RouteOverride::parse(&spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
             }
         }

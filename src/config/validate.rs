@@ -90,6 +90,14 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
                 earlier + 1
             ))));
         }
+        for (key, dest) in route.traffic.destinations() {
+            if let Some(listener) = own_listener(config, dest) {
+                return Err(ConfigError::Conflict(scope.say(format!(
+                    "{key} ({dest}) is breakwater's own {listener} listener: \
+                     the request would come back to it"
+                ))));
+            }
+        }
         if let Some(first) = config.routes[..i].iter().find(|r| r.shadows(route)) {
             warnings.push(scope.say(format!(
                 "never matches: {} {} matches every request it would",
@@ -99,6 +107,24 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(warnings)
+}
+
+/// Which of breakwater's listeners `dest` names, if any: its port, on a
+/// loopback, unspecified or the listener's own address (or `localhost`).
+fn own_listener(config: &Config, dest: &crate::addr::Destination) -> Option<&'static str> {
+    let listeners = [
+        ("outbound", config.outbound_addr),
+        ("inbound", config.inbound_addr),
+        ("admin", config.admin_addr),
+    ];
+    let ip = dest.host().parse::<std::net::IpAddr>().ok();
+    listeners.into_iter().find_map(|(name, addr)| {
+        let local = match ip {
+            Some(ip) => ip.is_loopback() || ip.is_unspecified() || ip == addr.ip(),
+            None => dest.host().eq_ignore_ascii_case("localhost"),
+        };
+        (local && dest.port() == addr.port()).then_some(name)
+    })
 }
 
 fn rules(scope: &Scope<'_>, p: &Effective, warnings: &mut Vec<String>) -> Result<(), ConfigError> {

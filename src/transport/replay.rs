@@ -123,6 +123,23 @@ impl<B: Body + Unpin> ReplayBody<B> {
         }
     }
 
+    /// A copy from the first byte that will never read from the client: only
+    /// when the whole body has been read and kept (a mirror's copy, sent while
+    /// the original may still be streaming its answer). `None` otherwise.
+    pub fn whole(&self) -> Option<ReplayBody<B>> {
+        if let Kind::Replay {
+            shared, size_hint, ..
+        } = &self.kind
+        {
+            let s = lock(shared);
+            let all_read = s.inner.is_none() || size_hint.exact() == Some(s.kept_len as u64);
+            if s.overflowed || !all_read {
+                return None;
+            }
+        }
+        self.try_clone()
+    }
+
     /// Whether the body grew past the replay limit after part of it was sent:
     /// the one reason a retry-worthy request is not retried because of its body.
     pub fn too_large(&self) -> bool {
@@ -310,6 +327,21 @@ mod tests {
         assert_eq!(read_all(first).await.0, "1234567890");
         assert!(untouched.as_ref().is_some_and(|u| u.too_large()));
         assert!(untouched.as_ref().and_then(|u| u.try_clone()).is_none());
+    }
+
+    #[tokio::test]
+    async fn only_a_body_read_to_its_end_is_whole() {
+        let first = ReplayBody::replayable(body(&["ab", "cd"], true), 1024);
+        let held = first.try_clone().expect("untouched");
+        assert!(held.whole().is_none(), "nothing read yet");
+        assert_eq!(read_all(first).await, ("abcd".into(), true));
+        let whole = held.whole().expect("read to its end");
+        assert_eq!(read_all(whole).await, ("abcd".into(), true));
+        let big = ReplayBody::replayable(body(&["12345", "67890"], false), 6);
+        let held = big.try_clone().expect("untouched");
+        read_all(big).await;
+        assert!(held.whole().is_none(), "past the limit");
+        assert!(ReplayBody::<Frames>::empty().whole().is_some());
     }
 
     #[tokio::test]

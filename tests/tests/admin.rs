@@ -97,7 +97,6 @@ async fn a_scan_of_hosts_cannot_grow_the_destination_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_carries_the_trace_or_request_id() {
-    use std::io::BufRead;
     let app = spawn_echo().await;
     let mut proxy = spawn_binary_with(
         app.addr,
@@ -105,15 +104,7 @@ async fn the_access_log_carries_the_trace_or_request_id() {
         std::process::Stdio::piped(),
     )
     .await;
-    let stdout = proxy.child.stdout.take().expect("piped stdout");
-    let lines = std::thread::spawn(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| l.contains("breakwater::access"))
-            .take(2)
-            .collect::<Vec<String>>()
-    });
+    let lines = access_lines(&mut proxy, 2);
     let c = client();
     let traced = http::Request::get(format!("http://{}/traced", proxy.addrs.inbound))
         .header(

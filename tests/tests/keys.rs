@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use breakwater::cli::{Cli, Command as Subcommand};
 use breakwater::config::RouteOverride;
-use breakwater::config::keys::{Applies, MATCH_KEYS, POLICY_KEYS, PolicyKey, Scope};
+use breakwater::config::keys::{self, Applies, MATCH_KEYS, POLICY_KEYS, PolicyKey, Scope};
 use breakwater::inject::Plan;
 use breakwater::inject::yaml::Node;
 use clap::{CommandFactory, Parser};
@@ -245,10 +245,11 @@ fn a_flag_key_means_the_same_as_flag_env_variable_and_policy_file_default() {
 
 /// `--route` with `key` at its example, on a route of a direction it applies to.
 fn route_spec(key: &PolicyKey) -> String {
+    let with = keys::companion(key.name).map_or(String::new(), |(k, v)| format!(",{k}={v}"));
     match (key.name, key.applies) {
         ("direction", _) => format!("*,direction={}", key.example),
         (_, Applies::Inbound) => format!("*,direction=inbound,{}={}", key.name, key.example),
-        _ => format!("*,{}={}", key.name, key.example),
+        _ => format!("*,{}={}{with}", key.name, key.example),
     }
 }
 
@@ -270,6 +271,9 @@ fn parse_run(args: &[&str]) -> Result<breakwater::config::cli::RunArgs, String> 
 fn json_field(key: &str) -> String {
     match key {
         "header" => "headers".into(),
+        // Folded into what they qualify.
+        "mirror-unsafe" => "mirror".into(),
+        "fault-abort" | "fault-delay" => "faults".into(),
         other => other.replace('-', "_"),
     }
 }
@@ -324,6 +328,9 @@ fn every_route_key_is_taken_by_the_route_flag_and_the_policy_file() {
             }
             name => format!("{name}: {}", quoted(key.example)),
         });
+        if let Some((with, value)) = keys::companion(key.name) {
+            lines.push(format!("{with}: {}", quoted(value)));
+        }
         for (j, line) in lines.iter().enumerate() {
             file.push_str(if j == 0 { "  - " } else { "    " });
             file.push_str(line);
@@ -623,20 +630,24 @@ fn chart_routes_render_every_route_key_as_run_takes_it() {
     if !k8s::have_helm() {
         return;
     }
+    // `to` moves every request, so it cannot sit beside `split`: its own route.
     let outbound: Vec<&PolicyKey> = MATCH_KEYS
         .iter()
         .chain(POLICY_KEYS.iter().filter(|k| k.applies != Applies::Inbound))
+        .filter(|k| k.name != "to")
         .collect();
+    let to: Vec<&PolicyKey> = POLICY_KEYS.iter().filter(|k| k.name == "to").collect();
     let inbound: Vec<&PolicyKey> = POLICY_KEYS
         .iter()
         .filter(|k| k.applies != Applies::Outbound)
         .collect();
     let values = format!(
-        "routes:\n{}{}{}",
+        "routes:\n{}{}{}{}",
         values_route(&[], &outbound),
         // No host: any host, as on an inbound route it mostly is.
         values_route(&["direction: inbound"], &inbound),
         values_route(&["host: \"*\"", "port: 9000"], &[]),
+        values_route(&["host: legacy"], &to),
     );
     let docs = render_values("every-route-key.yaml", &values);
     let (side, _) = k8s::sidecar(k8s::deployment_pod(&docs));
@@ -645,7 +656,7 @@ fn chart_routes_render_every_route_key_as_run_takes_it() {
         .iter()
         .filter_map(|a| a.strip_prefix("--route="))
         .collect();
-    assert_eq!(routes.len(), 3, "{args:?}");
+    assert_eq!(routes.len(), 4, "{args:?}");
 
     let host = MATCH_KEYS.iter().find(|k| k.name == "host").expect("host");
     let port = MATCH_KEYS.iter().find(|k| k.name == "port").expect("port");
@@ -653,11 +664,12 @@ fn chart_routes_render_every_route_key_as_run_takes_it() {
         format!("{}:{}", host.example, port.example),
         "*".to_string(),
         "*:9000".to_string(),
+        "legacy".to_string(),
     ];
     let none = Vec::new();
     for ((spec, keys), target) in routes
         .iter()
-        .zip([&outbound, &inbound, &none])
+        .zip([&outbound, &inbound, &none, &to])
         .zip(&targets)
     {
         let parts: Vec<&str> = spec.split(',').collect();

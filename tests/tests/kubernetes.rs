@@ -1532,6 +1532,9 @@ fn dashboard_and_alerts_use_the_proxys_metric_names() {
         "breakwater_rejected_total",
         "breakwater_upstream_failures_total",
         "breakwater_circuit_state",
+        "breakwater_split_total",
+        "breakwater_mirror_total",
+        "breakwater_faults_injected_total",
     ] {
         assert!(
             dashboard.contains(metric),

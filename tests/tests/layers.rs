@@ -46,6 +46,8 @@ const LAYERS: &[(&str, usize)] = &[
     ("body", 6),
     ("accounting", 6),
     ("rescue", 6),
+    ("fault", 6),
+    ("mirror", 6),
     ("app", 7),
     ("admin", 7),
     ("reload", 7),

@@ -30,6 +30,7 @@ mod reasons;
 mod resilience;
 mod retries;
 mod spreading;
+mod strangler;
 mod streaming;
 mod tls;
 mod tunnels;

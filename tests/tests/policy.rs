@@ -3,47 +3,13 @@
 //! observe-only mode, and admin overrides. Every test runs the proxy against
 //! real upstreams on loopback and edits real files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Request;
 
 use crate::support::*;
-
-/// A directory of its own under the system's temp dir, removed at the end.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "breakwater-policy-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    /// Writes `name` whole and renames it into place, as an editor or a
-    /// ConfigMap update does: a reader never sees half a file.
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// An upstream that sleeps for `?ms=N` (default 0) before answering 200 with
 /// its method and path.
@@ -108,7 +74,7 @@ fn request(method: &str, proxy: &TestProxy, host: &str, path: &str) -> Request<T
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_edit_changes_the_next_request_and_spares_the_one_in_flight() {
     let upstream = sleepy().await;
-    let dir = Dir::new("edit");
+    let dir = TestDir::new("policy-edit");
     let file = dir.write("policy.yaml", "defaults:\n  timeout: 3s\n");
     let proxy = Arc::new(with_policy(&file).await);
     let c = client();
@@ -158,7 +124,7 @@ async fn a_kubernetes_data_symlink_swap_is_followed() {
     // A ConfigMap volume: policy.yaml -> ..data/policy.yaml, ..data -> a
     // timestamped directory, swapped by renaming a new symlink over ..data.
     let upstream = sleepy().await;
-    let dir = Dir::new("configmap");
+    let dir = TestDir::new("policy-configmap");
     let v1 = dir.0.join("..2026_12_02_01");
     std::fs::create_dir(&v1).unwrap();
     std::fs::write(v1.join("policy.yaml"), "defaults:\n  timeout: 3s\n").unwrap();
@@ -183,7 +149,7 @@ async fn a_kubernetes_data_symlink_swap_is_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_keeps_the_old_policy_and_says_why() {
     let upstream = sleepy().await;
-    let dir = Dir::new("invalid");
+    let dir = TestDir::new("policy-invalid");
     let file = dir.write("policy.yaml", "defaults:\n  timeout: 200ms\n");
     let proxy = with_policy(&file).await;
     let c = client();
@@ -227,7 +193,7 @@ async fn an_invalid_file_keeps_the_old_policy_and_says_why() {
 async fn outbound_routes_match_path_method_and_header() {
     let upstream = sleepy().await;
     let port = upstream.addr.port();
-    let dir = Dir::new("outbound-routes");
+    let dir = TestDir::new("policy-outbound-routes");
     let file = dir.write(
         "policy.yaml",
         &format!(
@@ -271,7 +237,7 @@ async fn outbound_routes_match_path_method_and_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_routes_limit_one_path_of_the_app() {
     let app = sleepy().await;
-    let dir = Dir::new("inbound-routes");
+    let dir = TestDir::new("policy-inbound-routes");
     let file = dir.write(
         "policy.yaml",
         "routes:\n  - name: app-uploads\n    direction: inbound\n    path-prefix: /upload\n    method: POST\n    inbound-max-concurrent: 1\n",
@@ -354,7 +320,7 @@ async fn burst(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observed_bulkhead_lets_everything_through_until_the_file_enforces_it() {
     let upstream = sleepy().await;
-    let dir = Dir::new("observe-bulkhead");
+    let dir = TestDir::new("policy-observe-bulkhead");
     let file = dir.write(
         "policy.yaml",
         "defaults:\n  max-concurrent: 1\n  bulkhead-mode: observe\n",
@@ -406,7 +372,7 @@ async fn an_observed_bulkhead_lets_everything_through_until_the_file_enforces_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observed_breaker_counts_what_it_would_refuse() {
     let failing = spawn_upstream(|_| async { text_response(500, "broken\n") }).await;
-    let dir = Dir::new("observe-breaker");
+    let dir = TestDir::new("policy-observe-breaker");
     let file = dir.write(
         "policy.yaml",
         "defaults:\n  retries: 0\n  breaker-consecutive-failures: 2\n  breaker-mode: observe\n",
@@ -581,7 +547,7 @@ async fn forcing_a_circuit_closed_lets_requests_reach_a_tripped_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_at_start_up_names_the_file_line_and_key() {
-    let dir = Dir::new("startup");
+    let dir = TestDir::new("policy-startup");
     let file = dir.write(
         "policy.yaml",
         "defaults:\n  timeout: 2s\nroutes:\n  - host: api\n    retries: many\n",
@@ -673,7 +639,7 @@ async fn an_observed_inbound_limit_lets_the_app_take_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_route_is_refused_when_outbound_tls_did_not_load() {
-    let dir = Dir::new("tls-unavailable");
+    let dir = TestDir::new("policy-tls-unavailable");
     let file = dir.write("policy.yaml", "defaults:\n  timeout: 2s\n");
     let missing_ca = dir.0.join("no-such-ca.pem");
     let app = spawn_echo().await;

@@ -607,3 +607,51 @@ impl Drop for TestNetns {
         let _ = run(&["ip", "link", "delete", &self.host_if]);
     }
 }
+
+/// A directory of its own under the system's temp dir, removed at the end.
+pub struct TestDir(pub std::path::PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "breakwater-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+
+    /// Writes `name` whole and renames it into place, as an editor or a
+    /// ConfigMap update does: a reader never sees half a file.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The first `n` access-log lines a proxy's piped stdout gives, read on a
+/// thread of their own.
+pub fn access_lines(proxy: &mut BinaryProxy, n: usize) -> std::thread::JoinHandle<Vec<String>> {
+    use std::io::BufRead;
+    let stdout = proxy.child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("breakwater::access"))
+            .take(n)
+            .collect()
+    })
+}

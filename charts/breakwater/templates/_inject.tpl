@@ -419,8 +419,8 @@ by '+'. A key that does not apply to the route's direction fails, naming it. */}
 {{- end -}}
 {{- /* Policy keys by the listener they apply to; "both" keys apply to either. */ -}}
 {{- $keys := dict
-  "both" (list "timeout" "connectTimeout" "bulkheadMode")
-  "outbound" (list "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "retryBudgetMode" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "breakerMode" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout")
+  "both" (list "timeout" "connectTimeout" "bulkheadMode" "faultAbort" "faultDelay")
+  "outbound" (list "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "retryBudgetMode" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "breakerMode" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout" "to" "keepHost" "split" "splitKey" "mirror" "mirrorUnsafe")
   "inbound" (list "inboundMaxConcurrent" "inboundMaxQueue" "inboundQueueTimeout") -}}
 {{- range $applies := list "both" "outbound" "inbound" -}}
 {{- range $key := index $keys $applies -}}
