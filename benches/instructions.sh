@@ -2,7 +2,7 @@
 # benches/instructions.sh - user-space instructions per proxied request, counted
 # by valgrind's callgrind: breakwater's inbound path and HAProxy's, same backend.
 #
-#   benches/instructions.sh [--no-build] [--bin [NAME=]PATH]... [-n REQUESTS] [--profile DIR]
+#   benches/instructions.sh [--no-build] [--bin [NAME=]PATH]... [--args NAME=ARGS]... [-n REQUESTS] [--profile DIR]
 #
 # Instruction counts repeat to within a fraction of a percent whatever else the
 # machine is doing, where req/s on these shared 2-core machines moves by 5-10 %
@@ -18,7 +18,12 @@
 # callgrind files are kept there (callgrind_annotate DIR/breakwater.out.1).
 # --bin PATH counts that binary instead of target/release/breakwater (no build);
 # repeat it as --bin NAME=PATH to count several builds in one run, e.g. before and
-# after a change (one row each, HAProxy counted once).
+# after a change (one row each, HAProxy counted once). --args NAME=ARGS adds flags
+# to that row's `breakwater run` (word-split), e.g. a traced row:
+#   --bin off=target/release/breakwater --bin traced=target/release/breakwater \
+#   --args 'traced=--otlp-endpoint http://127.0.0.1:28503 --trace-sample-ratio 1'
+# An OTLP sink (a stdlib Python server that reads each export and answers 200)
+# listens on 127.0.0.1:28503 for such rows; its work is not counted.
 # Needs valgrind, nginx, haproxy, h2load (apt: valgrind nginx haproxy nghttp2-client).
 # Ports 28500-28502 on 127.0.0.1; everything started here is stopped by PID.
 
@@ -34,6 +39,8 @@ N=20000
 BUILD=1
 PROFILE_DIR=
 declare -a BIN_SPECS=()
+declare -A EXTRA_ARGS=()
+SINK_PORT=28503
 
 # log, die, port_free, wait_port, descendants, stop_tree
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,6 +49,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --no-build) BUILD=0 ;;
     --bin) BIN_SPECS+=("$2"); BUILD=0; shift ;;
+    --args) [[ $2 == *=* ]] || die "--args NAME=ARGS"; EXTRA_ARGS[${2%%=*}]=${2#*=}; shift ;;
     -n) N=$2; shift ;;
     --profile) PROFILE_DIR=$2; shift ;;
     -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -113,6 +121,25 @@ nginx -p "$WORK/" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" >"$WORK/nginx
 STARTED+=("$!")
 wait_port "$BACKEND_PORT" "$!" || die "nginx did not start"
 
+if [[ ${#EXTRA_ARGS[@]} -gt 0 ]]; then
+  python3 - "$HOST" "$SINK_PORT" >"$WORK/sink.log" 2>&1 <<'PY' &
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
+PY
+  STARTED+=("$!")
+  wait_port "$SINK_PORT" "$!" || die "the OTLP sink did not start"
+fi
+
 # count <name> <port> cmd...: prints instructions per request
 count() {
   local name=$1 port=$2 pid out tot
@@ -137,9 +164,11 @@ count() {
 declare -a COUNTS=()
 for i in "${!NAMES[@]}"; do
   log "${NAMES[$i]} under callgrind ($N requests): ${BINS[$i]}"
+  # shellcheck disable=SC2206 # word-split on purpose: they are flags
+  extra=(${EXTRA_ARGS[${NAMES[$i]}]:-})
   c=$(count "${NAMES[$i]}" "$BW_PORT" "${BINS[$i]}" run --threads 1 --log-level warn \
     --inbound-addr "$HOST:$BW_PORT" --app-addr "$HOST:$BACKEND_PORT" \
-    --outbound-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0) || exit 1
+    --outbound-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 "${extra[@]}") || exit 1
   COUNTS+=("$c")
 done
 log "HAProxy under callgrind ($N requests)"

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use crate::listener::activity::ConnActivity;
 use crate::metrics::{DestinationMetrics, Direction};
 use crate::policy::bulkhead::BulkheadPermit;
+use crate::trace::Traced;
 
 /// The status recorded when the client went away before a response existed
 /// (nginx's convention, which dashboards already know).
@@ -23,6 +24,8 @@ pub struct InFlight {
     access: Option<Box<AccessEntry>>,
     /// The destination's bulkhead slot, given back with the last byte.
     slot: Option<BulkheadPermit>,
+    /// The request's spans, when it is traced; exported with the last byte.
+    trace: Option<Box<Traced>>,
 }
 
 /// What the access log line says about a request, captured only when it is on.
@@ -53,6 +56,7 @@ impl InFlight {
             status: CLIENT_CLOSED_REQUEST,
             access: None,
             slot: None,
+            trace: None,
         }
     }
 
@@ -63,6 +67,16 @@ impl InFlight {
     /// When the request arrived: its deadline counts from here.
     pub fn started(&self) -> Instant {
         self.start
+    }
+
+    /// Records the request's spans until the response body ends.
+    pub fn set_trace(&mut self, trace: Box<Traced>) {
+        self.trace = Some(trace);
+    }
+
+    /// The request's trace, when it has one.
+    pub fn trace_mut(&mut self) -> Option<&mut Traced> {
+        self.trace.as_deref_mut()
     }
 
     /// Keeps the bulkhead slot until the response body ends.
@@ -98,6 +112,9 @@ impl Drop for InFlight {
         self.metrics.count_response(self.status);
         self.metrics.duration.observe(elapsed.as_secs_f64());
         self.activity.request_finished(now);
+        if let Some(trace) = self.trace.take() {
+            trace.finish(self.status);
+        }
         if let Some(a) = self.access.take() {
             tracing::info!(
                 target: "breakwater::access",

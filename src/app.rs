@@ -1,6 +1,8 @@
 //! Wiring: binds the listeners, builds the inbound and outbound stacks around
 //! shared state, serves until told to stop, then drains.
 
+use crate::trace::Tracer;
+use crate::trace::export::ExportMetrics;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,39 +212,55 @@ impl Proxy {
                 }
             },
         };
+        let tracer = config.tracing.as_ref().map(|t| {
+            Arc::new(Tracer::new(
+                t,
+                ExportMetrics {
+                    exported: metrics.spans_exported.clone(),
+                    queue_full: metrics.spans_dropped("queue-full"),
+                    export_failed: metrics.spans_dropped("export-failed"),
+                },
+            ))
+        });
         let out_connector = Connector::new(config.dns_ttl).with_discovery(discovery);
-        let out_stack = Arc::new(Outbound::new(
-            &config,
-            Forwarder::new(Arc::new(out_connector)),
-            Arc::new(Registry::new(
-                Direction::Outbound,
-                routes,
+        let out_stack = Arc::new(
+            Outbound::new(
+                &config,
+                Forwarder::new(Arc::new(out_connector)),
+                Arc::new(Registry::new(
+                    Direction::Outbound,
+                    routes,
+                    metrics.clone(),
+                    config.metrics_max_destinations,
+                    EndpointSettings {
+                        tls: outbound_tls,
+                        overrides: overrides.clone(),
+                        ..EndpointSettings::from_config(&config)
+                    },
+                )),
                 metrics.clone(),
-                config.metrics_max_destinations,
+                addrs.outbound,
+                outbound_watch.clone(),
+            )
+            .with_tracer(tracer.clone()),
+        );
+        let in_connector = Connector::new(config.dns_ttl);
+        let in_stack = Arc::new(
+            Inbound::new(
+                &config,
+                Forwarder::new(Arc::new(in_connector)),
+                &metrics,
+                health.clone(),
+                inbound_watch.clone(),
                 EndpointSettings {
-                    tls: outbound_tls,
                     overrides: overrides.clone(),
+                    // The app is one process: one HTTP/2 connection carries it all.
+                    h2_connections: 1,
                     ..EndpointSettings::from_config(&config)
                 },
-            )),
-            metrics.clone(),
-            addrs.outbound,
-            outbound_watch.clone(),
-        ));
-        let in_connector = Connector::new(config.dns_ttl);
-        let in_stack = Arc::new(Inbound::new(
-            &config,
-            Forwarder::new(Arc::new(in_connector)),
-            &metrics,
-            health.clone(),
-            inbound_watch.clone(),
-            EndpointSettings {
-                overrides: overrides.clone(),
-                // The app is one process: one HTTP/2 connection carries it all.
-                h2_connections: 1,
-                ..EndpointSettings::from_config(&config)
-            },
-        ));
+            )
+            .with_tracer(tracer),
+        );
 
         let out_registry = out_stack.registry().clone();
         let in_registry = in_stack.registry().clone();

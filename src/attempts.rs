@@ -20,10 +20,11 @@ use tracing::debug;
 
 use crate::context::RequestCtx;
 use crate::error::ProxyError;
-use crate::forward::{AttemptError, Failed, Forwarder, Hold, Sent};
+use crate::forward::{AttemptError, Failed, Forwarder, Hold, Seen, Sent};
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
 use crate::policy::retry::{self, Outcome, RetryPolicy};
+use crate::trace::{AttemptEnd, Traced};
 use crate::transport::client_body::ClientBody;
 use crate::transport::replay::ReplayBody;
 
@@ -74,6 +75,7 @@ pub async fn send(
     forwarder: &Forwarder,
     ctx: &RequestCtx<'_>,
     kept: Kept,
+    mut trace: Option<&mut Traced>,
 ) -> Result<Answer, ProxyError> {
     let state = ctx.state;
     let deadline = ctx.deadline;
@@ -89,6 +91,8 @@ pub async fn send(
     let mut now = ctx.slot_granted;
     state.budget.deposit_at(now);
     let mut attempt: u32 = 1;
+    // For the next attempt's span: the wait before it, and the budget's say.
+    let mut waited: Option<(Duration, &'static str)> = None;
     loop {
         let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
@@ -103,38 +107,53 @@ pub async fn send(
         req.headers_mut()
             .insert(ATTEMPT_HEADER, attempt_value(attempt));
         deadline::announce(req.headers_mut(), left);
+        if let Some(t) = trace.as_deref_mut() {
+            let span = t.span.begin_attempt(attempt, waited.take());
+            t.inject(req.headers_mut(), span);
+        }
         let sent = forwarder.send(ctx, req, per_try).await;
-        let (result, unsent) = match sent {
+        let (result, unsent, seen) = match sent {
             Ok(sent) if policy.retry_on.unavailable && awaits_grpc_status(&sent.response) => {
+                let seen = sent.seen;
                 // Rare, so boxed: the common path's future stays small.
-                (Ok(Box::pin(peek_grpc_trailers(sent)).await), None)
+                (Ok(Box::pin(peek_grpc_trailers(sent)).await), None, seen)
             }
-            Ok(Sent { response, hold }) => (
+            Ok(Sent {
+                response,
+                hold,
+                seen,
+            }) => (
                 Ok(Answer {
                     response,
                     hold,
                     first_frame: None,
                 }),
                 None,
+                seen,
             ),
             // The attempt ran out of time: the per-try timeout when it was the
             // shorter, else the request's deadline.
             Err(Failed {
                 error: AttemptError::TimedOut,
                 unsent,
+                seen,
             }) => {
                 let after = if per_try < left {
                     per_try
                 } else {
                     ctx.budget()
                 };
-                (Err(ctx.timed_out(after)), unsent)
+                (Err(ctx.timed_out(after)), unsent, seen)
             }
             Err(Failed {
                 error: AttemptError::Failed(error),
                 unsent,
-            }) => (Err(error), unsent),
+                seen,
+            }) => (Err(error), unsent, seen),
         };
+        if let Some(t) = trace.as_deref_mut() {
+            record_attempt(t, &result, seen);
+        }
 
         let outcome = match &result {
             Ok(answer) => Outcome::Answered {
@@ -175,10 +194,12 @@ pub async fn send(
             // The caller would be gone before the retry answered.
             return result;
         }
+        let mut budget = "allowed";
         if !state.budget.withdraw() {
             if state.mode(Observable::RetryBudget) == Mode::Observe {
                 // Observed: the retry goes, counted as one the budget would skip.
                 state.observe(Observable::RetryBudget, Observable::RetryBudget.action());
+                budget = "observed";
             } else {
                 state.metrics.count_retry_skipped("budget-exhausted");
                 debug!(dest = %state.dest, reason = reason.label, "retry budget exhausted");
@@ -188,6 +209,7 @@ pub async fn send(
         state.metrics.count_retry(reason.label);
         debug!(dest = %state.dest, attempt, reason = reason.label, wait_ms = wait.as_millis() as u64, "retrying");
         drop(result);
+        waited = Some((wait, budget));
         tokio::time::sleep(wait).await;
         req = next;
         attempt += 1;
@@ -208,6 +230,28 @@ impl Answer {
     }
 }
 
+/// An attempt's end in its span: the status that came or why none did, the
+/// endpoint, and what the breaker did about it.
+fn record_attempt(t: &mut Traced, result: &Result<Answer, ProxyError>, seen: Seen) {
+    let end = match result {
+        Ok(answer) => AttemptEnd::Answered(answer.response.status().as_u16()),
+        Err(e) => AttemptEnd::Failed(e.reason()),
+    };
+    t.span.end_attempt(end, seen.peer);
+    if let Err(ProxyError::CircuitOpen { .. }) = result {
+        t.span.event("breaker.refused", Vec::new());
+    }
+    if let (Some(to), Some(peer)) = (seen.circuit, seen.peer) {
+        t.span.event(
+            "breaker.transition",
+            vec![
+                ("breakwater.endpoint", peer.to_string().into()),
+                ("breakwater.to", to.as_str().into()),
+            ],
+        );
+    }
+}
+
 /// A gRPC response without a status in its headers: its status is in trailers.
 fn awaits_grpc_status(response: &Response<Incoming>) -> bool {
     response
@@ -222,7 +266,11 @@ fn awaits_grpc_status(response: &Response<Incoming>) -> bool {
 /// `grpc-status` can still make the attempt retryable. Envoy cannot do this
 /// (envoyproxy/envoy#11049); linkerd2-proxy does.
 async fn peek_grpc_trailers(sent: Sent) -> Answer {
-    let Sent { mut response, hold } = sent;
+    let Sent {
+        mut response,
+        hold,
+        seen: _,
+    } = sent;
     let first_frame = match tokio::time::timeout(GRPC_PEEK, response.body_mut().frame()).await {
         // A frame or an error, handed on to the client as they came.
         Ok(Some(frame)) => Some(frame),

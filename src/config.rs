@@ -77,12 +77,30 @@ pub struct Config {
     #[serde(serialize_with = "units::serialize_duration")]
     pub slow_start: Duration,
     pub metrics_max_destinations: usize,
+    /// `--otlp-endpoint` and the sampling flags; `None`: tracing off.
+    pub tracing: Option<TracingConfig>,
     /// `--inbound-tls-*`: `None` serves plain HTTP.
     pub inbound_tls: Option<tls::InboundTlsConfig>,
     pub outbound_tls: tls::OutboundTlsConfig,
     /// Combinations that work but do not do what they seem to, logged at start-up.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// Tracing, on when `--otlp-endpoint` is given.
+#[derive(Clone, Debug, Serialize)]
+pub struct TracingConfig {
+    #[serde(serialize_with = "serialize_uri")]
+    pub endpoint: http::Uri,
+    pub sample_ratio: f64,
+    pub errors: bool,
+    pub service_name: String,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+}
+
+fn serialize_uri<S: serde::Serializer>(uri: &http::Uri, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(uri)
 }
 
 /// Where outbound endpoints come from.
@@ -370,6 +388,17 @@ impl Config {
                 .filter(|age| !age.is_zero()),
             slow_start: args.slow_start,
             metrics_max_destinations: args.metrics_max_destinations,
+            tracing: args.otlp_endpoint.map(|endpoint| TracingConfig {
+                endpoint,
+                sample_ratio: args.trace_sample_ratio,
+                errors: args.trace_errors,
+                // The chart's label lookup gives "" for a pod without the label.
+                service_name: Some(args.service_name)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "breakwater".into()),
+                pod_name: args.pod_name.filter(|n| !n.is_empty()),
+                pod_namespace: args.pod_namespace.filter(|n| !n.is_empty()),
+            }),
             inbound_tls,
             outbound_tls,
             warnings: Vec::new(),

@@ -22,6 +22,7 @@ use crate::policy::bulkhead::Refusal;
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
 use crate::rescue::rescue;
+use crate::trace::{Kind, Tracer};
 use crate::transport::client_body::ClientBody;
 use crate::transport::headers;
 use crate::tunnel;
@@ -106,6 +107,15 @@ pub async fn send(
     let http1 = req.version() < http::Version::HTTP_2;
     let point = point_at(&mut req, &state.authority);
     let budget = budget(req.headers(), state);
+    if budget < state.policy.timeout
+        && let Some(t) = in_flight.trace_mut()
+    {
+        let ms = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
+        t.span.event(
+            "deadline.adopted",
+            vec![("breakwater.deadline_ms", ms.into())],
+        );
+    }
     let slot = match point {
         Ok(()) => take_slot(state, &mut in_flight).await,
         Err(e) => Err(e),
@@ -141,7 +151,7 @@ pub async fn send(
     // A mirror's copy: the head as it is now, the body as it will have been read.
     let held = mirror.as_ref().and_then(|_| attempts::copy_of(&kept.req));
     // The retry loop: per attempt pick → admit → per-try timeout(send) → record.
-    let sent = attempts::send(forwarder, &ctx, kept).await;
+    let sent = attempts::send(forwarder, &ctx, kept, in_flight.trace_mut()).await;
     adapt_limit(&ctx, &sent, in_flight_at_start);
     if let Some(mirror) = mirror {
         let status = match &sent {
@@ -174,6 +184,50 @@ pub fn budget(headers: &http::HeaderMap, state: &DestinationState) -> std::time:
         Some(theirs) => theirs.min(state.policy.timeout),
         None => state.policy.timeout,
     }
+}
+
+/// Starts the request's trace, when tracing is on and the request is to be
+/// kept: its span, named by the method, with what the request is and where
+/// it goes.
+pub fn start_trace<B>(
+    tracer: Option<&Tracer>,
+    req: &Request<B>,
+    kind: Kind,
+    state: Option<&DestinationState>,
+    in_flight: &mut InFlight,
+) {
+    let Some(tracer) = tracer else { return };
+    let Some(mut t) = tracer.start(
+        req.headers(),
+        kind,
+        req.method().as_str(),
+        in_flight.started(),
+    ) else {
+        return;
+    };
+    let span = &mut t.span;
+    span.set("http.request.method", req.method().to_string());
+    span.set("url.path", req.uri().path().to_string());
+    let version = match req.version() {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    span.set("network.protocol.version", version);
+    span.set(
+        "breakwater.direction",
+        match kind {
+            Kind::Server => "inbound",
+            Kind::Client => "outbound",
+        },
+    );
+    if let Some(state) = state {
+        span.set("server.address", state.dest.host().to_string());
+        span.set("server.port", i64::from(state.dest.port()));
+        span.set("breakwater.destination", state.dest.to_string());
+        span.set("breakwater.route", state.route.to_string());
+    }
+    in_flight.set_trace(t);
 }
 
 /// The deadline a fault's delay must not outlast.
@@ -211,9 +265,34 @@ pub async fn take_slot(
         }
         return Ok(());
     }
+    let traced = in_flight.trace_mut().is_some();
+    let waited = if traced {
+        // The same first step as `acquire`: a free slot now, else the queue.
+        if let Some(slot) = bulkhead.try_acquire() {
+            in_flight.hold_slot(slot);
+            return Ok(());
+        }
+        Some(Instant::now())
+    } else {
+        None
+    };
+    if let (Some(_), Some(t)) = (waited, in_flight.trace_mut())
+        && bulkhead.queues()
+    {
+        t.span.event("bulkhead.queued", Vec::new());
+    }
     let slot = bulkhead.acquire().await;
     // Sampled as requests pass: the gauge lags, /upstreams is exact.
     state.metrics.queued.set(bulkhead.queued() as i64);
+    if let (Some(since), Some(t)) = (waited, in_flight.trace_mut()) {
+        let ms = i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let event = match &slot {
+            Ok(_) => "bulkhead.granted",
+            Err(Refusal::Full) => "bulkhead.full",
+            Err(Refusal::QueueTimeout) => "bulkhead.timed-out",
+        };
+        t.span.event(event, vec![("breakwater.wait_ms", ms.into())]);
+    }
     match slot {
         Ok(slot) => {
             in_flight.hold_slot(slot);
@@ -272,6 +351,9 @@ pub fn fail(err: ProxyError, mut in_flight: InFlight, body_unread: bool) -> Resp
     in_flight.set_status(err.status().as_u16());
     if let Some(a) = in_flight.access_mut() {
         a.reason = Some(err.reason());
+    }
+    if let Some(t) = in_flight.trace_mut() {
+        t.fail(err.reason());
     }
     let mut resp = rescue(&err);
     if body_unread {

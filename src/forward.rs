@@ -51,6 +51,7 @@ impl Hold {
 pub struct Sent {
     pub response: Response<Incoming>,
     pub hold: Hold,
+    pub seen: Seen,
 }
 
 /// An attempt that got no response: why, and the request itself when it never
@@ -58,6 +59,15 @@ pub struct Sent {
 pub struct Failed {
     pub error: AttemptError,
     pub unsent: Option<Box<Request<ReplayBody>>>,
+    pub seen: Seen,
+}
+
+/// What an attempt met on its way, for its span: the endpoint it was sent
+/// to, and the circuit change its outcome caused.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen {
+    pub peer: Option<std::net::SocketAddr>,
+    pub circuit: Option<CircuitState>,
 }
 
 /// Why an attempt got no response.
@@ -74,6 +84,7 @@ impl Failed {
         Failed {
             error: AttemptError::Failed(error),
             unsent: None,
+            seen: Seen::default(),
         }
     }
 
@@ -82,6 +93,7 @@ impl Failed {
         Failed {
             error: AttemptError::Failed(error),
             unsent: Some(Box::new(req)),
+            seen: Seen::default(),
         }
     }
 }
@@ -158,8 +170,13 @@ impl Forwarder {
             Ok(admitted) => admitted,
             Err(open) => return Err(Failed::unsent(open, req)),
         };
+        let mut seen = Seen {
+            peer: Some(endpoint.addr),
+            circuit: None,
+        };
         if let Some(t) = permit.as_ref().and_then(|p| p.transition()) {
             report(state, &endpoint, t);
+            seen.circuit = Some(t.to);
         }
         let in_flight = endpoint.start();
         let upgrade =
@@ -220,7 +237,10 @@ impl Forwarder {
         // recorded: the permit goes unused.
         let client_fault = body.and_then(|watch| client_fault(watch, &sent, per_try));
         if let Some(fault) = client_fault {
-            return Err(Failed::sent(fault));
+            return Err(Failed {
+                seen,
+                ..Failed::sent(fault)
+            });
         }
         if !matches!(sent, Ok(Err(SendError::Refused(_)))) {
             let unreachable = matches!(sent, Ok(Err(SendError::Connect(..))));
@@ -239,12 +259,13 @@ impl Forwarder {
             });
             if let Some(t) = transition {
                 report(state, &endpoint, t);
+                seen.circuit = Some(t.to);
                 if t.to == CircuitState::Open && unreachable {
                     reconnect::watch(endpoint.clone(), endpoint.pool.connect_timeout());
                 }
             }
         }
-        match sent {
+        let result = match sent {
             Ok(Ok((response, lease))) => {
                 endpoint.observe(latency, ended);
                 Ok(Sent {
@@ -253,6 +274,7 @@ impl Forwarder {
                         lease,
                         _in_flight: in_flight,
                     },
+                    seen,
                 })
             }
             Ok(Err(SendError::Connect(cause, req))) => Err(Failed::unsent(
@@ -273,8 +295,10 @@ impl Forwarder {
             Err(_) => Err(Failed {
                 error: AttemptError::TimedOut,
                 unsent: None,
+                seen,
             }),
-        }
+        };
+        result.map_err(|failed| Failed { seen, ..failed })
     }
 }
 

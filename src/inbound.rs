@@ -19,6 +19,7 @@ use crate::forward::Forwarder;
 use crate::health::{AppHealth, HealthState};
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{Direction, Metrics};
+use crate::trace::{Kind, Tracer};
 use crate::transport::headers;
 use crate::upstream::traffic::RouteTraffic;
 use crate::upstream::{DestinationState, LastDestination, Registry, RouteTable};
@@ -39,6 +40,8 @@ pub struct Inbound {
     probe_interval: std::time::Duration,
     /// `--inbound-tls-identity-header`: carries the client certificate's identity.
     identity_header: Option<http::HeaderName>,
+    /// `--otlp-endpoint`: `None`, tracing off.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Inbound {
@@ -74,7 +77,14 @@ impl Inbound {
                 .as_ref()
                 .and_then(|t| t.identity_header.as_deref())
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            tracer: None,
         }
+    }
+
+    /// Traces requests with `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The app on the port the client targeted (`--app-addr`, or for a
@@ -125,6 +135,15 @@ impl Inbound {
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Inbound, &req));
+        }
+        if self.tracer.is_some() {
+            exchange::start_trace(
+                self.tracer.as_deref(),
+                &req,
+                Kind::Server,
+                Some(&app),
+                &mut in_flight,
+            );
         }
         if let Err(e) = exchange::check_request(&req, self.max_uri_bytes) {
             let unread = exchange::body_unread(&req);

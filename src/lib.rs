@@ -43,6 +43,7 @@ pub(crate) mod reload;
 pub(crate) mod rescue;
 pub mod telemetry;
 pub mod tls;
+pub(crate) mod trace;
 pub mod transport;
 pub(crate) mod tunnel;
 pub mod units;

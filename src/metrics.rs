@@ -9,8 +9,8 @@ pub use handles::{AppHealthMetrics, DestinationMetrics, ListenerMetrics, OpaqueM
 use crate::error::{Counted, Reason};
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Which way a request crosses the pod boundary; the `direction` label.
@@ -161,6 +161,8 @@ pub struct Metrics {
     split: IntCounterVec,
     mirror: IntCounterVec,
     faults: IntCounterVec,
+    pub spans_exported: IntCounter,
+    spans_dropped: IntCounterVec,
     opaque_connections: IntCounterVec,
     opaque_connect_failures: IntCounterVec,
     opaque_bytes: IntCounterVec,
@@ -382,6 +384,24 @@ impl Metrics {
                     &["direction", "route", "kind"],
                 ),
             ),
+            spans_exported: register(
+                r,
+                IntCounter::new(
+                    "breakwater_spans_exported_total",
+                    "Spans the OTLP collector accepted.",
+                ),
+            ),
+            spans_dropped: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_spans_dropped_total",
+                        "Spans not exported: the queue was full (queue-full) or the \
+                         collector refused or did not answer (export-failed).",
+                    ),
+                    &["reason"],
+                ),
+            ),
             policy_reloads: register(
                 r,
                 IntCounterVec::new(
@@ -477,6 +497,9 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             metrics.policy_reloads.with_label_values(&[result]);
         }
+        for reason in ["queue-full", "export-failed"] {
+            metrics.spans_dropped.with_label_values(&[reason]);
+        }
         metrics
     }
 
@@ -559,6 +582,11 @@ impl Metrics {
                 .map(|r| self.rejected.with_label_values(&[d, r]))
                 .collect(),
         }
+    }
+
+    /// The drop counter for spans lost for `reason` (`queue-full`, `export-failed`).
+    pub fn spans_dropped(&self, reason: &str) -> IntCounter {
+        self.spans_dropped.with_label_values(&[reason])
     }
 
     /// Counts a request of a route that moves traffic, by where it went.

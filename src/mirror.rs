@@ -150,7 +150,7 @@ impl Pending {
             slot_granted: started,
             body: None,
         };
-        let Ok(Sent { response, hold }) = forwarder.send(&ctx, req, timeout).await else {
+        let Ok(Sent { response, hold, .. }) = forwarder.send(&ctx, req, timeout).await else {
             return Outcome::Error;
         };
         let status = response.status();

@@ -34,6 +34,7 @@ use crate::forward::Forwarder;
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
 use crate::mirror;
+use crate::trace::{Kind, Tracer};
 use crate::transport::headers;
 use crate::tunnel;
 use crate::upstream::traffic::RouteTraffic;
@@ -65,6 +66,8 @@ pub struct Outbound {
     access_log: bool,
     max_uri_bytes: usize,
     drain: DrainWatch,
+    /// `--otlp-endpoint`: `None`, tracing off.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Outbound {
@@ -90,7 +93,14 @@ impl Outbound {
             access_log: config.access_log,
             max_uri_bytes: config.limits.max_uri_bytes,
             drain,
+            tracer: None,
         }
+    }
+
+    /// Traces requests with `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Every outbound destination, for `/upstreams`.
@@ -117,6 +127,16 @@ impl Outbound {
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Outbound, &req));
+        }
+        if self.tracer.is_some() {
+            let state = routed.as_ref().ok().map(|r| &*r.state);
+            exchange::start_trace(
+                self.tracer.as_deref(),
+                &req,
+                Kind::Client,
+                state,
+                &mut in_flight,
+            );
         }
         let Routed {
             state,
@@ -150,6 +170,20 @@ impl Outbound {
                 &self.registry,
                 &self.metrics,
             );
+            if let (Some(t), Some(shadow)) = (in_flight.trace_mut(), &traffic.mirror) {
+                let copied = if mirror.is_some() {
+                    "copied"
+                } else {
+                    "not copied"
+                };
+                t.span.event(
+                    "mirror",
+                    vec![
+                        ("breakwater.shadow", shadow.plan.target.to_string().into()),
+                        ("breakwater.mirror", copied.into()),
+                    ],
+                );
+            }
         }
         exchange::send(
             &self.forwarder,
@@ -177,6 +211,12 @@ impl Outbound {
         if traffic.moves.is_some() {
             self.metrics
                 .count_split(&traffic.route, state.metrics.label());
+        }
+        if let (Some(_), Some(t)) = (moved, in_flight.trace_mut()) {
+            t.span.event(
+                "split",
+                vec![("breakwater.destination", state.dest.to_string().into())],
+            );
         }
         if moved.is_some() && !traffic.keep_host {
             let host = HeaderValue::from_str(state.authority.as_str())

@@ -305,6 +305,71 @@ pub struct RunArgs {
         default_value_t = 100
     )]
     pub metrics_max_destinations: usize,
+
+    /// Export spans over OTLP/HTTP (protobuf) to this collector URL
+    /// (`http://HOST:PORT`; `/v1/traces` is added to an empty path) [default:
+    /// none, tracing off].
+    #[arg(long, env = "BREAKWATER_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<http::Uri>,
+
+    /// Share of requests without a trace context that start a trace (0 to 1).
+    /// Requests with a context follow its sampled flag. 0 by default: a sidecar
+    /// on every pod would otherwise start traces nobody asked for, at every hop.
+    #[arg(long, env = "BREAKWATER_TRACE_SAMPLE_RATIO", default_value = "0", value_parser = parse_ratio)]
+    pub trace_sample_ratio: f64,
+
+    /// Also export requests that breakwater answered itself with an error, when
+    /// they were not sampled (unless their caller said not to sample them).
+    #[arg(long, env = "BREAKWATER_TRACE_ERRORS")]
+    pub trace_errors: bool,
+
+    /// The `service.name` of breakwater's spans.
+    #[arg(long, env = "BREAKWATER_SERVICE_NAME", default_value = "breakwater")]
+    pub service_name: String,
+
+    /// The pod's name, for the spans' `k8s.pod.name` (the chart sets it from the
+    /// downward API).
+    #[arg(long, env = "BREAKWATER_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The pod's namespace, for the spans' `k8s.namespace.name`.
+    #[arg(long, env = "BREAKWATER_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+}
+
+/// An OTLP/HTTP collector URL: `http://HOST[:PORT][/PATH]`; an empty path
+/// becomes `/v1/traces`, as `OTEL_EXPORTER_OTLP_ENDPOINT` does.
+fn parse_otlp_endpoint(s: &str) -> Result<http::Uri, FlagValueError> {
+    let bad = |why: &'static str| FlagValueError::NotAnEndpoint(s.into(), why);
+    let uri: http::Uri = s.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported yet: use the collector's http port",
+            ));
+        }
+        _ => return Err(bad("the scheme must be http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    let path = uri.path();
+    if path.is_empty() || path == "/" {
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        return format!("http://{authority}/v1/traces")
+            .parse()
+            .map_err(|_| bad("not a URL"));
+    }
+    Ok(uri)
+}
+
+/// A ratio from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, FlagValueError> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(FlagValueError::NotARatio(s.into())),
+    }
 }
 
 /// A health path is an absolute path: `/healthz`.
@@ -332,6 +397,10 @@ pub enum FlagValueError {
     },
     #[error("'{0}' is not a percentage from 0 to 100")]
     NotARate(String),
+    #[error("'{0}': {1} (e.g. http://otel-collector:4318)")]
+    NotAnEndpoint(String, &'static str),
+    #[error("'{0}' is not a ratio from 0 to 1")]
+    NotARatio(String),
 }
 
 /// Circuit breaker flags (per endpoint of each destination).

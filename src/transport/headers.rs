@@ -179,13 +179,18 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 
 /// Gives a request that carries no id (see [`request_id`]) a fresh
 /// `x-request-id`, so that logs on both sides can be joined on it. Tracing
-/// headers themselves pass through untouched.
+/// headers themselves pass through untouched, but for a malformed
+/// `traceparent`, which is dropped.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     // Most requests carry none of the id headers: one scan of the names (standard
     // ones compare by tag) settles that without hashing four custom names.
     let named = headers
         .keys()
         .any(|k| *k == TRACEPARENT || *k == X_B3_TRACEID || *k == B3 || *k == X_REQUEST_ID);
+    if named {
+        // Nothing broken goes on: a `traceparent` that does not parse is dropped.
+        crate::trace::context::drop_malformed(headers);
+    }
     if !named || request_id(headers).is_none() {
         headers.insert(X_REQUEST_ID, new_request_id());
     }

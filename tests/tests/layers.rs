@@ -30,6 +30,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("connect", 4),
     ("transport", 4),
     ("tls", 4),
+    ("trace", 4),
     ("listener", 4),
     ("interception", 4),
     ("tunnel", 4),

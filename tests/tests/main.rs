@@ -33,5 +33,6 @@ mod spreading;
 mod strangler;
 mod streaming;
 mod tls;
+mod tracing;
 mod tunnels;
 mod validation;

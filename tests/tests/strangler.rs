@@ -1377,49 +1377,6 @@ async fn config_shows_each_routes_traffic() {
 
 // ---------------------------------------------------------------- bad input
 
-/// What one run of the binary left behind.
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary with `args`, no `BREAKWATER_*` variable inherited; fails the
-/// test if it still runs after 20 s (a bad route accepted would serve).
-fn run_binary(args: &[String]) -> Outcome {
-    let mut cmd = Command::new(binary());
-    cmd.args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BREAKWATER_") {
-            cmd.env_remove(name);
-        }
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the breakwater binary");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{args:?}: still running after 20s; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// Whether `text` names the route key `key` (as `key=`, `key (`, `` `key` ``...).
 fn names_key(text: &str, key: &str) -> bool {
     [
@@ -1517,7 +1474,7 @@ fn bad_traffic_keys_fail_at_start_up_naming_the_route_and_the_key() {
         "api:9090,to=b:2,keep-host=false",
         "*,direction=inbound,name=in-f,fault-abort=500@100,fault-delay=1s@5",
     ] {
-        let o = run_binary(&["run".into(), "--check".into(), format!("--route={spec}")]);
+        let o = run_to_end(&["run".into(), "--check".into(), format!("--route={spec}")]);
         if o.code != Some(0) {
             failures.push(format!("run --check --route={spec}: refused: {}", o.stderr));
         }
@@ -1536,7 +1493,7 @@ fn bad_traffic_keys_fail_at_start_up_naming_the_route_and_the_key() {
                 "--log-level=warn".into(),
                 format!("--route={spec}"),
             ]);
-            let o = run_binary(&args);
+            let o = run_to_end(&args);
             let mode = if check { "run --check" } else { "run" };
             let problem = if o.code == Some(0) {
                 Some(format!("exited 0; stdout: {}", o.stdout.len()))
@@ -1640,7 +1597,7 @@ async fn a_reload_with_a_bad_split_keeps_the_old_policy() {
         "bad.yaml",
         &policy(old.port(), "split", &format!("{}@150", third.addr())),
     );
-    let o = run_binary(&[
+    let o = run_to_end(&[
         "run".into(),
         "--check".into(),
         format!("--policy-file={}", dir.0.join("bad.yaml").display()),

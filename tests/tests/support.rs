@@ -343,6 +343,16 @@ pub async fn spawn_binary(app: SocketAddr, extra: &[&str]) -> BinaryProxy {
 
 /// [`spawn_binary`] with the binary's stdout (its logs) sent to `stdout`.
 pub async fn spawn_binary_with(app: SocketAddr, extra: &[&str], stdout: Stdio) -> BinaryProxy {
+    spawn_binary_env(app, extra, stdout, &[]).await
+}
+
+/// [`spawn_binary_with`], with environment variables set for the child.
+pub async fn spawn_binary_env(
+    app: SocketAddr,
+    extra: &[&str],
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> BinaryProxy {
     let ports = free_ports(3).await;
     let addrs = BoundAddrs {
         inbound: ports[0],
@@ -357,6 +367,7 @@ pub async fn spawn_binary_with(app: SocketAddr, extra: &[&str], stdout: Stdio) -
         .arg(format!("--app-addr={app}"))
         .arg("--log-level=warn")
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
@@ -654,4 +665,48 @@ pub fn access_lines(proxy: &mut BinaryProxy, n: usize) -> std::thread::JoinHandl
             .take(n)
             .collect()
     })
+}
+
+/// What one run of the binary left behind.
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary with `args` to its end, no `BREAKWATER_*` variable
+/// inherited; fails the test if it still runs after 20 s (a bad flag
+/// accepted would serve).
+pub fn run_to_end<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Outcome {
+    let mut cmd = Command::new(binary());
+    cmd.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BREAKWATER_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the breakwater binary");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("poll the binary").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect");
+            panic!(
+                "{args:?}: still running after 20 s (accepted?); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collect");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -161,6 +161,18 @@ breakwater.io/mode: {{ $v.mode }}
   {{- end }}
   args:
     {{- include "breakwater.runArgs" $v | nindent 4 }}
+  {{- if $v.tracing.otlpEndpoint }}
+  # The spans' resource, from the downward API (a missing label gives "").
+  env:
+    - name: BREAKWATER_POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: BREAKWATER_POD_NAMESPACE
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    {{- if not $v.tracing.serviceName }}
+    - name: BREAKWATER_SERVICE_NAME
+      valueFrom: {fieldRef: {fieldPath: "metadata.labels['app.kubernetes.io/name']"}}
+    {{- end }}
+  {{- end }}
   ports:
     - name: bw-admin
       containerPort: 15000
@@ -332,6 +344,15 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "h2-connections-per-endpoint" .upstream.h2ConnectionsPerEndpoint) }}
 {{- include "breakwater.flag" (list "upstream-max-connection-age" .upstream.maxConnectionAge) }}
 {{- include "breakwater.flag" (list "slow-start" .upstream.slowStart) }}
+{{- include "breakwater.flag" (list "otlp-endpoint" .tracing.otlpEndpoint) }}
+{{- include "breakwater.flag" (list "trace-sample-ratio" .tracing.sampleRatio) }}
+{{- include "breakwater.flag" (list "trace-errors" .tracing.errors) }}
+{{- include "breakwater.flag" (list "service-name" .tracing.serviceName) }}
+{{- if .tracing.otlpEndpoint }}
+{{- /* From the downward API env of the container (breakwater.container). */}}
+- --pod-name=$(BREAKWATER_POD_NAME)
+- --pod-namespace=$(BREAKWATER_POD_NAMESPACE)
+{{- end }}
 {{- include "breakwater.flag" (list "discovery" .discovery.mode) }}
 {{- include "breakwater.flag" (list "discovery-namespaces" .discovery.namespaces) }}
 {{- include "breakwater.flag" (list "kubernetes-api" .discovery.kubernetesApi) }}
