@@ -24,7 +24,7 @@ use crate::forward::{AttemptError, Failed, Forwarder, Hold, Seen, Sent};
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
 use crate::policy::retry::{self, Outcome, RetryPolicy};
-use crate::trace::{AttemptEnd, Traced};
+use crate::trace::{AttemptEnd, Traced, Value};
 use crate::transport::client_body::ClientBody;
 use crate::transport::replay::ReplayBody;
 
@@ -245,8 +245,8 @@ fn record_attempt(t: &mut Traced, result: &Result<Answer, ProxyError>, seen: See
         t.span.event(
             "breaker.transition",
             vec![
-                ("breakwater.endpoint", peer.to_string().into()),
-                ("breakwater.to", to.as_str().into()),
+                ("breakwater.endpoint", Value::Str(peer.to_string())),
+                ("breakwater.to", Value::Static(to.as_str())),
             ],
         );
     }

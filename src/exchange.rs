@@ -22,7 +22,7 @@ use crate::policy::bulkhead::Refusal;
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
 use crate::rescue::rescue;
-use crate::trace::{Kind, Tracer};
+use crate::trace::{Kind, Tracer, Value};
 use crate::transport::client_body::ClientBody;
 use crate::transport::headers;
 use crate::tunnel;
@@ -113,7 +113,7 @@ pub async fn send(
         let ms = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
         t.span.event(
             "deadline.adopted",
-            vec![("breakwater.deadline_ms", ms.into())],
+            vec![("breakwater.deadline_ms", Value::Int(ms))],
         );
     }
     let slot = match point {
@@ -197,16 +197,11 @@ pub fn start_trace<B>(
     in_flight: &mut InFlight,
 ) {
     let Some(tracer) = tracer else { return };
-    let Some(mut t) = tracer.start(
-        req.headers(),
-        kind,
-        req.method().as_str(),
-        in_flight.started(),
-    ) else {
+    let Some(mut t) = tracer.start(req.headers(), kind, req.method(), in_flight.started()) else {
         return;
     };
     let span = &mut t.span;
-    span.set("http.request.method", req.method().to_string());
+    span.set("http.request.method", Value::Method(req.method().clone()));
     span.set("url.path", req.uri().path().to_string());
     let version = match req.version() {
         http::Version::HTTP_2 => "2",
@@ -225,7 +220,7 @@ pub fn start_trace<B>(
         span.set("server.address", state.dest.host().to_string());
         span.set("server.port", i64::from(state.dest.port()));
         span.set("breakwater.destination", state.dest.to_string());
-        span.set("breakwater.route", state.route.to_string());
+        span.set("breakwater.route", Value::Shared(state.route.clone()));
     }
     in_flight.set_trace(t);
 }
@@ -291,7 +286,8 @@ pub async fn take_slot(
             Err(Refusal::Full) => "bulkhead.full",
             Err(Refusal::QueueTimeout) => "bulkhead.timed-out",
         };
-        t.span.event(event, vec![("breakwater.wait_ms", ms.into())]);
+        t.span
+            .event(event, vec![("breakwater.wait_ms", Value::Int(ms))]);
     }
     match slot {
         Ok(slot) => {

@@ -34,7 +34,7 @@ use crate::forward::Forwarder;
 use crate::listener::{ClientConn, Handler};
 use crate::metrics::{DestinationMetrics, Direction, Metrics};
 use crate::mirror;
-use crate::trace::{Kind, Tracer};
+use crate::trace::{Kind, Tracer, Value};
 use crate::transport::headers;
 use crate::tunnel;
 use crate::upstream::traffic::RouteTraffic;
@@ -179,8 +179,11 @@ impl Outbound {
                 t.span.event(
                     "mirror",
                     vec![
-                        ("breakwater.shadow", shadow.plan.target.to_string().into()),
-                        ("breakwater.mirror", copied.into()),
+                        (
+                            "breakwater.shadow",
+                            Value::Str(shadow.plan.target.to_string()),
+                        ),
+                        ("breakwater.mirror", Value::Static(copied)),
                     ],
                 );
             }
@@ -215,7 +218,7 @@ impl Outbound {
         if let (Some(_), Some(t)) = (moved, in_flight.trace_mut()) {
             t.span.event(
                 "split",
-                vec![("breakwater.destination", state.dest.to_string().into())],
+                vec![("breakwater.destination", Value::Str(state.dest.to_string()))],
             );
         }
         if moved.is_some() && !traffic.keep_host {

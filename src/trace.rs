@@ -4,15 +4,16 @@
 //! (bulkhead waits, breaker refusals and changes, an adopted deadline, a
 //! split or a mirror). Exported over OTLP/HTTP (`export`).
 //!
-//! Our own span model over `opentelemetry-proto`'s messages and the hyper
-//! client breakwater already has, rather than the OpenTelemetry SDK: the
-//! SDK's exporters bring reqwest or tonic (a second HTTP stack), and what is
-//! recorded here is specific to the proxy (attempts, reasons, policy events),
-//! as in linkerd2-proxy. Off (`--otlp-endpoint` unset), nothing is built per
-//! request.
+//! Our own span model, written out in OTLP's protobuf encoding (`otlp`) and
+//! sent with the hyper client breakwater already has, rather than the
+//! OpenTelemetry SDK: the SDK's exporters bring reqwest or tonic (a second
+//! HTTP stack), and what is recorded here is specific to the proxy (attempts,
+//! reasons, policy events), as in linkerd2-proxy. Off (`--otlp-endpoint`
+//! unset), nothing is built per request.
 
 pub mod context;
 pub mod export;
+pub mod otlp;
 pub mod span;
 
 use http::HeaderMap;
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::TracingConfig;
 use context::Read;
-pub use span::{AttemptEnd, Kind, RequestSpan};
+pub use span::{AttemptEnd, Kind, RequestSpan, Value};
 
 /// Decides which requests are recorded and hands finished ones to the exporter.
 pub struct Tracer {
@@ -70,7 +71,7 @@ impl Tracer {
         &self,
         headers: &HeaderMap,
         kind: Kind,
-        method: &str,
+        method: &http::Method,
         started: Instant,
     ) -> Option<Box<Traced>> {
         let (parent, recording) = match context::read(headers) {

@@ -179,7 +179,8 @@ impl RouteTable {
             .iter()
             .map(|r| {
                 RouteTraffic::compile(&r.name, &r.route.traffic, |shadow| {
-                    destination_policy(&routes, &defaults, shadow).clone()
+                    let (policy, own_limit) = destination_policy(&routes, &defaults, shadow);
+                    (policy.clone(), own_limit)
                 })
                 .map(Arc::new)
             })
@@ -307,11 +308,13 @@ impl RouteTable {
 
 /// The policy requests to `dest` get when no path, method or header narrows
 /// them: the first route for its host and port that names nothing else.
+///
+/// Also whether that route sets `max-concurrent` itself.
 fn destination_policy<'a>(
     routes: &'a [CompiledRoute],
     defaults: &'a RoutePolicy,
     dest: &Destination,
-) -> &'a RoutePolicy {
+) -> (&'a RoutePolicy, bool) {
     routes
         .iter()
         .find(|r| {
@@ -325,7 +328,9 @@ fn destination_policy<'a>(
                 && m.method.is_none()
                 && m.headers.is_empty()
         })
-        .map_or(defaults, |r| &r.policy)
+        .map_or((defaults, false), |r| {
+            (&r.policy, r.route.sets("max-concurrent"))
+        })
 }
 
 /// An outbound route's keys over the defaults.

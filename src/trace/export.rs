@@ -2,21 +2,24 @@
 //! queue without waiting (a full queue drops them, counted), and one task
 //! sends them in batches. A collector that is slow or down costs the
 //! requests nothing: they never wait on the queue or the export.
+//!
+//! The task wakes once per batch, not once per span: it waits for the first
+//! span, then for the batch interval or a signal that a batch is ready.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prometheus::IntCounter;
-use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+
+use super::otlp;
+use super::span::SpanRecord;
 
 /// Spans waiting for export; past this, new ones are dropped.
 pub const QUEUE: usize = 2048;
@@ -44,17 +47,21 @@ pub struct Destination {
 /// The queue's sending side: what requests hand finished spans to.
 #[derive(Clone)]
 pub struct Queue {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<SpanRecord>,
+    batch_ready: Arc<Notify>,
     metrics: ExportMetrics,
 }
 
 impl Queue {
     /// Hands `spans` to the exporter, dropping (and counting) what does not fit.
-    pub fn push(&self, spans: Vec<Span>) {
+    pub fn push(&self, spans: Vec<SpanRecord>) {
         for span in spans {
             if self.tx.try_send(span).is_err() {
                 self.metrics.queue_full.inc();
             }
+        }
+        if QUEUE - self.tx.capacity() >= BATCH {
+            self.batch_ready.notify_one();
         }
     }
 }
@@ -63,84 +70,67 @@ impl Queue {
 /// to `to.endpoint`.
 pub fn spawn(to: Destination, metrics: ExportMetrics) -> Queue {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(to, rx, metrics.clone()));
-    Queue { tx, metrics }
+    let batch_ready = Arc::new(Notify::new());
+    tokio::spawn(run(to, rx, batch_ready.clone(), metrics.clone()));
+    Queue {
+        tx,
+        batch_ready,
+        metrics,
+    }
 }
 
-async fn run(to: Destination, mut rx: mpsc::Receiver<Span>, metrics: ExportMetrics) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let resource = Resource {
-        attributes: to
-            .resource
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: (*k).to_string(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(v.clone())),
-                }),
-                ..KeyValue::default()
-            })
-            .collect(),
-        ..Resource::default()
-    };
-    let mut failing_since_log = false;
+async fn run(
+    to: Destination,
+    mut rx: mpsc::Receiver<SpanRecord>,
+    batch_ready: Arc<Notify>,
+    metrics: ExportMetrics,
+) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut failing = false;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let mut batch = Vec::with_capacity(BATCH);
         // The first span of a batch: wait for it as long as it takes.
         match rx.recv().await {
             Some(span) => batch.push(span),
             None => return,
         }
-        let until = tokio::time::Instant::now() + INTERVAL;
+        if rx.len() + 1 < BATCH {
+            // Then the rest, without a wake-up per span.
+            let _ = tokio::time::timeout(INTERVAL, batch_ready.notified()).await;
+        }
         while batch.len() < BATCH {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
             }
         }
         let n = batch.len() as u64;
-        let body = encode(&resource, batch);
-        match export(&client, &to.endpoint, body).await {
+        let mut body = Vec::with_capacity(batch.len() * 512);
+        otlp::encode(&to.resource, &batch, &mut body);
+        batch.clear();
+        match export(&client, &to.endpoint, body.into()).await {
             Ok(()) => {
                 metrics.exported.inc_by(n);
-                if failing_since_log {
+                if failing {
                     tracing::info!(endpoint = %to.endpoint, "span export works again");
-                    failing_since_log = false;
+                    failing = false;
                 }
             }
             Err(e) => {
                 metrics.export_failed.inc_by(n);
-                if !failing_since_log {
+                if !failing {
                     // Once per outage, not once per batch.
                     tracing::warn!(endpoint = %to.endpoint, error = %e, "span export failed; spans are dropped until it works");
-                    failing_since_log = true;
+                    failing = true;
                 }
             }
         }
     }
 }
 
-fn encode(resource: &Resource, spans: Vec<Span>) -> Bytes {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "breakwater".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..InstrumentationScope::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    };
-    Bytes::from(request.encode_to_vec())
-}
-
 async fn export(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &Client<HttpConnector, Full<Bytes>>,
     endpoint: &Uri,
     body: Bytes,
 ) -> Result<(), String> {

@@ -1,23 +1,28 @@
 //! One request's spans as they are recorded: the request's span (server
 //! inbound, client outbound), a child per attempt, and events for what the
-//! policies did to it. Built as OTLP messages directly, so that finishing a
-//! request is handing them to the exporter.
+//! policies did to it. Kept compact (static keys, values as they come) so
+//! that a traced request costs little; `otlp` writes them out.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
-use opentelemetry_proto::tonic::trace::v1::{Span, Status, status::StatusCode};
+use http::Method;
 use tokio::time::Instant;
 
 use super::context::{Form, Parent, SpanId, TraceId};
 
-/// A value of an attribute.
+/// A value of an attribute, kept as it came: formatted only when exported.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Str(String),
     Static(&'static str),
+    Shared(Arc<str>),
     Int(i64),
+    /// A status code as text, as `error.type` wants it.
+    Code(u16),
+    Ip(IpAddr),
+    Method(Method),
 }
 
 impl From<&'static str> for Value {
@@ -38,26 +43,40 @@ impl From<i64> for Value {
     }
 }
 
-fn kv(key: &'static str, value: impl Into<Value>) -> KeyValue {
-    let value = match value.into() {
-        Value::Str(s) => any_value::Value::StringValue(s),
-        Value::Static(s) => any_value::Value::StringValue(s.to_string()),
-        Value::Int(n) => any_value::Value::IntValue(n),
-    };
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..KeyValue::default()
-    }
-}
+/// One attribute: its semantic-convention (or `breakwater.*`) key and value.
+pub type Attr = (&'static str, Value);
 
 /// Which side of the exchange breakwater's span is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Inbound: breakwater serves the caller.
     Server,
-    /// Outbound: breakwater calls for the app.
+    /// Outbound: breakwater calls for the app (and each attempt).
     Client,
+}
+
+/// A point in a span's time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub at: u64,
+    pub name: &'static str,
+    pub attributes: Vec<Attr>,
+}
+
+/// A finished span, ready for export.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRecord {
+    pub trace: TraceId,
+    pub id: SpanId,
+    pub parent: Option<SpanId>,
+    pub name: Method,
+    pub kind: Kind,
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Vec<Attr>,
+    pub events: Vec<EventRecord>,
+    /// An error's message: the span's status is ERROR with it.
+    pub error: Option<Value>,
 }
 
 /// A request being recorded.
@@ -68,31 +87,31 @@ pub struct RequestSpan {
     /// How the caller sent its context, to write it back that way.
     pub form: Form,
     kind: Kind,
-    name: String,
+    name: Method,
     /// The wall clock at `mono`: span times are wall times, measured on the
     /// monotonic clock.
     wall: u64,
     mono: Instant,
-    attributes: Vec<KeyValue>,
-    events: Vec<Event>,
+    attributes: Vec<Attr>,
+    events: Vec<EventRecord>,
     /// Attempts that ended, and the one under way.
-    attempts: Vec<Span>,
+    attempts: Vec<SpanRecord>,
     current: Option<Attempt>,
-    error: Option<String>,
+    error: Option<&'static str>,
 }
 
 struct Attempt {
     id: SpanId,
     started: Instant,
-    attributes: Vec<KeyValue>,
+    attributes: Vec<Attr>,
 }
 
 /// How an attempt ended.
-pub enum AttemptEnd<'a> {
+pub enum AttemptEnd {
     /// A response head with this status.
     Answered(u16),
     /// No response: breakwater's reason for it.
-    Failed(&'a str),
+    Failed(&'static str),
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -107,7 +126,7 @@ fn ms(d: Duration) -> i64 {
 impl RequestSpan {
     /// A span that started at `started`: under `parent` (the caller's), or a
     /// new trace's root.
-    pub fn new(parent: Option<&Parent>, kind: Kind, method: &str, started: Instant) -> Self {
+    pub fn new(parent: Option<&Parent>, kind: Kind, method: &Method, started: Instant) -> Self {
         let now = Instant::now();
         let wall = unix_nanos(SystemTime::now())
             .saturating_sub(u64::try_from((now - started).as_nanos()).unwrap_or(0));
@@ -117,7 +136,7 @@ impl RequestSpan {
             parent: parent.map(|p| p.span),
             form: parent.map_or(Form::W3c, |p| p.form),
             kind,
-            name: method.to_string(),
+            name: method.clone(),
             wall,
             mono: started,
             attributes: Vec::with_capacity(12),
@@ -135,24 +154,23 @@ impl RequestSpan {
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.attributes.push(kv(key, value));
+        self.attributes.push((key, value.into()));
     }
 
     /// An event now, with its attributes.
-    pub fn event(&mut self, name: &'static str, attributes: Vec<(&'static str, Value)>) {
-        let time_unix_nano = self.at(Instant::now());
-        self.events.push(Event {
-            time_unix_nano,
-            name: name.to_string(),
-            attributes: attributes.into_iter().map(|(k, v)| kv(k, v)).collect(),
-            dropped_attributes_count: 0,
+    pub fn event(&mut self, name: &'static str, attributes: Vec<Attr>) {
+        let at = self.at(Instant::now());
+        self.events.push(EventRecord {
+            at,
+            name,
+            attributes,
         });
     }
 
     /// The request failed with breakwater's own `reason`.
     pub fn fail(&mut self, reason: &'static str) {
         self.set("breakwater.reason", reason);
-        self.error = Some(reason.to_string());
+        self.error = Some(reason);
     }
 
     /// Starts attempt `n`, after `waited` (its backoff or `Retry-After`) and
@@ -161,11 +179,11 @@ impl RequestSpan {
     pub fn begin_attempt(&mut self, n: u32, waited: Option<(Duration, &'static str)>) -> SpanId {
         let id = SpanId::random();
         let mut attributes = Vec::with_capacity(8);
-        attributes.push(kv("breakwater.attempt", i64::from(n)));
+        attributes.push(("breakwater.attempt", Value::Int(i64::from(n))));
         if let Some((wait, budget)) = waited {
-            attributes.push(kv("http.request.resend_count", i64::from(n - 1)));
-            attributes.push(kv("breakwater.retry.wait_ms", ms(wait)));
-            attributes.push(kv("breakwater.retry.budget", budget));
+            attributes.push(("http.request.resend_count", Value::Int(i64::from(n - 1))));
+            attributes.push(("breakwater.retry.wait_ms", Value::Int(ms(wait))));
+            attributes.push(("breakwater.retry.budget", Value::Static(budget)));
         }
         self.current = Some(Attempt {
             id,
@@ -176,95 +194,78 @@ impl RequestSpan {
     }
 
     /// Ends the attempt under way, at `peer` if one was picked.
-    pub fn end_attempt(&mut self, end: AttemptEnd<'_>, peer: Option<SocketAddr>) {
+    pub fn end_attempt(&mut self, end: AttemptEnd, peer: Option<SocketAddr>) {
         let Some(mut a) = self.current.take() else {
             return;
         };
         if let Some(peer) = peer {
             a.attributes
-                .push(kv("network.peer.address", peer.ip().to_string()));
+                .push(("network.peer.address", Value::Ip(peer.ip())));
             a.attributes
-                .push(kv("network.peer.port", i64::from(peer.port())));
+                .push(("network.peer.port", Value::Int(i64::from(peer.port()))));
         }
-        let status = match end {
+        let error = match end {
             AttemptEnd::Answered(code) => {
                 a.attributes
-                    .push(kv("http.response.status_code", i64::from(code)));
-                if code >= 500 {
-                    a.attributes.push(kv("error.type", code.to_string()));
-                    Some(error_status(code.to_string()))
-                } else {
-                    None
-                }
+                    .push(("http.response.status_code", Value::Int(i64::from(code))));
+                (code >= 500).then(|| {
+                    a.attributes.push(("error.type", Value::Code(code)));
+                    Value::Code(code)
+                })
             }
             AttemptEnd::Failed(reason) => {
                 a.attributes
-                    .push(kv("breakwater.reason", reason.to_string()));
-                a.attributes.push(kv("error.type", reason.to_string()));
-                Some(error_status(reason.to_string()))
+                    .push(("breakwater.reason", Value::Static(reason)));
+                a.attributes.push(("error.type", Value::Static(reason)));
+                Some(Value::Static(reason))
             }
         };
         let end = self.at(Instant::now());
-        self.attempts.push(Span {
-            trace_id: self.trace.0.to_vec(),
-            span_id: a.id.0.to_vec(),
-            parent_span_id: self.id.0.to_vec(),
-            flags: 1,
+        self.attempts.push(SpanRecord {
+            trace: self.trace,
+            id: a.id,
+            parent: Some(self.id),
             name: self.name.clone(),
-            kind: SpanKind::Client as i32,
-            start_time_unix_nano: self.at(a.started),
-            end_time_unix_nano: end,
+            kind: Kind::Client,
+            start: self.at(a.started),
+            end,
             attributes: a.attributes,
-            status,
-            ..Span::default()
+            events: Vec::new(),
+            error,
         });
     }
 
     /// The finished spans, the request's last, ending now with `status`.
-    pub fn finish(mut self, status: u16) -> Vec<Span> {
+    pub fn finish(mut self, status: u16) -> Vec<SpanRecord> {
         if self.current.is_some() {
             // An attempt whose end nobody saw: the request ended under it.
             self.end_attempt(AttemptEnd::Failed("cancelled"), None);
         }
         let end = self.at(Instant::now());
         self.attributes
-            .push(kv("http.response.status_code", i64::from(status)));
-        let error = match self.error.take() {
-            Some(reason) => Some(reason),
-            None if status >= 500 => Some(status.to_string()),
+            .push(("http.response.status_code", Value::Int(i64::from(status))));
+        let error = match self.error {
+            Some(reason) => Some(Value::Static(reason)),
+            None if status >= 500 => Some(Value::Code(status)),
             None => None,
         };
-        let status = error.map(|e| {
-            self.attributes.push(kv("error.type", e.clone()));
-            error_status(e)
-        });
-        let kind = match self.kind {
-            Kind::Server => SpanKind::Server,
-            Kind::Client => SpanKind::Client,
-        };
+        if let Some(e) = &error {
+            self.attributes.push(("error.type", e.clone()));
+        }
         let mut spans = std::mem::take(&mut self.attempts);
-        spans.push(Span {
-            trace_id: self.trace.0.to_vec(),
-            span_id: self.id.0.to_vec(),
-            parent_span_id: self.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
-            flags: 1,
+        spans.push(SpanRecord {
+            trace: self.trace,
+            id: self.id,
+            parent: self.parent,
             name: self.name,
-            kind: kind as i32,
-            start_time_unix_nano: self.wall,
-            end_time_unix_nano: end,
+            kind: self.kind,
+            start: self.wall,
+            end,
             attributes: self.attributes,
             events: self.events,
-            status,
-            ..Span::default()
+            error,
         });
         spans
-    }
-}
-
-fn error_status(message: String) -> Status {
-    Status {
-        message,
-        code: StatusCode::Error as i32,
     }
 }
 
@@ -280,7 +281,7 @@ mod tests {
             sampled: true,
             form: Form::W3c,
         };
-        let mut span = RequestSpan::new(Some(&parent), Kind::Client, "GET", Instant::now());
+        let mut span = RequestSpan::new(Some(&parent), Kind::Client, &Method::GET, Instant::now());
         let first = span.begin_attempt(1, None);
         span.end_attempt(AttemptEnd::Answered(503), "10.1.2.3:80".parse().ok());
         let second = span.begin_attempt(2, Some((Duration::from_millis(20), "allowed")));
@@ -292,17 +293,17 @@ mod tests {
         let spans = span.finish(502);
         assert_eq!(spans.len(), 3);
         let request = &spans[2];
-        assert_eq!(request.parent_span_id, vec![9; 8]);
-        assert_eq!(request.trace_id, vec![7; 16]);
+        assert_eq!(request.parent, Some(SpanId([9; 8])));
+        assert_eq!(request.trace, TraceId([7; 16]));
         assert_eq!(request.events.len(), 1);
         for (attempt, id) in spans[..2].iter().zip([first, second]) {
-            assert_eq!(attempt.parent_span_id, request.span_id);
-            assert_eq!(attempt.span_id, id.0.to_vec());
-            assert!(attempt.start_time_unix_nano >= request.start_time_unix_nano);
-            assert!(attempt.end_time_unix_nano <= request.end_time_unix_nano);
-            assert_eq!(attempt.status.as_ref().map(|s| s.code), Some(2));
+            assert_eq!(attempt.parent, Some(request.id));
+            assert_eq!(attempt.id, id);
+            assert!(attempt.start >= request.start);
+            assert!(attempt.end <= request.end);
+            assert!(attempt.error.is_some());
         }
-        let keys: Vec<&str> = spans[1].attributes.iter().map(|k| k.key.as_str()).collect();
+        let keys: Vec<&str> = spans[1].attributes.iter().map(|(k, _)| *k).collect();
         assert!(keys.contains(&"http.request.resend_count"), "{keys:?}");
         assert!(keys.contains(&"breakwater.reason"), "{keys:?}");
     }

@@ -965,6 +965,34 @@ async fn a_request_breakwater_refuses_is_still_copied_and_compared() {
     assert_eq!(shadow.count(), 2);
 }
 
+/// A shadow that keeps failing is compared every time: no breaker opens on
+/// it to turn its answers into errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_stays_a_mismatch_not_an_error() {
+    let old = named("old").await;
+    let bad = named_with("bad", Some(500), Duration::ZERO).await;
+    let (o, b) = (old.addr(), bad.addr());
+    let proxy = spawn_proxy(old.up.addr, |c| {
+        c.routes
+            .push(route(&format!("127.0.0.1:{},mirror={b}@100", old.port())));
+    })
+    .await;
+    let c = client();
+    for i in 0..20 {
+        let a = get_via(&c, &proxy, &o, &format!("/{i}")).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let labels = [dest(&b), "outcome=\"mismatch\"".to_string()];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let m = wait_sample(&proxy, "breakwater_mirror_total", &labels, 20.0).await;
+    assert_eq!(
+        sample_sum(&m, "breakwater_mirror_total", &labels),
+        20.0,
+        "{m}"
+    );
+    assert_eq!(bad.count(), 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_at_50_percent_copies_half() {
     let old = named("old").await;
