@@ -19,7 +19,7 @@
 #   none     --route OLD                                   (baseline, no mirror)
 #   healthy  --route OLD,mirror=OK@100
 #   hang     --route OLD,mirror=HANG@100 --route HANG,timeout=10s
-#            (the shadow's default max-concurrent 1024: copies pile up to it, then are skipped)
+#            (the shadow's default cap on copies in flight: they pile up to it, then are skipped)
 #   hang16   --route OLD,mirror=HANG@100 --route HANG,timeout=10s,max-concurrent=16
 #   refused  --route OLD,mirror=CLOSED@100
 #   e500     --route OLD,mirror=E500@100
