@@ -226,11 +226,17 @@ impl Outbound {
                 .map_err(|_| ProxyError::BadRequest("the new destination is not a valid Host"))?;
             req.headers_mut().insert(header::HOST, host);
         }
-        let out = Direction::Outbound;
-        let deadline = exchange::fault_deadline(req, state, in_flight);
-        fault::inject(traffic, out, &self.metrics, in_flight, deadline).await?;
-        if let Some(there) = moved.and_then(|m| m.traffic.as_ref()) {
-            fault::inject(there, out, &self.metrics, in_flight, deadline).await?;
+        let there = moved.and_then(|m| m.traffic.as_deref());
+        let with_faults = [Some(traffic), there]
+            .into_iter()
+            .flatten()
+            .filter(|t| t.faults.is_some());
+        // The deadline (a header lookup) only for a route that has faults.
+        let mut deadline = None;
+        for t in with_faults {
+            let d =
+                *deadline.get_or_insert_with(|| exchange::fault_deadline(req, state, in_flight));
+            fault::inject(t, Direction::Outbound, &self.metrics, in_flight, d).await?;
         }
         Ok(())
     }

@@ -3,70 +3,9 @@
 //! table kept in step with `breakwater run --help`.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support;
-
-/// What one run of the binary left behind.
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn succeeded(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// `breakwater ARGS` with no `BREAKWATER_*` variable inherited from the caller.
-fn breakwater(args: &[&str]) -> Command {
-    let mut cmd = Command::new(support::binary());
-    cmd.args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BREAKWATER_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
-
-/// Runs `cmd` to completion; kills it and fails the test if it is still running
-/// after `limit` (a bad flag that is accepted would otherwise start serving).
-fn finish(mut cmd: Command, limit: Duration) -> Outcome {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the breakwater binary");
-    let deadline = Instant::now() + limit;
-    while child.try_wait().expect("poll the binary").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect the killed binary");
-            panic!(
-                "breakwater was still running after {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child
-        .wait_with_output()
-        .expect("collect the binary's output");
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn run(args: &[&str]) -> Outcome {
-    finish(breakwater(args), Duration::from_secs(20))
-}
+use crate::support::{self, Outcome};
 
 /// The effective configuration `run --check` prints, parsed.
 fn checked_config(outcome: &Outcome) -> serde_json::Value {
@@ -128,7 +67,7 @@ fn flags_in_help(help: &str) -> Vec<(String, String)> {
 }
 
 fn help_of(args: &[&str]) -> String {
-    let outcome = run(args);
+    let outcome = support::run_to_end(args);
     assert!(outcome.succeeded(), "{args:?} failed: {}", outcome.stderr);
     outcome.stdout
 }
@@ -148,7 +87,7 @@ fn subcommands() -> Vec<String> {
 
 #[test]
 fn check_with_defaults_prints_the_effective_config_and_exits_0() {
-    let outcome = run(&["run", "--check"]);
+    let outcome = support::run_to_end(&["run", "--check"]);
     let config = checked_config(&outcome);
     assert_eq!(config["timeout"], "15s");
     assert_eq!(config["connect_timeout"], "1s");
@@ -166,7 +105,7 @@ fn check_with_defaults_prints_the_effective_config_and_exits_0() {
 
 #[test]
 fn check_reflects_the_flags_given() {
-    let outcome = run(&[
+    let outcome = support::run_to_end(&[
         "run",
         "--check",
         "--timeout=4s",
@@ -235,7 +174,7 @@ fn bad_flag_values_fail_at_start_up_naming_the_flag() {
                 }
             }
             args.extend_from_slice(flags);
-            let outcome = run(&args);
+            let outcome = support::run_to_end(&args);
             assert_fails_naming(&outcome, named, &format!("{args:?}"));
         }
     }
@@ -310,7 +249,7 @@ fn conflicting_values_fail_naming_the_route_and_both_keys() {
                 ]);
             }
             args.extend_from_slice(flags);
-            let outcome = run(&args);
+            let outcome = support::run_to_end(&args);
             for name in *named {
                 assert_fails_naming(&outcome, name, &format!("{args:?}"));
             }
@@ -322,7 +261,7 @@ fn conflicting_values_fail_naming_the_route_and_both_keys() {
 /// accepted, as Envoy does, with a warning that names both keys.
 #[test]
 fn a_per_try_timeout_beyond_the_timeout_is_accepted_with_a_warning() {
-    let outcome = run(&[
+    let outcome = support::run_to_end(&[
         "run",
         "--check",
         "--route=api,timeout=1s,per-try-timeout=2s",
@@ -339,11 +278,11 @@ fn a_per_try_timeout_beyond_the_timeout_is_accepted_with_a_warning() {
 
 #[test]
 fn env_vars_set_flags() {
-    let mut cmd = breakwater(&["run", "--check"]);
+    let mut cmd = support::clean_command(&["run", "--check"]);
     cmd.env("BREAKWATER_TIMEOUT", "2s")
         .env("BREAKWATER_MAX_CONNECTIONS", "7")
         .env("BREAKWATER_ROUTE", "a:81,timeout=1s;b,protocol=h2");
-    let config = checked_config(&finish(cmd, Duration::from_secs(20)));
+    let config = checked_config(&support::finish(cmd, Duration::from_secs(20)));
     assert_eq!(config["timeout"], "2s");
     assert_eq!(config["limits"]["max_connections"], 7);
     assert_eq!(config["routes"][0]["host"], "a");
@@ -352,9 +291,9 @@ fn env_vars_set_flags() {
 
 #[test]
 fn a_flag_beats_its_env_var() {
-    let mut cmd = breakwater(&["run", "--check", "--timeout=3s"]);
+    let mut cmd = support::clean_command(&["run", "--check", "--timeout=3s"]);
     cmd.env("BREAKWATER_TIMEOUT", "2s");
-    let config = checked_config(&finish(cmd, Duration::from_secs(20)));
+    let config = checked_config(&support::finish(cmd, Duration::from_secs(20)));
     assert_eq!(config["timeout"], "3s");
 }
 
@@ -365,9 +304,9 @@ fn a_bad_env_var_fails_naming_its_flag() {
         ("BREAKWATER_THREADS", "0", "--threads"),
         ("BREAKWATER_ROUTE", "a,colour=blue", "--route"),
     ] {
-        let mut cmd = breakwater(&["run", "--check"]);
+        let mut cmd = support::clean_command(&["run", "--check"]);
         cmd.env(var, value);
-        let outcome = finish(cmd, Duration::from_secs(20));
+        let outcome = support::finish(cmd, Duration::from_secs(20));
         assert_fails_naming(&outcome, flag, &format!("{var}={value}"));
     }
 }
@@ -393,7 +332,7 @@ fn every_run_flag_has_its_breakwater_env_var() {
 fn an_address_in_use_fails_naming_its_flag() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to occupy");
     let addr = taken.local_addr().expect("occupied address").to_string();
-    let outcome = run(&[
+    let outcome = support::run_to_end(&[
         "run",
         "--inbound-addr=127.0.0.1:0",
         "--outbound-addr=127.0.0.1:0",

@@ -674,10 +674,14 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-/// Runs the binary with `args` to its end, no `BREAKWATER_*` variable
-/// inherited; fails the test if it still runs after 20 s (a bad flag
-/// accepted would serve).
-pub fn run_to_end<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Outcome {
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// `breakwater ARGS` with no `BREAKWATER_*` variable inherited from the caller.
+pub fn clean_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut cmd = Command::new(binary());
     cmd.args(args);
     for (name, _) in std::env::vars_os() {
@@ -685,28 +689,41 @@ pub fn run_to_end<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Ou
             cmd.env_remove(name);
         }
     }
+    cmd
+}
+
+/// Runs `cmd` to completion; kills it and fails the test if it is still running
+/// after `limit` (a bad flag that is accepted would otherwise start serving).
+pub fn finish(mut cmd: Command, limit: Duration) -> Outcome {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the breakwater binary");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + limit;
     while child.try_wait().expect("poll the binary").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collect");
+            let out = child.wait_with_output().expect("collect the killed binary");
             panic!(
-                "{args:?}: still running after 20 s (accepted?); stderr:\n{}",
+                "breakwater was still running after {limit:?}; stderr:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().expect("collect");
+    let out = child
+        .wait_with_output()
+        .expect("collect the binary's output");
     Outcome {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `breakwater ARGS` to its end, as [`finish`] runs it within 20 s.
+pub fn run_to_end<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Outcome {
+    finish(clean_command(args), Duration::from_secs(20))
 }
