@@ -26,6 +26,8 @@ pub struct InFlight {
     slot: Option<BulkheadPermit>,
     /// The request's spans, when it is traced; exported with the last byte.
     trace: Option<Box<Traced>>,
+    /// A gRPC request: breakwater's own answers to it are gRPC statuses.
+    grpc: bool,
 }
 
 /// What the access log line says about a request, captured only when it is on.
@@ -57,7 +59,17 @@ impl InFlight {
             access: None,
             slot: None,
             trace: None,
+            grpc: false,
         }
+    }
+
+    /// Marks a gRPC request, which breakwater answers the gRPC way.
+    pub fn mark_grpc(&mut self) {
+        self.grpc = true;
+    }
+
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     pub fn metrics(&self) -> &DestinationMetrics {

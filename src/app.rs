@@ -226,7 +226,7 @@ impl Proxy {
         let out_stack = Arc::new(
             Outbound::new(
                 &config,
-                Forwarder::new(Arc::new(out_connector)),
+                Forwarder::new(Arc::new(out_connector), config.limits.stream_idle_timeout),
                 Arc::new(Registry::new(
                     Direction::Outbound,
                     routes,
@@ -248,7 +248,7 @@ impl Proxy {
         let in_stack = Arc::new(
             Inbound::new(
                 &config,
-                Forwarder::new(Arc::new(in_connector)),
+                Forwarder::new(Arc::new(in_connector), config.limits.stream_idle_timeout),
                 &metrics,
                 health.clone(),
                 inbound_watch.clone(),

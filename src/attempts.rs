@@ -31,6 +31,10 @@ use crate::transport::replay::ReplayBody;
 /// Which attempt this is, on every request sent upstream (1 for the first).
 pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-breakwater-attempt");
 
+/// On the hedge of an attempt (`hedge-after`): the upstream can tell the copy
+/// from the first.
+pub const HEDGE_HEADER: HeaderName = HeaderName::from_static("x-breakwater-hedge");
+
 /// How long a gRPC response's first body frame is awaited to see whether it is
 /// the trailers (a failing server sends headers, then trailers at once). Longer
 /// would hold up streaming responses whose first message is slow.
@@ -49,12 +53,20 @@ pub struct Answer {
 pub struct Kept {
     pub req: Request<ReplayBody>,
     pub idempotent: bool,
+    /// A gRPC call that is not idempotent, kept anyway under `--retry-on
+    /// …,unavailable`: an upstream breakwater's refusal of it may be retried
+    /// ([`retry::refused_before_the_app`]).
+    pub refusable: bool,
 }
 
 /// Wraps the client's body so that it is kept as far as the retry policy
 /// needs, or whole up to `retry-body-limit` when `copied` (a mirror's copy).
 pub fn keep_body(req: Request<ClientBody>, policy: &RetryPolicy, copied: bool) -> Kept {
     let idempotent = retry::is_idempotent(req.method(), req.headers());
+    let refusable = !idempotent
+        && policy.retries > 0
+        && policy.retry_on.unavailable
+        && crate::forward::is_grpc(req.headers());
     let req = req.map(|body| {
         if copied {
             ReplayBody::replayable(body, policy.body_limit)
@@ -63,10 +75,15 @@ pub fn keep_body(req: Request<ClientBody>, policy: &RetryPolicy, copied: bool) -
         } else {
             // A request that is not safe to repeat keeps nothing: only a body that
             // was never sent (a connect failure) goes out again.
-            ReplayBody::replayable(body, if idempotent { policy.body_limit } else { 0 })
+            let keep = idempotent || refusable;
+            ReplayBody::replayable(body, if keep { policy.body_limit } else { 0 })
         }
     });
-    Kept { req, idempotent }
+    Kept {
+        req,
+        idempotent,
+        refusable,
+    }
 }
 
 /// Sends the request until an attempt's outcome is final or nothing allows
@@ -83,13 +100,23 @@ pub async fn send(
     let Kept {
         mut req,
         idempotent,
+        refusable,
     } = kept;
     // A retry after the upstream has seen the request needs a copy made before
     // it leaves; a request that never left comes back from the forwarder.
-    let copies = idempotent && policy.retries_sent();
+    let copies = (idempotent || refusable) && policy.retries_sent();
     // The slot's clock reading serves the first attempt: one read fewer.
     let mut now = ctx.slot_granted;
     state.budget.deposit_at(now);
+    // Hedged: a request both copies can send at once (no body) that is safe
+    // to send twice.
+    let mut hedging = state
+        .hedging
+        .as_ref()
+        .filter(|_| idempotent && http_body::Body::is_end_stream(req.body()));
+    if let Some(h) = hedging {
+        h.deposit_at(now);
+    }
     let mut attempt: u32 = 1;
     // For the next attempt's span: the wait before it, and the budget's say.
     let mut waited: Option<(Duration, &'static str)> = None;
@@ -111,7 +138,33 @@ pub async fn send(
             let span = t.span.begin_attempt(attempt, waited.take());
             t.inject(req.headers_mut(), span);
         }
-        let sent = forwarder.send(ctx, req, per_try).await;
+        let hedge = hedging
+            .take()
+            .and_then(|h| Some((h, h.delay(now)?)))
+            .filter(|(_, delay)| *delay < per_try);
+        let sent = match hedge {
+            Some((h, delay)) => {
+                let (sent, hedged) =
+                    Box::pin(send_hedged(forwarder, ctx, req, per_try, delay, h)).await;
+                if let (Some(t), Some(won)) = (trace.as_deref_mut(), hedged) {
+                    t.span.event(
+                        "hedge",
+                        vec![
+                            (
+                                "breakwater.hedge_after_ms",
+                                Value::Int(delay.as_millis() as i64),
+                            ),
+                            (
+                                "breakwater.hedge_winner",
+                                Value::Static(if won { "hedge" } else { "first" }),
+                            ),
+                        ],
+                    );
+                }
+                sent
+            }
+            None => forwarder.send(ctx, req, per_try).await,
+        };
         let (result, unsent, seen) = match sent {
             Ok(sent) if policy.retry_on.unavailable && awaits_grpc_status(&sent.response) => {
                 let seen = sent.seen;
@@ -164,6 +217,7 @@ pub async fn send(
                 } else {
                     None
                 },
+                refused: refusable && retry::refused_before_the_app(answer.response.headers()),
             },
             Err(e) => Outcome::Failed(e),
         };
@@ -215,6 +269,60 @@ pub async fn send(
         attempt += 1;
         now = Instant::now();
     }
+}
+
+/// The first attempt, hedged: when it has no response head after `delay`, a
+/// copy goes too (budget allowing) and the first good answer — a response
+/// that is not a 5xx — wins; when the first to end is not good, the other is
+/// awaited. The loser's future is dropped, which cancels its exchange: its
+/// HTTP/2 stream is reset, its HTTP/1.1 connection closed, its breaker permit
+/// released unrecorded. Says whether a hedge went and, if so, whether it won.
+async fn send_hedged(
+    forwarder: &Forwarder,
+    ctx: &RequestCtx<'_>,
+    req: Request<ReplayBody>,
+    per_try: Duration,
+    delay: Duration,
+    hedging: &crate::policy::hedge::Hedging,
+) -> (Result<Sent, Failed>, Option<bool>) {
+    let state = ctx.state;
+    let copy = copy_of(&req);
+    let first = forwarder.send(ctx, req, per_try);
+    tokio::pin!(first);
+    tokio::select! {
+        biased;
+        sent = &mut first => return (sent, None),
+        () = tokio::time::sleep(delay) => {}
+    }
+    let Some(mut copy) = copy else {
+        return (first.await, None);
+    };
+    if !hedging.withdraw() {
+        state.metrics.count_hedge("skipped");
+        return (first.await, None);
+    }
+    copy.headers_mut()
+        .insert(HEDGE_HEADER, HeaderValue::from_static("1"));
+    let left = ctx.deadline.saturating_duration_since(Instant::now());
+    deadline::announce(copy.headers_mut(), left);
+    let hedge_per_try = per_try.min(left);
+    let second = forwarder.send(ctx, copy, hedge_per_try);
+    tokio::pin!(second);
+    let good = |sent: &Result<Sent, Failed>| matches!(sent, Ok(s) if !s.response.status().is_server_error());
+    let (sent, won) = tokio::select! {
+        sent = &mut first => (sent, false),
+        sent = &mut second => (sent, true),
+    };
+    let (sent, won) = if good(&sent) {
+        (sent, won)
+    } else if won {
+        (first.await, false)
+    } else {
+        (second.await, true)
+    };
+    state.metrics.count_hedge(if won { "won" } else { "lost" });
+    debug!(dest = %state.dest, won, delay_ms = delay.as_millis() as u64, "hedged");
+    (sent, Some(won))
 }
 
 impl Answer {

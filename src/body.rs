@@ -1,8 +1,10 @@
 //! `ProxyBody`, the one response body type: an upstream's streamed body or a short
 //! local answer, carrying the request's [`InFlight`] guard until the body ends.
+//! An upstream body that breaks off or stands still for `--stream-idle-timeout`
+//! ends the client's body abruptly and counts as the endpoint's failure.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -11,6 +13,16 @@ use pin_project_lite::pin_project;
 
 use crate::accounting::InFlight;
 use crate::forward::Hold;
+use crate::transport::stream_idle::IdleTimer;
+
+/// Why a response body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("the upstream sent no body bytes for {} (--stream-idle-timeout)", crate::units::format_duration(*.0))]
+    Idle(std::time::Duration),
+}
 
 pin_project! {
     /// Streams frame by frame; nothing is buffered here.
@@ -28,17 +40,20 @@ pin_project! {
             first: Option<Result<Frame<Bytes>, hyper::Error>>,
             #[pin] body: Incoming,
             hold: Option<Hold>,
+            idle: Option<IdleTimer>,
         },
         Local { data: Option<Bytes> },
     }
 }
 
 impl ProxyBody {
-    /// An upstream's body; `first` is a frame already read from it (a peek).
+    /// An upstream's body; `first` is a frame already read from it (a peek);
+    /// `idle`: `--stream-idle-timeout`.
     pub fn upstream(
         body: Incoming,
         first: Option<Result<Frame<Bytes>, hyper::Error>>,
         hold: Hold,
+        idle: Option<std::time::Duration>,
     ) -> Self {
         // An empty body is never polled: the connection is free already.
         let hold = if first.is_none() && body.is_end_stream() {
@@ -47,8 +62,14 @@ impl ProxyBody {
         } else {
             Some(hold)
         };
+        let idle = hold.as_ref().and(idle).map(IdleTimer::new);
         ProxyBody {
-            kind: Kind::Upstream { first, body, hold },
+            kind: Kind::Upstream {
+                first,
+                body,
+                hold,
+                idle,
+            },
             in_flight: None,
         }
     }
@@ -74,22 +95,46 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let frame = match this.kind.project() {
             KindProj::Upstream {
                 first,
                 mut body,
                 hold,
+                idle,
             } => {
                 let frame = match first.take() {
                     Some(frame) => Some(frame),
-                    None => ready!(body.as_mut().poll_frame(cx)),
+                    None => match body.as_mut().poll_frame(cx) {
+                        Poll::Ready(frame) => {
+                            if let Some(idle) = idle {
+                                idle.progress();
+                            }
+                            frame
+                        }
+                        Poll::Pending => {
+                            let Some(after) =
+                                idle.as_mut().and_then(|i| i.expired(cx).then(|| i.after()))
+                            else {
+                                return Poll::Pending;
+                            };
+                            // Stalled: the endpoint's failure, and the end.
+                            *idle = None;
+                            if let Some(hold) = hold.take() {
+                                hold.broke();
+                            }
+                            if let Some(mut f) = this.in_flight.take() {
+                                f.broken_body();
+                            }
+                            return Poll::Ready(Some(Err(BodyError::Idle(after))));
+                        }
+                    },
                 };
                 // Read to its end (a body of known length ends with its last
                 // frame; hyper polls no further): the connection is free again.
@@ -97,7 +142,12 @@ impl Body for ProxyBody {
                 if ended && let Some(hold) = hold.take() {
                     hold.release();
                 }
-                frame
+                if matches!(frame, Some(Err(_)))
+                    && let Some(hold) = hold.take()
+                {
+                    hold.broke();
+                }
+                frame.map(|f| f.map_err(BodyError::from))
             }
             KindProj::Local { data } => data.take().map(|d| Ok(Frame::data(d))),
         };

@@ -17,8 +17,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::policy::breaker::BreakerConfig;
+pub use crate::policy::hedge::{HedgeAfter, HedgePolicy};
 pub use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit};
 pub use crate::policy::mode::{Mode, Modes};
+pub use crate::policy::rate_limit::RateLimit;
 pub use crate::policy::retry::RetryPolicy;
 pub use cli::LogFormat;
 pub use route::{Protocol, RequestFacts, RouteDirection, RouteOverride};
@@ -50,7 +52,16 @@ pub struct Config {
     /// `--inbound-max-queue` and `--inbound-queue-timeout`, for an inbound
     /// route that sets a limit where the flags set none.
     pub inbound_queue: InboundQueue,
-    /// `--breaker-mode`, `--bulkhead-mode`, `--retry-budget-mode`.
+    /// `--hedge-after` and `--hedge-budget`: each outbound destination's, if any.
+    pub hedge: Option<HedgePolicy>,
+    /// `--hedge-budget`, for a route that sets `hedge-after` alone.
+    pub hedge_budget: f32,
+    /// `--rate-limit`: each outbound destination's, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// `--inbound-rate-limit`: the app's, if any.
+    pub inbound_rate_limit: Option<RateLimit>,
+    /// `--breaker-mode`, `--bulkhead-mode`, `--retry-budget-mode`,
+    /// `--rate-limit-mode`.
     pub modes: Modes,
     /// `--policy-file`: defaults and routes over the flags, re-read on change.
     pub policy_file: Option<std::path::PathBuf>,
@@ -155,6 +166,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     #[serde(serialize_with = "units::serialize_duration")]
     pub idle_timeout: Duration,
+    /// `--stream-idle-timeout`; `None`: `0s`, off.
+    #[serde(serialize_with = "units::serialize_opt_duration")]
+    pub stream_idle_timeout: Option<Duration>,
     pub max_connections: usize,
 }
 
@@ -359,7 +373,15 @@ impl Config {
                 breaker: args.breaker.breaker_mode,
                 bulkhead: args.bulkhead.bulkhead_mode,
                 retry_budget: args.retry_budget_mode,
+                rate_limit: args.rate_limit.rate_limit_mode,
             },
+            hedge: args.hedge_after.map(|after| HedgePolicy {
+                after,
+                budget_percent: args.hedge_budget,
+            }),
+            hedge_budget: args.hedge_budget,
+            rate_limit: args.rate_limit.rate_limit,
+            inbound_rate_limit: args.rate_limit.inbound_rate_limit,
             policy_file: args.policy_file,
             routes: args.routes,
             threads,
@@ -372,6 +394,7 @@ impl Config {
                 max_uri_bytes: args.max_uri_bytes,
                 header_read_timeout: args.header_read_timeout,
                 idle_timeout: args.idle_timeout,
+                stream_idle_timeout: Some(args.stream_idle_timeout).filter(|d| !d.is_zero()),
                 max_connections: args.max_connections,
             },
             protocol_detect_timeout: args.protocol_detect_timeout,

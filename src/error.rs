@@ -28,6 +28,7 @@ pub enum Reason {
     ClientGone,
     ClientTimeout,
     FaultInjected,
+    RateLimited,
 }
 
 /// Whose doing a failure was, which decides the metric family it is counted in.
@@ -36,7 +37,8 @@ pub enum Counted {
     /// The upstream's (502, 504): `breakwater_upstream_failures_total`; these
     /// feed breakers and retries.
     UpstreamFailure,
-    /// breakwater refused the request itself (503): `breakwater_rejected_total`.
+    /// breakwater refused the request itself (503, and 429 for a rate limit):
+    /// `breakwater_rejected_total`.
     Rejection,
     /// The client's (400, 408, 414): `breakwater_client_errors_total`, never
     /// against an upstream.
@@ -45,7 +47,7 @@ pub enum Counted {
 
 impl Reason {
     /// Every reason, in the README's order of statuses.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::ConnectFailure,
         Reason::Reset,
         Reason::Protocol,
@@ -61,6 +63,7 @@ impl Reason {
         Reason::ClientGone,
         Reason::ClientTimeout,
         Reason::FaultInjected,
+        Reason::RateLimited,
     ];
 
     /// The `x-breakwater-reason` value, a stable token users alert and grep on.
@@ -81,12 +84,38 @@ impl Reason {
             Reason::ClientGone => "client-gone",
             Reason::ClientTimeout => "client-timeout",
             Reason::FaultInjected => "fault-injected",
+            Reason::RateLimited => "rate-limited",
         }
     }
 
-    /// The status of breakwater's answer (a gRPC client's `protocol` answer is
-    /// HTTP 200 with `grpc-status`, and an injected fault's is the route's:
-    /// see [`ProxyError::status`]).
+    /// The reason a token names, if it is one of breakwater's.
+    pub fn from_token(token: &[u8]) -> Option<Reason> {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str().as_bytes() == token)
+    }
+
+    /// Whether a breakwater that answered for this reason never handed the
+    /// request on: it refused it, or could not connect. An upstream
+    /// breakwater's answer with such a reason means the app behind it never
+    /// saw the request, so it is safe to send again whatever the method.
+    pub const fn never_forwarded(self) -> bool {
+        matches!(
+            self,
+            Reason::ConnectFailure
+                | Reason::NoRoute
+                | Reason::AppNotReady
+                | Reason::CircuitOpen
+                | Reason::BulkheadFull
+                | Reason::QueueTimeout
+                | Reason::FaultInjected
+                | Reason::RateLimited
+        )
+    }
+
+    /// The status of breakwater's answer (a gRPC client's is HTTP 200 with
+    /// [`grpc_status`](Self::grpc_status), and an injected fault's is the
+    /// route's: see [`ProxyError::status`]).
     pub const fn status(self) -> StatusCode {
         match self {
             Reason::ConnectFailure | Reason::Reset | Reason::Protocol => StatusCode::BAD_GATEWAY,
@@ -102,6 +131,30 @@ impl Reason {
             }
             Reason::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::UriTooLong => StatusCode::URI_TOO_LONG,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The `grpc-status` of breakwater's answer to a gRPC client: the code its
+    /// own transport would report for the same trouble, so client code that
+    /// handles `UNAVAILABLE` or `DEADLINE_EXCEEDED` already handles it. A
+    /// fault's code follows its HTTP status ([`ProxyError::grpc_status`]).
+    pub const fn grpc_status(self) -> u8 {
+        match self {
+            Reason::ConnectFailure
+            | Reason::Reset
+            | Reason::Protocol
+            | Reason::NoRoute
+            | Reason::AppNotReady
+            | Reason::CircuitOpen
+            | Reason::BulkheadFull
+            | Reason::QueueTimeout
+            | Reason::FaultInjected => grpc::UNAVAILABLE,
+            Reason::Timeout | Reason::ClientTimeout => grpc::DEADLINE_EXCEEDED,
+            Reason::RateLimited => grpc::RESOURCE_EXHAUSTED,
+            // What gRPC makes of an HTTP 400: the request broke the protocol.
+            Reason::BadRequest | Reason::UriTooLong | Reason::MalformedBody => grpc::INTERNAL,
+            Reason::ClientGone => grpc::CANCELLED,
         }
     }
 
@@ -116,7 +169,8 @@ impl Reason {
             | Reason::CircuitOpen
             | Reason::BulkheadFull
             | Reason::QueueTimeout
-            | Reason::FaultInjected => Counted::Rejection,
+            | Reason::FaultInjected
+            | Reason::RateLimited => Counted::Rejection,
             Reason::BadRequest
             | Reason::UriTooLong
             | Reason::MalformedBody
@@ -158,7 +212,7 @@ pub enum ProxyError {
     Protocol {
         dest: String,
         endpoint: std::net::SocketAddr,
-        /// Answered the gRPC way: HTTP 200, `grpc-status` 14 and the reason.
+        /// The request was gRPC (the message says why HTTP/2 was needed).
         grpc: bool,
     },
     /// The client's request body broke the framing rules (a bad chunk size,
@@ -202,23 +256,47 @@ pub enum ProxyError {
     /// The request target is longer than `--max-uri-bytes`.
     #[error("request target longer than {0} bytes (--max-uri-bytes)")]
     UriTooLong(usize),
+    /// The destination's or route's `rate-limit` has no token for it.
+    #[error("{scope}: over the rate limit of {limit} (rate-limit), next token in {}ms", retry_after.as_millis().max(1))]
+    RateLimited {
+        scope: String,
+        limit: String,
+        retry_after: std::time::Duration,
+    },
     /// A route's `fault-abort` answered the request, on purpose.
     #[error("fault injected by route {route} (fault-abort)")]
     FaultInjected { status: StatusCode, route: String },
 }
 
 impl ProxyError {
-    /// The status of the answer: the reason's, except that a gRPC client is
-    /// answered HTTP 200 with `grpc-status`.
+    /// The HTTP status of the answer: the reason's, or an injected fault's own.
+    /// (A gRPC client is answered HTTP 200 with [`grpc_status`](Self::grpc_status).)
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Protocol { grpc: true, .. } => StatusCode::OK,
             ProxyError::FaultInjected { status, .. } => *status,
             other => other.kind().status(),
         }
     }
 
-    /// The client's doing, not the upstream's (every 4xx of breakwater's own):
+    /// The `grpc-status` of the answer to a gRPC client: the reason's, and for
+    /// an injected fault, what gRPC makes of its HTTP status
+    /// (grpc/doc/http-grpc-status-mapping.md).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::FaultInjected { status, .. } => match status.as_u16() {
+                400 => grpc::INTERNAL,
+                401 => grpc::UNAUTHENTICATED,
+                403 => grpc::PERMISSION_DENIED,
+                404 => grpc::UNIMPLEMENTED,
+                429 | 502..=504 => grpc::UNAVAILABLE,
+                _ => grpc::UNKNOWN,
+            },
+            other => other.kind().grpc_status(),
+        }
+    }
+
+    /// The client's doing, not the upstream's (every 4xx of breakwater's own
+    /// but a rate limit's 429):
     /// counted in `breakwater_client_errors_total`, never against an upstream.
     pub fn is_client_fault(&self) -> bool {
         self.kind().counted_as() == Counted::ClientError
@@ -242,6 +320,7 @@ impl ProxyError {
             ProxyError::ClientTimeout(_) => Reason::ClientTimeout,
             ProxyError::UriTooLong(_) => Reason::UriTooLong,
             ProxyError::FaultInjected { .. } => Reason::FaultInjected,
+            ProxyError::RateLimited { .. } => Reason::RateLimited,
         }
     }
 
@@ -253,7 +332,8 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             ProxyError::CircuitOpen { retry_after, .. }
-            | ProxyError::AppNotReady { retry_after, .. } => Some(*retry_after),
+            | ProxyError::AppNotReady { retry_after, .. }
+            | ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
             ProxyError::BulkheadFull(_) | ProxyError::QueueTimeout(_) => {
                 Some(std::time::Duration::from_secs(1))
             }
@@ -265,6 +345,19 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         self.kind().as_str()
     }
+}
+
+/// The gRPC status codes breakwater answers with (grpc/doc/statuscodes.md).
+pub mod grpc {
+    pub const CANCELLED: u8 = 1;
+    pub const UNKNOWN: u8 = 2;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
 }
 
 /// The error and its causes, joined: "connection closed before message completed".
@@ -317,15 +410,16 @@ mod tests {
             let status = r.status();
             let counted = r.counted_as();
             assert_eq!(
-                counted == Counted::ClientError,
-                status.is_client_error(),
+                counted == Counted::Rejection,
+                status == StatusCode::SERVICE_UNAVAILABLE || r == Reason::RateLimited,
                 "{r}"
             );
             assert_eq!(
-                counted == Counted::Rejection,
-                status == StatusCode::SERVICE_UNAVAILABLE,
+                counted == Counted::ClientError,
+                status.is_client_error() && r != Reason::RateLimited,
                 "{r}"
             );
+            assert_eq!(Reason::from_token(r.as_str().as_bytes()), Some(r));
             assert!(r.inbound() || r.outbound(), "{r} happens somewhere");
         }
     }

@@ -21,6 +21,7 @@ use crate::mirror;
 use crate::policy::bulkhead::Refusal;
 use crate::policy::deadline;
 use crate::policy::mode::{Mode, Observable};
+use crate::policy::rate_limit::LimitKey;
 use crate::rescue::rescue;
 use crate::trace::{Kind, Tracer, Value};
 use crate::transport::client_body::ClientBody;
@@ -61,6 +62,15 @@ pub fn access_entry(direction: Direction, req: &Request<Incoming>) -> AccessEntr
         reason: None,
         broken_body: false,
         fault: None,
+    }
+}
+
+/// Marks a gRPC request (HTTP/2 and `content-type: application/grpc…`), so that
+/// breakwater's own answers to it are `grpc-status` and `grpc-message`. An
+/// HTTP/1 request cannot be gRPC: it is spared the header lookup.
+pub fn note_grpc<B>(req: &Request<B>, in_flight: &mut InFlight) {
+    if req.version() == http::Version::HTTP_2 && crate::forward::is_grpc(req.headers()) {
+        in_flight.mark_grpc();
     }
 }
 
@@ -137,7 +147,7 @@ pub async fn send(
     };
     let (req, watch) = {
         let (parts, body) = req.into_parts();
-        let (body, watch) = ClientBody::new(body);
+        let (body, watch) = ClientBody::new(body, forwarder.stream_idle());
         (Request::from_parts(parts, body), watch)
     };
     let ctx = RequestCtx {
@@ -170,11 +180,12 @@ pub async fn send(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client) = client_upgrade {
         let upstream = hyper::upgrade::on(&mut resp);
-        tunnel::relay_upgrade(client, upstream, drain.clone());
+        tunnel::relay_upgrade(client, upstream, drain.clone(), forwarder.stream_idle());
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
     in_flight.set_status(resp.status().as_u16());
-    resp.map(|body| ProxyBody::upstream(body, first, hold).with_in_flight(in_flight))
+    let idle = forwarder.stream_idle();
+    resp.map(|body| ProxyBody::upstream(body, first, hold, idle).with_in_flight(in_flight))
 }
 
 /// The request's time: the route's `timeout`, or the caller's shorter
@@ -237,6 +248,43 @@ pub fn fault_deadline<'a>(
         budget,
         dest: &state.dest,
     }
+}
+
+/// Takes a token from the destination's rate limit, if it has one: from the
+/// bucket of the request's `rate-limit-key` (a header's value, or the
+/// client's verified `identity`; without one, the bucket of requests with
+/// none). Spent, it refuses with the wait for the next token, unless the
+/// limit is observed.
+pub fn admit_rate<B>(
+    state: &DestinationState,
+    req: &Request<B>,
+    identity: Option<&HeaderValue>,
+) -> Result<(), ProxyError> {
+    let Some(limiter) = &state.rate_limiter else {
+        return Ok(());
+    };
+    let key: &[u8] = match limiter.key() {
+        LimitKey::Shared => b"",
+        LimitKey::Header(name) => req.headers().get(name).map_or(b"", HeaderValue::as_bytes),
+        LimitKey::Identity => identity.map_or(b"", HeaderValue::as_bytes),
+    };
+    let Err(wait) = limiter.try_take(key, std::time::Instant::now()) else {
+        return Ok(());
+    };
+    if state.mode(Observable::RateLimit) == Mode::Observe {
+        state.observe(Observable::RateLimit, Observable::RateLimit.action());
+        return Ok(());
+    }
+    let scope = if &*state.route == crate::upstream::DEFAULT_ROUTE {
+        state.dest.to_string()
+    } else {
+        format!("{} (route {})", state.dest, state.route)
+    };
+    Err(ProxyError::RateLimited {
+        scope,
+        limit: format!("{}/s", limiter.limit().per_second),
+        retry_after: wait,
+    })
 }
 
 /// Takes a slot in the destination's bulkhead (if it has one), waiting in its
@@ -330,8 +378,9 @@ pub fn body_unread<B: http_body::Body>(req: &Request<B>) -> bool {
     req.version() < http::Version::HTTP_2 && !req.body().is_end_stream()
 }
 
-/// The answer for a request breakwater could not complete, counted as such.
-/// With `body_unread` (HTTP/1 only: a client still sending a body that nobody
+/// The answer for a request breakwater could not complete, counted as such:
+/// to a gRPC client, HTTP 200 with the `grpc-status` that says why (recorded
+/// as status 200, as gRPC counts it). With `body_unread` (HTTP/1 only: a client still sending a body that nobody
 /// will read), the answer says `Connection: close` and the connection closes
 /// after it: the bytes left cannot be told from the next request, and a client
 /// that was not told would send that next request into a closed connection.
@@ -344,14 +393,15 @@ pub fn fail(err: ProxyError, mut in_flight: InFlight, body_unread: bool) -> Resp
         Counted::Rejection => metrics.count_rejected(err.reason()),
         Counted::UpstreamFailure => metrics.count_failure(err.reason()),
     }
-    in_flight.set_status(err.status().as_u16());
+    let grpc = in_flight.is_grpc();
+    in_flight.set_status(if grpc { 200 } else { err.status().as_u16() });
     if let Some(a) = in_flight.access_mut() {
         a.reason = Some(err.reason());
     }
     if let Some(t) = in_flight.trace_mut() {
         t.fail(err.reason());
     }
-    let mut resp = rescue(&err);
+    let mut resp = rescue(&err, grpc);
     if body_unread {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

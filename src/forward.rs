@@ -29,20 +29,74 @@ use crate::upstream::reconnect;
 #[derive(Clone)]
 pub struct Forwarder {
     connector: Arc<Connector>,
+    /// `--stream-idle-timeout`; `None`: off.
+    stream_idle: Option<Duration>,
 }
 
 /// What an attempt holds until the response body ends: the endpoint's in-flight
-/// count, and for HTTP/1.1 the connection, handed back to the pool at the end.
+/// count, for HTTP/1.1 the connection, handed back to the pool at the end, and
+/// the breaker's verdict on a response that looked like a success.
 pub struct Hold {
     lease: Option<Lease>,
-    _in_flight: EndpointGuard,
+    in_flight: EndpointGuard,
+    verdict: Option<Verdict>,
 }
 
 impl Hold {
-    /// The response body was read to its end.
+    /// The response body was read to its end: the connection goes back to the
+    /// pool, and a success waiting on the body is one.
     pub fn release(self) {
+        if let Some(v) = self.verdict {
+            v.record(true, &self.in_flight);
+        }
         if let Some(lease) = self.lease {
             lease.release();
+        }
+    }
+
+    /// The response body broke off or stalled: the endpoint failed this
+    /// request after all. The connection is closed (dropped), not reused.
+    pub fn broke(self) {
+        if let Some(v) = self.verdict {
+            v.record(false, &self.in_flight);
+        }
+    }
+}
+
+/// A breaker verdict that waits for the response body: a head that looks like
+/// a success is one only once its body ends, so an upstream that sends good
+/// heads and then breaks off or stalls mid-body opens its circuit like one
+/// that fails outright. A body the client abandons records nothing.
+struct Verdict {
+    permit: BreakerPermit,
+    /// The time to the response head, as the slow-call rule judges it.
+    latency: Duration,
+    ejected: Arc<std::sync::atomic::AtomicUsize>,
+    metrics: Arc<crate::metrics::DestinationMetrics>,
+    /// The destination's endpoints and `max-ejection-percent`, for the cap.
+    endpoints: usize,
+    cap: u8,
+}
+
+impl Verdict {
+    fn record(self, success: bool, endpoint: &EndpointGuard) {
+        let Verdict {
+            permit,
+            latency,
+            ejected,
+            metrics,
+            endpoints,
+            cap,
+        } = self;
+        let transition = permit.record_gated(success, latency, Instant::now(), || {
+            ejected
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                    may_eject(e, endpoints, cap).then_some(e + 1)
+                })
+                .is_ok()
+        });
+        if let Some(t) = transition {
+            report_to(&ejected, &metrics, &metrics.label(), endpoint.endpoint(), t);
         }
     }
 }
@@ -140,8 +194,16 @@ fn admit(
 }
 
 impl Forwarder {
-    pub fn new(connector: Arc<Connector>) -> Self {
-        Forwarder { connector }
+    pub fn new(connector: Arc<Connector>, stream_idle: Option<Duration>) -> Self {
+        Forwarder {
+            connector,
+            stream_idle,
+        }
+    }
+
+    /// `--stream-idle-timeout`, for the bodies and tunnels of this listener.
+    pub fn stream_idle(&self) -> Option<Duration> {
+        self.stream_idle
     }
 
     pub fn connector(&self) -> &Arc<Connector> {
@@ -242,11 +304,29 @@ impl Forwarder {
                 ..Failed::sent(fault)
             });
         }
+        let mut verdict = None;
         if !matches!(sent, Ok(Err(SendError::Refused(_)))) {
             let unreachable = matches!(sent, Ok(Err(SendError::Connect(..))));
             let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
             let total = endpoints.len();
             let cap = state.policy.max_ejection_percent;
+            // A success with a body to come is judged when the body ends.
+            let streams =
+                matches!(&sent, Ok(Ok((resp, _))) if !http_body::Body::is_end_stream(resp.body()));
+            let permit = match permit {
+                Some(permit) if success && streams => {
+                    verdict = Some(Verdict {
+                        permit,
+                        latency,
+                        ejected: state.ejected.clone(),
+                        metrics: state.metrics.clone(),
+                        endpoints: total,
+                        cap,
+                    });
+                    None
+                }
+                permit => permit,
+            };
             let transition = permit.and_then(|permit| {
                 permit.record_gated(success, latency, ended, || {
                     state
@@ -268,11 +348,15 @@ impl Forwarder {
         let result = match sent {
             Ok(Ok((response, lease))) => {
                 endpoint.observe(latency, ended);
+                if let Some(h) = &state.hedging {
+                    h.observe(latency, ended);
+                }
                 Ok(Sent {
                     response,
                     hold: Hold {
                         lease,
-                        _in_flight: in_flight,
+                        in_flight,
+                        verdict,
                     },
                     seen,
                 })
@@ -321,6 +405,7 @@ fn client_fault<T>(
     match watch.fault() {
         Some(ClientFault::Malformed) => Some(ProxyError::MalformedBody(watch.cause().into())),
         Some(ClientFault::Gone) => Some(ProxyError::ClientGone(watch.cause().into())),
+        Some(ClientFault::Stalled) => Some(ProxyError::ClientTimeout(watch.cause().into())),
         None if waited_on_client => Some(ProxyError::ClientTimeout(crate::units::format_duration(
             per_try,
         ))),
@@ -349,18 +434,27 @@ fn protocol_mismatch(state: &DestinationState, endpoint: &Endpoint, grpc: bool) 
 /// Logs and counts a circuit's change of state, and keeps the destination's
 /// count of ejected endpoints.
 fn report(state: &DestinationState, endpoint: &Endpoint, t: Transition) {
+    report_to(&state.ejected, &state.metrics, &state.dest, endpoint, t);
+}
+
+/// [`report`], from the parts a response body holds.
+fn report_to(
+    ejected: &std::sync::atomic::AtomicUsize,
+    metrics: &crate::metrics::DestinationMetrics,
+    dest: &dyn std::fmt::Display,
+    endpoint: &Endpoint,
+    t: Transition,
+) {
     if t.to == CircuitState::Closed && t.from != CircuitState::Closed {
-        let _ = state
-            .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+        let _ = ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
     }
     endpoint.circuit_gauge.set(t.to.as_gauge());
-    state.metrics.count_transition(t.to.as_str());
+    metrics.count_transition(t.to.as_str());
     let open_for_ms = t.open_for.map(|d| d.as_millis() as u64);
     if t.to == CircuitState::Open {
-        tracing::warn!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), cause = t.cause.as_str(), open_for_ms, "circuit opened");
+        tracing::warn!(dest = %dest, endpoint = %endpoint.addr, from = t.from.as_str(), cause = t.cause.as_str(), open_for_ms, "circuit opened");
     } else {
-        tracing::info!(dest = %state.dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
+        tracing::info!(dest = %dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
     }
 }
 

@@ -132,6 +132,7 @@ impl Inbound {
         let started = Instant::now();
         let (app, traffic) = self.target(&conn, &req);
         let mut in_flight = InFlight::start(app.metrics.clone(), conn.activity.clone(), started);
+        exchange::note_grpc(&req, &mut in_flight);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Inbound, &req));
@@ -162,6 +163,10 @@ impl Inbound {
         if req.method() == Method::CONNECT {
             let e = ProxyError::BadRequest("CONNECT is served on the outbound listener");
             return exchange::fail(e, in_flight, false);
+        }
+        if let Err(e) = exchange::admit_rate(&app, &req, conn.identity.as_ref()) {
+            let unread = exchange::body_unread(&req);
+            return exchange::fail(e, in_flight, unread);
         }
         if let Some(traffic) = &traffic
             && let Err(e) = {

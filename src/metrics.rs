@@ -112,6 +112,9 @@ pub const RETRY_REASONS: [&str; 8] = [
 /// Why a retry-worthy attempt was not retried.
 pub const SKIP_REASONS: [&str; 2] = ["budget-exhausted", "body-too-large"];
 
+/// The outcomes of `breakwater_hedges_total`.
+pub const HEDGE_OUTCOMES: [&str; 3] = ["won", "lost", "skipped"];
+
 /// The 503s breakwater answers itself (`breakwater_rejected_total{reason}`),
 /// as they can happen outbound: a request with no usable destination, every
 /// circuit open, the bulkhead full or its queue timed out.
@@ -147,6 +150,7 @@ pub struct Metrics {
     tunnels: IntCounterVec,
     retries: IntCounterVec,
     retries_skipped: IntCounterVec,
+    hedges: IntCounterVec,
     app_healthy: IntGauge,
     app_health_transitions: IntCounterVec,
     app_probes: IntCounterVec,
@@ -291,6 +295,18 @@ impl Metrics {
                         "Retry-worthy failures returned as they were: budget spent, body too large to replay.",
                     ),
                     &["direction", "destination", "route", "reason"],
+                ),
+            ),
+            hedges: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_hedges_total",
+                        "Hedged requests, by outcome: won (the hedge's answer was used), lost \
+                         (the first attempt's was), skipped (the hedge budget was spent). \
+                         Hedges sent: won + lost.",
+                    ),
+                    &["direction", "destination", "route", "outcome"],
                 ),
             ),
             app_healthy: register(
@@ -564,6 +580,7 @@ impl Metrics {
                 self.retries_skipped
                     .with_label_values(&[d, label, route, r])
             }),
+            hedges: self.hedges.clone(),
             circuit_state: self.circuit_state.clone(),
             rejected: self.rejected.clone(),
             client_errors: CLIENT_ERROR_REASONS
@@ -711,7 +728,8 @@ mod tests {
                 "circuit-open",
                 "bulkhead-full",
                 "queue-timeout",
-                "fault-injected"
+                "fault-injected",
+                "rate-limited"
             ]
         );
         assert_eq!(
@@ -720,7 +738,8 @@ mod tests {
                 "app-not-ready",
                 "bulkhead-full",
                 "queue-timeout",
-                "fault-injected"
+                "fault-injected",
+                "rate-limited"
             ]
         );
     }

@@ -124,6 +124,7 @@ impl Outbound {
             Err(_) => self.unrouted.clone(),
         };
         let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started);
+        exchange::note_grpc(&req, &mut in_flight);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {
             in_flight.set_access(exchange::access_entry(Direction::Outbound, &req));
@@ -187,6 +188,13 @@ impl Outbound {
                     ],
                 );
             }
+        }
+        if let Err(e) = exchange::admit_rate(&state, &req, None) {
+            if let Some(mirror) = mirror {
+                mirror.refused(&self.forwarder, &req, e.status());
+            }
+            let unread = exchange::body_unread(&req);
+            return exchange::fail(e, in_flight, unread);
         }
         exchange::send(
             &self.forwarder,
@@ -342,7 +350,12 @@ impl Outbound {
             Ok(upstream) => {
                 self.metrics.tunnel(Direction::Outbound, "connect");
                 let client = hyper::upgrade::on(&mut req);
-                tunnel::relay_connect(client, upstream, self.drain.clone());
+                tunnel::relay_connect(
+                    client,
+                    upstream,
+                    self.drain.clone(),
+                    self.forwarder.stream_idle(),
+                );
                 in_flight.set_status(200);
                 let mut resp = Response::new(ProxyBody::empty().with_in_flight(in_flight));
                 *resp.status_mut() = StatusCode::OK;

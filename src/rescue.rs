@@ -8,13 +8,14 @@ use http::{HeaderValue, Response, header};
 use crate::body::ProxyBody;
 use crate::error::{ProxyError, REASON_HEADER, retry_after_secs};
 
-/// `grpc-status` UNAVAILABLE: what a gRPC client's own transport reports for a
-/// peer it cannot use, so client code already handles it.
-const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
+/// gRPC's own `Retry-After` (gRFC A6, "Pushback"): a gRPC client with a retry
+/// policy waits this long, in milliseconds, before its next attempt.
+const GRPC_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
-/// The response for a request breakwater could not complete.
-pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
-    if let ProxyError::Protocol { grpc: true, .. } = err {
+/// The response for a request breakwater could not complete; `grpc` for a gRPC
+/// request, which is answered the gRPC way.
+pub fn rescue(err: &ProxyError, grpc: bool) -> Response<ProxyBody> {
+    if grpc {
         return grpc_rescue(err);
     }
     let body = format!("breakwater: {err}\n");
@@ -41,9 +42,10 @@ pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
     resp
 }
 
-/// A trailers-only gRPC answer (HTTP 200, no body): gRPC clients show
-/// `grpc-message` to the application, where an HTTP 502 would become a bare
-/// `UNAVAILABLE` that names no reason.
+/// A trailers-only gRPC answer (HTTP 200, no body, the status in the head):
+/// gRPC clients show `grpc-message` to the application, where an HTTP 503
+/// would become a bare `UNAVAILABLE` ("Received http2 header with status:
+/// 503") that names no reason. `x-breakwater-reason` rides along as metadata.
 fn grpc_rescue(err: &ProxyError) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::empty());
     let headers = resp.headers_mut();
@@ -52,10 +54,17 @@ fn grpc_rescue(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", GRPC_UNAVAILABLE);
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(err.grpc_status())),
+    );
     let message = percent_encode(&format!("breakwater: {err}"));
     if let Ok(v) = HeaderValue::from_str(&message) {
         headers.insert("grpc-message", v);
+    }
+    if let Some(after) = err.retry_after() {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+        headers.insert(GRPC_PUSHBACK, HeaderValue::from(ms));
     }
     resp
 }
@@ -85,16 +94,19 @@ mod tests {
             dest: "payments:8080".into(),
             cause: "connection refused".into(),
         };
-        let resp = rescue(&err);
+        let resp = rescue(&err, false);
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(resp.headers()[REASON_HEADER], "connect-failure");
         let timeout = ProxyError::Timeout {
             dest: "x:80".into(),
             after: "2s".into(),
         };
-        assert_eq!(rescue(&timeout).status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
-            rescue(&ProxyError::NoRoute("none")).status(),
+            rescue(&timeout, false).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            rescue(&ProxyError::NoRoute("none"), false).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
@@ -107,7 +119,7 @@ mod tests {
             endpoint,
             grpc: true,
         };
-        let resp = rescue(&grpc);
+        let resp = rescue(&grpc, true);
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["grpc-status"], "14");
         assert_eq!(resp.headers()["content-type"], "application/grpc");
@@ -119,7 +131,37 @@ mod tests {
             endpoint,
             grpc: false,
         };
-        assert_eq!(rescue(&plain).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(rescue(&plain, false).status(), StatusCode::BAD_GATEWAY);
         assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_reason() {
+        let code = |e: &ProxyError| rescue(e, true).headers()["grpc-status"].clone();
+        let open = ProxyError::CircuitOpen {
+            dest: "d:1".into(),
+            retry_after: std::time::Duration::from_millis(2500),
+        };
+        assert_eq!(code(&open), "14");
+        assert_eq!(rescue(&open, true).headers()[GRPC_PUSHBACK], "2500");
+        let timeout = ProxyError::Timeout {
+            dest: "d:1".into(),
+            after: "1s".into(),
+        };
+        assert_eq!(code(&timeout), "4");
+        let limited = ProxyError::RateLimited {
+            scope: "d:1".into(),
+            limit: "10/s".into(),
+            retry_after: std::time::Duration::from_millis(100),
+        };
+        assert_eq!(code(&limited), "8");
+        assert_eq!(code(&ProxyError::BulkheadFull("d:1".into())), "14");
+        let fault = |status: u16| ProxyError::FaultInjected {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            route: "r".into(),
+        };
+        assert_eq!(code(&fault(503)), "14");
+        assert_eq!(code(&fault(404)), "12");
+        assert_eq!(code(&fault(500)), "2");
     }
 }

@@ -8,3 +8,4 @@ pub mod headers;
 pub mod pool;
 pub mod replay;
 pub mod speaks;
+pub mod stream_idle;

@@ -21,9 +21,11 @@ use crate::metrics::{DestinationMetrics, Direction, Metrics, TrafficSeries};
 use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
 use crate::policy::bulkhead::Bulkhead;
+use crate::policy::hedge::{HedgePolicy, Hedging};
 use crate::policy::limits::ConcurrencyLimit;
 use crate::policy::mode::{Mode, ModeCell, Observable};
 use crate::policy::overrides::{Forced, Overrides};
+use crate::policy::rate_limit::{LimitKey, RateLimit, RateLimiter};
 use crate::policy::retry::RetryOn;
 use arc_swap::ArcSwap;
 use endpoint::{EndpointConfig, Endpoints};
@@ -47,6 +49,14 @@ pub struct RoutePolicy {
     pub bulkhead: Option<BulkheadPolicy>,
     /// Speak TLS to the upstream (`--route HOST,tls=true`).
     pub tls: bool,
+    /// `--hedge-after` or a route's; `None`: no hedging (always inbound).
+    pub hedge: Option<HedgePolicy>,
+    /// `--hedge-budget`: the budget of a route that sets `hedge-after` alone.
+    pub hedge_budget: f32,
+    /// `--rate-limit` or a route's (inbound: `inbound-rate-limit`).
+    pub rate_limit: Option<RateLimit>,
+    /// What a rate limit's buckets are per: `rate-limit-key`.
+    pub rate_limit_key: LimitKey,
     /// Enforce or observe, per policy. Flipped in place on a reload: what the
     /// policies learned stays.
     pub modes: Modes,
@@ -103,6 +113,10 @@ impl RouteTable {
             max_ejection_percent: config.max_ejection_percent,
             bulkhead: Some(config.bulkhead),
             tls: false,
+            hedge: config.hedge,
+            hedge_budget: config.hedge_budget,
+            rate_limit: config.rate_limit,
+            rate_limit_key: LimitKey::Shared,
             modes: config.modes,
         };
         Self::compile(config, defaults, RouteDirection::Outbound)
@@ -135,8 +149,14 @@ impl RouteTable {
             max_ejection_percent: 0,
             bulkhead: config.inbound_bulkhead,
             tls: false,
+            // The app is one endpoint: a hedge would only double its load.
+            hedge: None,
+            hedge_budget: config.hedge_budget,
+            rate_limit: config.inbound_rate_limit,
+            rate_limit_key: LimitKey::Shared,
             modes: Modes {
                 bulkhead: config.modes.bulkhead,
+                rate_limit: config.modes.rate_limit,
                 ..Modes::default()
             },
         };
@@ -340,6 +360,11 @@ fn outbound_policy(defaults: &RoutePolicy, route: &RouteOverride) -> RoutePolicy
     policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
     policy.protocol = route.protocol.unwrap_or(policy.protocol);
     policy.tls = route.tls.unwrap_or(policy.tls);
+    policy.rate_limit = route.rate.rate_limit.or(policy.rate_limit);
+    if let Some(key) = &route.rate.rate_limit_key {
+        policy.rate_limit_key = key.clone();
+    }
+    policy.hedge = hedge_policy(policy.hedge, route, policy.hedge_budget);
     route.apply(&mut policy.retry);
     route.apply_modes(&mut policy.modes);
     route.limits.apply(
@@ -350,6 +375,26 @@ fn outbound_policy(defaults: &RoutePolicy, route: &RouteOverride) -> RoutePolicy
     policy
 }
 
+/// A route's hedging over the defaults': `hedge-after` turns it on (with the
+/// route's `hedge-budget`, else the defaults'), `hedge-budget` alone changes
+/// the budget of hedging that is on.
+fn hedge_policy(
+    defaults: Option<HedgePolicy>,
+    route: &RouteOverride,
+    budget: f32,
+) -> Option<HedgePolicy> {
+    let budget_percent = route
+        .hedge_budget
+        .unwrap_or(defaults.map_or(budget, |h| h.budget_percent));
+    route
+        .hedge_after
+        .or(defaults.map(|h| h.after))
+        .map(|after| HedgePolicy {
+            after,
+            budget_percent,
+        })
+}
+
 /// An inbound route's keys over the app's policy: its deadline, and the
 /// bulkhead in front of the app.
 fn inbound_policy(defaults: &RoutePolicy, route: &RouteOverride, config: &Config) -> RoutePolicy {
@@ -357,6 +402,14 @@ fn inbound_policy(defaults: &RoutePolicy, route: &RouteOverride, config: &Config
     policy.timeout = route.timeout.unwrap_or(policy.timeout);
     policy.connect_timeout = route.connect_timeout.unwrap_or(policy.connect_timeout);
     policy.modes.bulkhead = route.bulkhead_mode.unwrap_or(policy.modes.bulkhead);
+    policy.modes.rate_limit = route
+        .rate
+        .rate_limit_mode
+        .unwrap_or(policy.modes.rate_limit);
+    policy.rate_limit = route.rate.inbound_rate_limit.or(policy.rate_limit);
+    if let Some(key) = &route.rate.rate_limit_key {
+        policy.rate_limit_key = key.clone();
+    }
     // The queue: the route's, else the app's bulkhead's, else the flags'.
     let base = policy.bulkhead;
     let (max_queue, queue_timeout) = base.map_or(
@@ -421,8 +474,12 @@ pub struct DestinationState {
     pub bulkhead: Option<Arc<Bulkhead>>,
     /// Moves the bulkhead's limit with `--max-concurrent auto`.
     pub adaptive: Option<Mutex<AdaptiveLimit>>,
+    /// `rate-limit` (outbound) or `inbound-rate-limit`: tokens per second.
+    pub rate_limiter: Option<RateLimiter>,
+    /// `hedge-after`: its budget and, for `pNN`, the latency it follows.
+    pub hedging: Option<Hedging>,
     /// Endpoints whose circuit is open or half-open, for `--max-ejection-percent`.
-    pub ejected: AtomicUsize,
+    pub ejected: Arc<AtomicUsize>,
     /// The modes as configured now (a reload flips them in place).
     pub modes: ModeCell,
     /// The admin endpoint's overrides, shared by every destination.
@@ -431,7 +488,7 @@ pub struct DestinationState {
     /// look it up again; requests in flight finish under it.
     retired: AtomicBool,
     /// What each observed policy let through that it would have refused.
-    observed: [AtomicU64; 3],
+    observed: [AtomicU64; Observable::ALL.len()],
 }
 
 impl DestinationState {
@@ -487,6 +544,7 @@ impl DestinationState {
             breaker: self.mode(Observable::Breaker),
             bulkhead: self.mode(Observable::Bulkhead),
             retry_budget: self.mode(Observable::RetryBudget),
+            rate_limit: self.mode(Observable::RateLimit),
         };
         let dest = self.dest.to_string();
         let (discovery, service, fallback) = self.endpoints.source();
@@ -501,6 +559,12 @@ impl DestinationState {
             "observed": observed,
             "overrides": self.overrides.describe_for(&self.dest, &self.route),
             "bulkhead": self.bulkhead.as_ref().map(|b| b.snapshot()),
+            "hedge": self.hedging.as_ref().map(|h| h.snapshot(now)),
+            "rate_limit": self.rate_limiter.as_ref().map(|l| serde_json::json!({
+                "limit": l.limit(),
+                "key": l.key(),
+                "keys": l.keys(),
+            })),
             "adaptive_limit": self.adaptive.as_ref().map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).snapshot()),
             "ejected": self.ejected.load(Ordering::Relaxed),
             "endpoints": endpoints,
@@ -579,11 +643,20 @@ impl DestinationState {
             .bulkhead
             .filter(|b| b.max_concurrent == ConcurrencyLimit::Auto)
             .map(|b| Mutex::new(AdaptiveLimit::new(b.min, b.max, b.initial_limit())));
+        let rate_limiter = policy
+            .rate_limit
+            .map(|l| RateLimiter::new(l, policy.rate_limit_key.clone()));
+        let hedging = policy.hedge.map(Hedging::new);
+        if hedging.is_some() {
+            metrics.hedge_series();
+        }
         DestinationState {
             endpoints,
             bulkhead,
             adaptive,
-            ejected: AtomicUsize::new(0),
+            rate_limiter,
+            hedging,
+            ejected: Arc::new(AtomicUsize::new(0)),
             authority: dest.authority(),
             dest,
             route,

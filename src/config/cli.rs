@@ -11,8 +11,10 @@ use clap::{Args, Parser};
 
 use super::route::RouteOverride;
 use crate::addr::Cidr;
+use crate::policy::hedge::{self, HedgeAfter};
 use crate::policy::limits::ConcurrencyLimit;
 use crate::policy::mode::Mode;
+use crate::policy::rate_limit::RateLimit;
 use crate::policy::retry::RetryOn;
 use crate::units::{
     parse_bytes, parse_duration, parse_per_second, parse_percent, parse_positive_duration,
@@ -139,6 +141,18 @@ pub struct RunArgs {
     #[arg(long, env = "BREAKWATER_RETRY_BUDGET_MODE", default_value = "enforce", value_parser = Mode::parse)]
     pub retry_budget_mode: Mode,
 
+    /// Hedge an idempotent request without a body: when its first attempt has no
+    /// response head after this long (a duration, or pNN: the destination's own
+    /// recent latency quantile), a second copy goes and the first good answer wins
+    /// [default: none, no hedging].
+    #[arg(long, env = "BREAKWATER_HEDGE_AFTER", value_parser = HedgeAfter::parse)]
+    pub hedge_after: Option<HedgeAfter>,
+
+    /// Hedges allowed as a percentage of requests, per destination, over 10 s
+    /// (plus one a second).
+    #[arg(long, env = "BREAKWATER_HEDGE_BUDGET", default_value = "10", value_parser = hedge::parse_budget)]
+    pub hedge_budget: f32,
+
     /// A YAML policy file (a mounted ConfigMap): defaults and routes, re-read when it
     /// changes; its keys win over the flags (see /config).
     #[arg(long, env = "BREAKWATER_POLICY_FILE")]
@@ -149,6 +163,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub bulkhead: BulkheadArgs,
+
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
 
     /// A route: HOST[:PORT],key=value,... (repeatable; HOST * for any host); the first
     /// that matches a request wins. Keys: what it matches (direction=outbound|inbound,
@@ -204,6 +221,12 @@ pub struct RunArgs {
     /// A client connection with no request in flight is closed after this time.
     #[arg(long, env = "BREAKWATER_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
+
+    /// A request or response body, CONNECT tunnel or upgraded connection that
+    /// moves no bytes for this long is cut (a stalled upstream body counts as the
+    /// endpoint's failure); 0s turns it off. Long streams that move are never cut.
+    #[arg(long, env = "BREAKWATER_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stream_idle_timeout: Duration,
 
     /// Client connections accepted at once, per listener; more are closed at accept.
     #[arg(
@@ -517,6 +540,25 @@ pub struct BulkheadArgs {
     /// Longest wait in that queue.
     #[arg(long, env = "BREAKWATER_INBOUND_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub inbound_queue_timeout: Duration,
+}
+
+/// Rate-limit flags.
+#[derive(Args, Debug, Clone)]
+pub struct RateLimitArgs {
+    /// Requests per second each outbound destination may get, RPS[/BURST] (BURST:
+    /// how many at once; default a tenth of a second's worth); over it, 429
+    /// rate-limited [default: none, no limit].
+    #[arg(long, env = "BREAKWATER_RATE_LIMIT", value_parser = RateLimit::parse)]
+    pub rate_limit: Option<RateLimit>,
+
+    /// Requests per second the app may get, RPS[/BURST] [default: none, no limit].
+    #[arg(long, env = "BREAKWATER_INBOUND_RATE_LIMIT", value_parser = RateLimit::parse)]
+    pub inbound_rate_limit: Option<RateLimit>,
+
+    /// What a spent rate limit does: enforce (answer 429) or observe (let the
+    /// request through, count breakwater_observed_total).
+    #[arg(long, env = "BREAKWATER_RATE_LIMIT_MODE", default_value = "enforce", value_parser = Mode::parse)]
+    pub rate_limit_mode: Mode,
 }
 
 /// A percentage from 0 to 100.

@@ -148,6 +148,20 @@ pub const POLICY_KEYS: &[PolicyKey] = &[
         "observe",
     ),
     key(
+        "hedge-after",
+        None,
+        Outbound,
+        "resilience.hedgeAfter",
+        "p95",
+    ),
+    key(
+        "hedge-budget",
+        Some("10"),
+        Outbound,
+        "resilience.hedgeBudget",
+        "5",
+    ),
+    key(
         "breaker-consecutive-failures",
         Some("5"),
         Outbound,
@@ -273,6 +287,22 @@ pub const POLICY_KEYS: &[PolicyKey] = &[
         Inbound,
         "inbound.queueTimeout",
         "500ms",
+    ),
+    key("rate-limit", None, Outbound, "rateLimit.outbound", "100/20"),
+    key(
+        "inbound-rate-limit",
+        None,
+        Inbound,
+        "rateLimit.inbound",
+        "50",
+    ),
+    route_key("rate-limit-key", Both, "x-user"),
+    key(
+        "rate-limit-mode",
+        Some("enforce"),
+        Both,
+        "rateLimit.mode",
+        "observe",
     ),
     // Moving and copying traffic, and rehearsing failures: per route only.
     route_key("to", Outbound, "orders:8080"),

@@ -173,6 +173,17 @@ fn apply_defaults(config: &mut Config, d: &RouteOverride) {
         &mut config.max_ejection_percent,
     );
     d.apply_modes(&mut config.modes);
+    config.rate_limit = d.rate.rate_limit.or(config.rate_limit);
+    config.hedge_budget = d.hedge_budget.unwrap_or(config.hedge_budget);
+    if let Some(after) = d.hedge_after {
+        config.hedge = Some(crate::config::HedgePolicy {
+            after,
+            budget_percent: config.hedge_budget,
+        });
+    } else if let Some(h) = &mut config.hedge {
+        h.budget_percent = config.hedge_budget;
+    }
+    config.inbound_rate_limit = d.rate.inbound_rate_limit.or(config.inbound_rate_limit);
     let q = &mut config.inbound_queue;
     q.max_queue = d.inbound_max_queue.unwrap_or(q.max_queue);
     q.queue_timeout = d.inbound_queue_timeout.unwrap_or(q.queue_timeout);

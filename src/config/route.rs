@@ -11,8 +11,10 @@ use serde::Serialize;
 use super::keys::{self, Applies};
 use super::traffic::TrafficKeys;
 use crate::policy::breaker::BreakerConfig;
+use crate::policy::hedge::{self, HedgeAfter, HedgeError};
 use crate::policy::limits::{BulkheadPolicy, ConcurrencyLimit, LimitError};
 use crate::policy::mode::{Mode, ModeError, Modes};
+use crate::policy::rate_limit::{LimitKey, RateLimit, RateLimitError};
 use crate::policy::retry::{RetryOn, RetryOnError, RetryPolicy};
 use crate::units::{
     UnitError, parse_bytes, parse_duration, parse_per_second, parse_percent,
@@ -100,6 +102,12 @@ pub enum KeyError {
     NotAStatus(String),
     #[error("'{0}' is neither a header name nor cookie:NAME")]
     NotASplitKey(String),
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
+    #[error(transparent)]
+    Hedge(#[from] HedgeError),
+    #[error("{0}")]
+    NotALimitKey(String),
     #[error("unknown key (known: {})", keys::route_keys_list())]
     Unknown,
 }
@@ -277,6 +285,12 @@ pub struct RouteOverride {
         serialize_with = "serialize_opt_duration"
     )]
     pub inbound_queue_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge_after: Option<HedgeAfter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge_budget: Option<f32>,
+    #[serde(flatten)]
+    pub rate: RateLimitKeys,
     /// Where matched requests go instead, what is copied, and faults.
     #[serde(flatten)]
     pub traffic: TrafficKeys,
@@ -287,6 +301,35 @@ pub struct RouteOverride {
     /// messages, and to refuse one given twice.
     #[serde(skip)]
     pub set_keys: Vec<&'static str>,
+}
+
+/// The rate-limit keys of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RateLimitKeys {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_key: Option<LimitKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_mode: Option<Mode>,
+}
+
+impl RateLimitKeys {
+    /// Sets `key`; `Ok(false)` when the key is not one of these.
+    fn set(&mut self, key: &str, value: &str) -> Result<bool, KeyError> {
+        match key {
+            "rate-limit" => self.rate_limit = Some(RateLimit::parse(value)?),
+            "inbound-rate-limit" => self.inbound_rate_limit = Some(RateLimit::parse(value)?),
+            "rate-limit-key" => {
+                self.rate_limit_key = Some(LimitKey::parse(value).map_err(KeyError::NotALimitKey)?)
+            }
+            "rate-limit-mode" => self.rate_limit_mode = Some(Mode::parse(value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// The breaker and bulkhead keys of a route.
@@ -575,8 +618,13 @@ impl RouteOverride {
             "retry-budget" => self.retry_budget = Some(parse_percent(value)?),
             "retry-budget-min" => self.retry_budget_min = Some(parse_per_second(value)?),
             "retry-body-limit" => self.retry_body_limit = Some(parse_bytes(value)?),
+            "hedge-after" => self.hedge_after = Some(HedgeAfter::parse(value)?),
+            "hedge-budget" => self.hedge_budget = Some(hedge::parse_budget(value)?),
             other => {
-                if !self.limits.set(other, value)? && !self.traffic.set(other, value)? {
+                if !self.limits.set(other, value)?
+                    && !self.rate.set(other, value)?
+                    && !self.traffic.set(other, value)?
+                {
                     return Err(KeyError::Unknown);
                 }
             }
@@ -603,6 +651,7 @@ impl RouteOverride {
         modes.breaker = self.breaker_mode.unwrap_or(modes.breaker);
         modes.bulkhead = self.bulkhead_mode.unwrap_or(modes.bulkhead);
         modes.retry_budget = self.retry_budget_mode.unwrap_or(modes.retry_budget);
+        modes.rate_limit = self.rate.rate_limit_mode.unwrap_or(modes.rate_limit);
     }
 
     /// Whether this route applies to a request: every condition it names holds

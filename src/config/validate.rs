@@ -90,6 +90,7 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
                 earlier + 1
             ))));
         }
+        rate_limit_key_rules(config, route, &scope, &mut warnings)?;
         for (key, dest) in route.traffic.destinations() {
             if let Some(listener) = own_listener(config, dest) {
                 return Err(ConfigError::Conflict(scope.say(format!(
@@ -107,6 +108,60 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(warnings)
+}
+
+/// `rate-limit-key`: `identity` is the inbound client's (outbound requests
+/// come from the app, which has none); a key on a route without a limit, or
+/// `identity` without client certificates, works but keys nothing.
+fn rate_limit_key_rules(
+    config: &Config,
+    route: &RouteOverride,
+    scope: &Scope<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    use crate::policy::rate_limit::LimitKey;
+    let Some(key) = &route.rate.rate_limit_key else {
+        return Ok(());
+    };
+    let inbound = route.direction == super::RouteDirection::Inbound;
+    if *key == LimitKey::Identity && !inbound {
+        return Err(ConfigError::Conflict(
+            scope.say(
+                "rate-limit-key (identity) is the client certificate's identity, which only \
+             inbound requests have; key outbound limits by a header"
+                    .into(),
+            ),
+        ));
+    }
+    let limited = if inbound {
+        route.rate.inbound_rate_limit.or(config.inbound_rate_limit)
+    } else {
+        route.rate.rate_limit.or(config.rate_limit)
+    };
+    if limited.is_none() {
+        let limit = if inbound {
+            "inbound-rate-limit"
+        } else {
+            "rate-limit"
+        };
+        warnings.push(scope.say(format!(
+            "rate-limit-key has no {limit} to key: requests are not limited"
+        )));
+    }
+    let verified = config
+        .inbound_tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
+    if *key == LimitKey::Identity && !verified {
+        warnings.push(
+            scope.say(
+                "rate-limit-key (identity) without --inbound-tls-client-ca: no client has an \
+             identity, so all share one bucket"
+                    .into(),
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Which of breakwater's listeners `dest` names, if any: its port, on a
@@ -191,6 +246,15 @@ mod tests {
     }
 
     #[track_caller]
+    #[test]
+    fn an_identity_key_is_inbound_only() {
+        let args = ["--route", "api,rate-limit=10,rate-limit-key=identity"];
+        match check(&args) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => assert!(e.contains("only inbound requests have"), "{e}"),
+        }
+    }
+
     fn refused(args: &[&str], expected: &str) {
         match check(args) {
             Ok(_) => panic!("{args:?} was accepted"),

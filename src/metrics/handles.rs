@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::{
-    CLIENT_ERROR_REASONS, COMMON_CODES, Direction, FAILURE_REASONS, RETRY_REASONS, SKIP_REASONS,
+    CLIENT_ERROR_REASONS, COMMON_CODES, Direction, FAILURE_REASONS, HEDGE_OUTCOMES, RETRY_REASONS,
+    SKIP_REASONS,
 };
 
 /// Cached handles for one (direction, destination): the hot path touches only atomics.
@@ -23,6 +24,9 @@ pub struct DestinationMetrics {
     pub(super) failures: [IntCounter; FAILURE_REASONS.len()],
     pub(super) retries: [IntCounter; RETRY_REASONS.len()],
     pub(super) retries_skipped: [IntCounter; SKIP_REASONS.len()],
+    /// `breakwater_hedges_total`: its series are made only for destinations
+    /// that hedge ([`hedge_series`](Self::hedge_series)).
+    pub(super) hedges: IntCounterVec,
     pub(super) circuit_state: IntGaugeVec,
     pub(super) rejected: IntCounterVec,
     pub(super) client_errors: [IntCounter; CLIENT_ERROR_REASONS.len()],
@@ -113,6 +117,23 @@ impl DestinationMetrics {
     /// Counts a retry not made, one of [`SKIP_REASONS`].
     pub fn count_retry_skipped(&self, reason: &str) {
         count_by(&self.retries_skipped, &SKIP_REASONS, reason);
+    }
+
+    /// Makes the hedge series at zero, for a destination that hedges.
+    pub fn hedge_series(&self) {
+        for outcome in HEDGE_OUTCOMES {
+            self.hedge_counter(outcome);
+        }
+    }
+
+    /// Counts a hedged request, one of [`HEDGE_OUTCOMES`].
+    pub fn count_hedge(&self, outcome: &str) {
+        self.hedge_counter(outcome).inc();
+    }
+
+    fn hedge_counter(&self, outcome: &str) -> IntCounter {
+        self.hedges
+            .with_label_values(&[self.direction.as_str(), &self.label, &self.route, outcome])
     }
 
     fn counter_for(&self, code: u16) -> IntCounter {

@@ -10,16 +10,20 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 pub const DEADLINE_HEADER: HeaderName = HeaderName::from_static("x-breakwater-deadline-ms");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// The deadline a caller announced, if any and if it parses.
+/// The deadline a caller announced, if any and if it parses: an upstream
+/// breakwater's `x-breakwater-deadline-ms`, or a gRPC client's `grpc-timeout`
+/// (the shorter of the two when both came). A value that does not parse is
+/// ignored, as gRPC servers do: the request keeps the route's own timeout.
 pub fn incoming(headers: &HeaderMap) -> Option<Duration> {
-    let ms: u64 = headers
-        .get(&DEADLINE_HEADER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms))
+    let ours = headers.get(&DEADLINE_HEADER).and_then(|v| {
+        let ms: u64 = v.to_str().ok()?.trim().parse().ok()?;
+        Some(Duration::from_millis(ms))
+    });
+    let grpc = headers.get(&GRPC_TIMEOUT).and_then(parse_grpc_timeout);
+    match (ours, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Writes the time left into the request: always `x-breakwater-deadline-ms`, and
@@ -65,10 +69,14 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
+/// `grpc-timeout`: 1 to 8 digits and a unit (H, M, S, m, u, n); anything else
+/// is not one (gRPC over HTTP/2, "Requests").
 fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
     let s = v.to_str().ok()?;
     let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    if !(1..=8).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -94,6 +102,45 @@ mod tests {
         h.insert(DEADLINE_HEADER, HeaderValue::from_static("soon"));
         assert_eq!(incoming(&h), None);
         assert!(!h.contains_key(GRPC_TIMEOUT), "not a gRPC request");
+    }
+
+    #[test]
+    fn a_grpc_timeout_is_the_callers_deadline_and_junk_is_ignored() {
+        let mut h = HeaderMap::new();
+        let with = |h: &mut HeaderMap, v: &'static str| {
+            h.insert(GRPC_TIMEOUT, HeaderValue::from_static(v));
+            incoming(h)
+        };
+        assert_eq!(with(&mut h, "250m"), Some(Duration::from_millis(250)));
+        assert_eq!(with(&mut h, "2S"), Some(Duration::from_secs(2)));
+        for junk in [
+            "",
+            "m",
+            "12",
+            "1x",
+            "+5m",
+            "-5m",
+            "123456789m",
+            "1.5S",
+            "5 m",
+        ] {
+            h.insert(
+                GRPC_TIMEOUT,
+                HeaderValue::from_str(junk).unwrap_or(HeaderValue::from_static("?")),
+            );
+            assert_eq!(incoming(&h), None, "{junk:?}");
+        }
+        h.insert(DEADLINE_HEADER, HeaderValue::from_static("900"));
+        assert_eq!(
+            with(&mut h, "1S"),
+            Some(Duration::from_millis(900)),
+            "the shorter"
+        );
+        assert_eq!(
+            with(&mut h, "300m"),
+            Some(Duration::from_millis(300)),
+            "the shorter"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Observe-only mode: a policy that records what it would have done without
 //! doing it, so a new breaker or bulkhead can be turned on in production and
 //! watched before it is trusted (`breaker-mode`, `bulkhead-mode`,
-//! `retry-budget-mode`).
+//! `retry-budget-mode`, `rate-limit-mode`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,13 +59,15 @@ pub enum Observable {
     Breaker,
     Bulkhead,
     RetryBudget,
+    RateLimit,
 }
 
 impl Observable {
-    pub const ALL: [Observable; 3] = [
+    pub const ALL: [Observable; 4] = [
         Observable::Breaker,
         Observable::Bulkhead,
         Observable::RetryBudget,
+        Observable::RateLimit,
     ];
 
     /// Its place in [`Observable::ALL`], for per-policy arrays.
@@ -78,6 +80,7 @@ impl Observable {
             Observable::Breaker => "breaker",
             Observable::Bulkhead => "bulkhead",
             Observable::RetryBudget => "retry-budget",
+            Observable::RateLimit => "rate-limit",
         }
     }
 
@@ -85,7 +88,7 @@ impl Observable {
     pub fn action(self) -> &'static str {
         match self {
             Observable::Breaker => "reject",
-            Observable::Bulkhead => "reject",
+            Observable::Bulkhead | Observable::RateLimit => "reject",
             Observable::RetryBudget => "skip-retry",
         }
     }
@@ -101,6 +104,7 @@ pub struct Modes {
     pub breaker: Mode,
     pub bulkhead: Mode,
     pub retry_budget: Mode,
+    pub rate_limit: Mode,
 }
 
 impl Modes {
@@ -109,6 +113,7 @@ impl Modes {
             Observable::Breaker => self.breaker,
             Observable::Bulkhead => self.bulkhead,
             Observable::RetryBudget => self.retry_budget,
+            Observable::RateLimit => self.rate_limit,
         }
     }
 }
@@ -117,7 +122,7 @@ impl Modes {
 /// the state the policies have learned: one relaxed load per decision.
 #[derive(Debug, Default)]
 pub struct ModeCell {
-    observe: [AtomicBool; 3],
+    observe: [AtomicBool; Observable::ALL.len()],
 }
 
 impl ModeCell {
@@ -146,6 +151,7 @@ impl ModeCell {
             breaker: self.get(Observable::Breaker),
             bulkhead: self.get(Observable::Bulkhead),
             retry_budget: self.get(Observable::RetryBudget),
+            rate_limit: self.get(Observable::RateLimit),
         }
     }
 }

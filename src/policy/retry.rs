@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use serde::Serialize;
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, REASON_HEADER, Reason};
 
 /// The conditions of `--retry-on`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -131,6 +131,9 @@ pub enum Outcome<'a> {
     Answered {
         status: StatusCode,
         grpc_status: Option<u32>,
+        /// The answer was an upstream breakwater's refusal: the app behind it
+        /// never saw the request ([`refused_before_the_app`]).
+        refused: bool,
     },
 }
 
@@ -159,10 +162,11 @@ impl RetryPolicy {
             Outcome::Answered {
                 status,
                 grpc_status,
-            } => (
-                self.retry_on.matches_response(*status, *grpc_status)?,
-                false,
-            ),
+                refused,
+            } => {
+                let label = self.retry_on.matches_response(*status, *grpc_status)?;
+                (label, *refused && label == "unavailable")
+            }
         };
         Some(RetryReason { label, unsent })
     }
@@ -223,6 +227,22 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     )
 }
 
+/// Whether a gRPC answer is an upstream breakwater's refusal made before it
+/// handed the request on: trailers-only `UNAVAILABLE` (the status in the
+/// head, no message was streamed) with an `x-breakwater-reason` that never
+/// forwards ([`Reason::never_forwarded`]: circuit-open, bulkhead-full,
+/// queue-timeout, app-not-ready, rate-limited, connect-failure, no-route,
+/// fault-injected). Such a call is safe to send again without an
+/// `Idempotency-Key`: the app never saw it. An `UNAVAILABLE` from the app
+/// itself, or after any response bytes, is not (the app may have acted).
+pub fn refused_before_the_app(headers: &HeaderMap) -> bool {
+    grpc_status(headers) == Some(GRPC_UNAVAILABLE)
+        && headers
+            .get(REASON_HEADER)
+            .and_then(|v| Reason::from_token(v.as_bytes()))
+            .is_some_and(Reason::never_forwarded)
+}
+
 /// Where gRPC puts its status: trailers, or the headers of a trailers-only response.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -252,6 +272,7 @@ mod tests {
         Outcome::Answered {
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
             grpc_status: None,
+            refused: false,
         }
     }
 
@@ -289,6 +310,12 @@ mod tests {
                     Outcome::Answered {
                         status: StatusCode::OK,
                         grpc_status: Some(GRPC_UNAVAILABLE),
+                        refused: false,
+                    },
+                    Outcome::Answered {
+                        status: StatusCode::OK,
+                        grpc_status: Some(GRPC_UNAVAILABLE),
+                        refused: true,
                     },
                 ];
                 let sent_retry = outcomes
@@ -334,14 +361,57 @@ mod tests {
         let grpc = Outcome::Answered {
             status: StatusCode::OK,
             grpc_status: Some(14),
+            refused: false,
         };
         assert_eq!(p.reason(&grpc).map(|r| r.label), Some("unavailable"));
+        assert!(p.reason(&grpc).is_some_and(|r| !r.unsent));
         assert!(RetryOn::parse("sometimes").is_err());
         assert!(RetryOn::parse("999").is_err());
         assert_eq!(
             RetryOn::parse("reset,5xx,503").map(|r| r.to_string()).ok(),
             Some("reset,5xx,503".to_string())
         );
+    }
+
+    #[test]
+    fn only_a_breakwater_refusal_of_unavailable_never_reached_the_app() {
+        let head = |status: &'static str, reason: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_STATUS, http::HeaderValue::from_static(status));
+            if let Some(r) = reason {
+                h.insert(REASON_HEADER, http::HeaderValue::from_static(r));
+            }
+            h
+        };
+        for r in [
+            "circuit-open",
+            "bulkhead-full",
+            "connect-failure",
+            "app-not-ready",
+        ] {
+            assert!(refused_before_the_app(&head("14", Some(r))), "{r}");
+        }
+        assert!(!refused_before_the_app(&head("14", None)), "the app's own");
+        assert!(
+            !refused_before_the_app(&head("14", Some("reset"))),
+            "it was sent"
+        );
+        assert!(
+            !refused_before_the_app(&head("14", Some("timeout"))),
+            "it was sent"
+        );
+        assert!(
+            !refused_before_the_app(&head("8", Some("rate-limited"))),
+            "not UNAVAILABLE"
+        );
+        assert!(!refused_before_the_app(&head("14", Some("made-up"))));
+        let p = policy("unavailable");
+        let refused = Outcome::Answered {
+            status: StatusCode::OK,
+            grpc_status: Some(14),
+            refused: true,
+        };
+        assert!(p.reason(&refused).is_some_and(|r| r.unsent));
     }
 
     #[test]

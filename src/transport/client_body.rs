@@ -3,7 +3,8 @@
 //! to send its body are the client's doing, and must not count against the
 //! upstream: five of them in a row would otherwise open the circuit for every
 //! other caller. The watch is shared with the pipeline, which asks it after a
-//! failed attempt and before anything is recorded.
+//! failed attempt and before anything is recorded. A client that sends no body
+//! bytes for `--stream-idle-timeout` is cut off: its stall, its fault.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,10 +15,22 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::stream_idle::IdleTimer;
+
 /// The client's body, reporting to a [`BodyWatch`].
 pub struct ClientBody {
     inner: Incoming,
     watch: Option<Arc<BodyWatch>>,
+    idle: Option<IdleTimer>,
+}
+
+/// Why the client's body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error(transparent)]
+    Read(#[from] hyper::Error),
+    #[error("the client sent no body bytes for {} (--stream-idle-timeout)", crate::units::format_duration(*.0))]
+    Idle(std::time::Duration),
 }
 
 /// How far the client's body got, as last seen by whoever reads it.
@@ -36,6 +49,8 @@ pub enum ClientFault {
     Malformed,
     /// The client closed or reset before its body ended.
     Gone,
+    /// The client sent no body bytes for `--stream-idle-timeout`.
+    Stalled,
 }
 
 /// A frame was handed on; the reader decides when to ask for the next.
@@ -45,13 +60,19 @@ const AWAITING_CLIENT: u8 = 1;
 const ENDED: u8 = 2;
 const MALFORMED: u8 = 3;
 const GONE: u8 = 4;
+const STALLED: u8 = 5;
 
 impl ClientBody {
     /// Wraps a request body; the watch is `None` for a body that has already
     /// ended (no body at all, `Content-Length: 0`), where nothing can go wrong.
-    pub fn new(inner: Incoming) -> (Self, Option<Arc<BodyWatch>>) {
+    /// `idle`: `--stream-idle-timeout`.
+    pub fn new(
+        inner: Incoming,
+        idle: Option<std::time::Duration>,
+    ) -> (Self, Option<Arc<BodyWatch>>) {
         let watch = (!inner.is_end_stream()).then(|| Arc::new(BodyWatch::default()));
         let body = ClientBody {
+            idle: watch.as_ref().and(idle).map(IdleTimer::new),
             inner,
             watch: watch.clone(),
         };
@@ -78,6 +99,7 @@ impl BodyWatch {
         match self.state() {
             MALFORMED => Some(ClientFault::Malformed),
             GONE => Some(ClientFault::Gone),
+            STALLED => Some(ClientFault::Stalled),
             _ => None,
         }
     }
@@ -98,7 +120,7 @@ impl BodyWatch {
         let _ = self.cause.set(crate::error::causes(err));
         self.set(match fault {
             ClientFault::Malformed => MALFORMED,
-            ClientFault::Gone => GONE,
+            ClientFault::Gone | ClientFault::Stalled => GONE,
         });
     }
 }
@@ -127,13 +149,30 @@ fn classify(err: &hyper::Error) -> ClientFault {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(idle) = &mut this.idle {
+            if polled.is_ready() {
+                idle.progress();
+            } else if idle.expired(cx) {
+                let after = idle.after();
+                this.idle = None;
+                if let Some(watch) = &this.watch {
+                    let _ = watch.cause.set(format!(
+                        "{} (--stream-idle-timeout: no body bytes for that long)",
+                        crate::units::format_duration(after)
+                    ));
+                    watch.set(STALLED);
+                }
+                return Poll::Ready(Some(Err(ClientBodyError::Idle(after))));
+            }
+        }
         if let Some(watch) = &self.watch {
             match &polled {
                 Poll::Pending => watch.set(AWAITING_CLIENT),
@@ -146,7 +185,7 @@ impl Body for ClientBody {
                 Poll::Ready(Some(Err(e))) => watch.failed(e),
             }
         }
-        polled
+        polled.map(|f| f.map(|f| f.map_err(ClientBodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -129,6 +129,12 @@ impl Endpoint {
 /// Keeps an endpoint's in-flight count up while an attempt uses it.
 pub struct EndpointGuard(Arc<Endpoint>);
 
+impl EndpointGuard {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
 impl Drop for EndpointGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -1,8 +1,12 @@
 """A grpcio server with generic handlers over raw bytes (no codegen, no .proto):
 service interop.Echo, methods Unary (echo), Stream (N messages, then a trailer),
 Fail (INVALID_ARGUMENT with a message and trailing metadata), Slow (2 s) and
-Flaky (UNAVAILABLE twice per request body, then OK)."""
+Flaky (UNAVAILABLE twice per request body, then OK), Seen (the request's
+metadata as JSON) and Hits (how many calls Flaky and Counted had with this body).
+Run as a script, it serves until stdin closes and prints its port first."""
 
+import json
+import sys
 import threading
 import time
 from concurrent import futures
@@ -41,6 +45,18 @@ class Server:
                 ctx.abort(grpc.StatusCode.UNAVAILABLE, "try again")
             return b"ok after %d" % n
 
+        def counted(req, ctx):
+            key = req.decode()
+            with self._lock:
+                self._hits[key] = self._hits.get(key, 0) + 1
+            return req
+
+        def seen(req, ctx):
+            return json.dumps(dict(ctx.invocation_metadata())).encode()
+
+        def hits(req, ctx):
+            return str(self.hits(req.decode())).encode()
+
         handler = grpc.method_handlers_generic_handler(
             "interop.Echo",
             {
@@ -49,6 +65,9 @@ class Server:
                 "Fail": grpc.unary_unary_rpc_method_handler(fail),
                 "Slow": grpc.unary_unary_rpc_method_handler(slow),
                 "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+                "Counted": grpc.unary_unary_rpc_method_handler(counted),
+                "Seen": grpc.unary_unary_rpc_method_handler(seen),
+                "Hits": grpc.unary_unary_rpc_method_handler(hits),
             },
         )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=(handler,))
@@ -62,3 +81,10 @@ class Server:
 
     def stop(self):
         self.server.stop(0).wait(5)
+
+
+if __name__ == "__main__":
+    server = Server()
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.stop()

@@ -605,9 +605,8 @@ def family_grpc(m, env):
         return "OK after UNAVAILABLE, UNAVAILABLE"
 
     def breaker(ch):
-        # grpcio turns a non-200 answer into UNAVAILABLE "Received http2 header with
-        # status: 503" and exposes none of its headers, so the circuit's state is
-        # read from the admin endpoint; the client must fail fast with UNAVAILABLE.
+        # breakwater answers a gRPC call itself the gRPC way: UNAVAILABLE, the
+        # reason in grpc-message and x-breakwater-reason; the client must fail fast.
         seen = []
         for _ in range(8):
             t0 = time.monotonic()
@@ -616,13 +615,14 @@ def family_grpc(m, env):
                 seen.append("OK")
             except grpc.RpcError as e:
                 md = dict(e.initial_metadata() or ()) | dict(e.trailing_metadata() or ())
-                seen.append(e.code().name)
+                reason = md.get("x-breakwater-reason")
+                seen.append(f"{e.code().name}/{reason}")
                 assert e.code() == grpc.StatusCode.UNAVAILABLE, f"{e.code()} {e.details()}"
                 assert time.monotonic() - t0 < 2, "not fast"
-                state = circuit_state(bw.admin, f"127.0.0.1:{dead}")
-                if state == "open":
-                    reason = md.get("x-breakwater-reason") or "not visible to grpcio"
-                    return f"{seen}, circuit open at /upstreams; details {e.details()!r}; reason {reason}"
+                if reason == "circuit-open":
+                    assert "circuit open" in (e.details() or ""), e.details()
+                    eq(circuit_state(bw.admin, f"127.0.0.1:{dead}"), "open", "/upstreams")
+                    return f"{seen}; details {e.details()!r}"
         raise AssertionError(f"circuit never opened: {seen}")
 
     cases = [

@@ -141,6 +141,32 @@ fn bad_flag_values_fail_at_start_up_naming_the_flag() {
         (&["--threads", "0"], "--threads"),
         (&["--threads", "many"], "--threads"),
         (&["--log-format", "xml"], "--log-format"),
+        (&["--rate-limit", "fast"], "--rate-limit"),
+        (&["--hedge-after", "soon"], "--hedge-after"),
+        (&["--hedge-after", "p101"], "--hedge-after"),
+        (&["--hedge-budget", "150"], "--hedge-budget"),
+        (
+            &["--stream-idle-timeout", "forever"],
+            "--stream-idle-timeout",
+        ),
+        (&["--route", "a,hedge-after=p42"], "hedge-after"),
+        (
+            &["--route", "*,direction=inbound,hedge-after=50ms"],
+            "hedge-after",
+        ),
+        (&["--rate-limit", "0"], "--rate-limit"),
+        (&["--rate-limit", "100/0"], "--rate-limit"),
+        (&["--inbound-rate-limit", "10/x"], "--inbound-rate-limit"),
+        (&["--rate-limit-mode", "maybe"], "--rate-limit-mode"),
+        (&["--route", "a,rate-limit=-5"], "rate-limit"),
+        (
+            &["--route", "a,rate-limit-key=not a header"],
+            "rate-limit-key",
+        ),
+        (
+            &["--route", "a,rate-limit=5,rate-limit-key=identity"],
+            "rate-limit-key",
+        ),
         (
             &[
                 "--app-addr",

@@ -1265,12 +1265,13 @@ pub(crate) fn inject(input: &str, flags: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start breakwater inject");
-    child
+    // inject may refuse its flags and exit before it reads a byte: a broken
+    // pipe here is that, and its output says so.
+    let _ = child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
+        .write_all(input.as_bytes());
     child.wait_with_output().expect("inject output")
 }
 

@@ -446,6 +446,47 @@ pub fn skip_unless(capable: bool, what: &str) -> bool {
     true
 }
 
+/// The sum of the samples of metric `name` in `text` whose labels contain `label`.
+pub fn sample_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Whether `python3` can import `module`.
+pub fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether to skip for missing Python modules: never under CI=true, where it
+/// fails naming what is missing.
+pub fn skip_without_python(modules: &[&str]) -> bool {
+    let missing: Vec<String> = modules
+        .iter()
+        .filter(|m| !python_has(m))
+        .map(|m| format!("python module `{m}` (pip install -r tests/interop/requirements.txt)"))
+        .collect();
+    if missing.is_empty() {
+        return false;
+    }
+    let what = missing.join(", ");
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(!in_ci, "CI=true but this test cannot run: missing {what}");
+    eprintln!("SKIPPED: this test needs {what}");
+    true
+}
+
 /// Runs a command to completion; `Err` carries its stderr.
 pub fn run(cmd: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd[0])

@@ -311,6 +311,56 @@ async fn mutual_tls_checks_clients_and_passes_their_identity() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `rate-limit-key=identity`: each verified client certificate has a bucket of
+/// its own, and a header the client sends cannot pick another's.
+#[tokio::test]
+async fn an_inbound_rate_limit_keyed_by_identity_gives_each_client_its_own_bucket() {
+    let app = spawn_echo().await;
+    let server_ca = Ca::new("server-ca");
+    let client_ca = Ca::new("client-ca");
+    let dir = temp_dir("mtls-rate");
+    let tls = inbound_tls(&dir, &server_ca, Some(&client_ca), true);
+    let proxy = spawn_proxy(app.addr, |c| {
+        c.inbound_tls = Some(tls);
+        c.routes.push(route(
+            "*,direction=inbound,inbound-rate-limit=0.1/2,rate-limit-key=identity",
+        ));
+    })
+    .await;
+    let addr = proxy.addrs.inbound;
+    let frontend = client_ca.leaf("frontend", &["frontend"], Some(CLIENT_ID));
+    let batch = client_ca.leaf(
+        "batch",
+        &["batch"],
+        Some("spiffe://cluster.local/ns/shop/sa/batch"),
+    );
+    let mut seen = Vec::new();
+    for (cert, forged) in [
+        (&frontend, None),
+        (&frontend, None),
+        (&frontend, None),
+        (&batch, Some("spiffe://cluster.local/ns/shop/sa/frontend")),
+        (&batch, None),
+        (&batch, None),
+    ] {
+        let headers: Vec<(&str, &str)> = forged.map(|f| (IDENTITY, f)).into_iter().collect();
+        let a = mtls_get(addr, &server_ca, Some((&cert.0, &cert.1)), &headers)
+            .await
+            .expect("a good client certificate is accepted");
+        if a.status == 429 {
+            assert_eq!(a.reason(), Some("rate-limited"), "{}", a.body);
+        }
+        seen.push(a.status);
+    }
+    assert_eq!(
+        seen,
+        [200, 200, 429, 200, 200, 429],
+        "two each, whatever identity header the client sends"
+    );
+    assert_eq!(app.hits(), 4);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// An HTTPS upstream (HTTP/1.1 and HTTP/2 by ALPN) that echoes the version and
 /// headers it saw.
 async fn spawn_tls_upstream(ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {

@@ -23,8 +23,8 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::support::{
-    Answer, BinaryProxy, HttpClient, Upstream, client, full, run_to_end, send, spawn_binary,
-    spawn_binary_env, spawn_upstream, text_response,
+    Answer, BinaryProxy, HttpClient, Upstream, client, full, run_to_end, sample_sum, send,
+    skip_without_python, spawn_binary, spawn_binary_env, spawn_upstream, text_response,
 };
 
 const RECEIVER: &str = concat!(
@@ -47,38 +47,6 @@ const APP_MODULES: [&str; 4] = [
 const ARRIVAL: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
-// Prerequisites
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether to skip for missing Python modules: never under CI=true.
-fn skip_without(modules: &[&str]) -> bool {
-    let missing: Vec<String> = modules
-        .iter()
-        .filter(|m| !python_has(m))
-        .map(|m| format!("python module `{m}` (pip install -r tests/interop/requirements.txt)"))
-        .collect();
-    if missing.is_empty() {
-        return false;
-    }
-    let what = missing.join(", ");
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(
-        !in_ci,
-        "CI=true but this tracing test cannot run: missing {what}"
-    );
-    eprintln!("SKIPPED: this tracing test needs {what}");
-    true
-}
-
-// ---------------------------------------------------------------------------
 // The OTLP receiver
 
 /// `otlp_receiver.py` as a child process; killed on drop.
@@ -99,7 +67,7 @@ impl Receiver {
     /// Starts the receiver with `args` (`--hang`, `--status 503`); `None`
     /// when its Python packages are missing (and CI is not set).
     fn start(args: &[&str]) -> Option<Receiver> {
-        if skip_without(&RECEIVER_MODULES) {
+        if skip_without_python(&RECEIVER_MODULES) {
             return None;
         }
         let mut child = Command::new("python3")
@@ -450,19 +418,6 @@ async fn metrics_text(c: &HttpClient, proxy: &BinaryProxy) -> String {
     let answer = timed(send(c, req)).await;
     assert_eq!(answer.status, 200, "/metrics: {}", answer.body);
     answer.body
-}
-
-/// The sum of the samples of metric `name` in `text` whose labels contain `label`.
-fn sample_sum(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// [`sample_sum`] of a fresh /metrics.
@@ -1298,7 +1253,7 @@ async fn trace_errors_exports_unsampled_failures_with_their_attempts() {
 /// app span → breakwater's CLIENT span → attempt span → the upstream's parent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_instrumented_app_gets_one_connected_trace() {
-    if skip_without(&APP_MODULES) {
+    if skip_without_python(&APP_MODULES) {
         return;
     }
     let Some(receiver) = Receiver::start(&[]) else {

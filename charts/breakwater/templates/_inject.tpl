@@ -297,6 +297,8 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "retry-budget-min" $r.retryBudgetMin) }}
 {{- include "breakwater.flag" (list "retry-body-limit" $r.retryBodyLimit) }}
 {{- include "breakwater.flag" (list "retry-budget-mode" $r.retryBudgetMode) }}
+{{- include "breakwater.flag" (list "hedge-after" $r.hedgeAfter) }}
+{{- include "breakwater.flag" (list "hedge-budget" $r.hedgeBudget) }}
 {{- $b := .breaker }}
 {{- include "breakwater.flag" (list "breaker-consecutive-failures" $b.consecutiveFailures) }}
 {{- include "breakwater.flag" (list "breaker-failure-rate" $b.failureRate) }}
@@ -318,6 +320,10 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "inbound-max-concurrent" .inbound.maxConcurrent) }}
 {{- include "breakwater.flag" (list "inbound-max-queue" .inbound.maxQueue) }}
 {{- include "breakwater.flag" (list "inbound-queue-timeout" .inbound.queueTimeout) }}
+{{- $rl := .rateLimit }}
+{{- include "breakwater.flag" (list "rate-limit" $rl.outbound) }}
+{{- include "breakwater.flag" (list "inbound-rate-limit" $rl.inbound) }}
+{{- include "breakwater.flag" (list "rate-limit-mode" $rl.mode) }}
 {{- range $route := .routes }}
 {{- include "breakwater.route" $route }}
 {{- end }}
@@ -338,6 +344,7 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "max-uri-bytes" $l.maxUriBytes) }}
 {{- include "breakwater.flag" (list "header-read-timeout" $l.headerReadTimeout) }}
 {{- include "breakwater.flag" (list "idle-timeout" $l.idleTimeout) }}
+{{- include "breakwater.flag" (list "stream-idle-timeout" $l.streamIdleTimeout) }}
 {{- include "breakwater.flag" (list "max-connections" $l.maxConnections) }}
 {{- include "breakwater.flag" (list "upstream-idle-timeout" .upstream.idleTimeout) }}
 {{- include "breakwater.flag" (list "dns-ttl" .upstream.dnsTtl) }}
@@ -440,9 +447,9 @@ by '+'. A key that does not apply to the route's direction fails, naming it. */}
 {{- end -}}
 {{- /* Policy keys by the listener they apply to; "both" keys apply to either. */ -}}
 {{- $keys := dict
-  "both" (list "timeout" "connectTimeout" "bulkheadMode" "faultAbort" "faultDelay")
-  "outbound" (list "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "retryBudgetMode" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "breakerMode" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout" "to" "keepHost" "split" "splitKey" "mirror" "mirrorUnsafe")
-  "inbound" (list "inboundMaxConcurrent" "inboundMaxQueue" "inboundQueueTimeout") -}}
+  "both" (list "timeout" "connectTimeout" "bulkheadMode" "rateLimitKey" "rateLimitMode" "faultAbort" "faultDelay")
+  "outbound" (list "protocol" "tls" "retries" "retryOn" "retryBackoff" "retryBackoffMax" "perTryTimeout" "retryBudget" "retryBudgetMin" "retryBodyLimit" "retryBudgetMode" "hedgeAfter" "hedgeBudget" "breakerConsecutiveFailures" "breakerFailureRate" "breakerWindow" "breakerMinRequests" "breakerOpenDuration" "breakerHalfOpenRequests" "breakerSlowCall" "breakerSlowCallRate" "maxEjectionPercent" "breakerMode" "maxConcurrent" "maxConcurrentMin" "maxConcurrentMax" "maxQueue" "queueTimeout" "rateLimit" "to" "keepHost" "split" "splitKey" "mirror" "mirrorUnsafe")
+  "inbound" (list "inboundMaxConcurrent" "inboundMaxQueue" "inboundQueueTimeout" "inboundRateLimit") -}}
 {{- range $applies := list "both" "outbound" "inbound" -}}
 {{- range $key := index $keys $applies -}}
 {{- $value := index $route $key -}}
