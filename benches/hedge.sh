@@ -66,7 +66,8 @@ WORK=""
 declare -a STARTED=()
 UP=""
 
-# log, die, port_free, wait_port, stop_tree; fresh_port, start_tracked, stop_tracked, cleanup_tracked
+# log, die, port_free, wait_port, stop_tree; fresh_port, start_tracked, stop_tracked,
+# cleanup_tracked; median_of_lines, resolve_bin
 source "$HERE/lib.sh"
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
@@ -151,19 +152,10 @@ run_row() {
     }'
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-
 main() {
   parse_args "$@"
   for p in "$H2LOAD" "$CURL" "$PYTHON"; do type -P "$p" >/dev/null || die "$p not found"; done
-  if [[ -z $BIN ]]; then
-    if (( BUILD )); then
-      log "building the release binary"
-      (cd "$TOP" && cargo build --release --locked --quiet) || die "cargo build failed"
-    fi
-    BIN=$TOP/target/release/breakwater
-  fi
-  [[ -x $BIN ]] || die "no breakwater binary at $BIN"
+  resolve_bin
   WORK=$(mktemp -d /tmp/bw-hedge.XXXXXX)
   trap cleanup_tracked EXIT
   fresh_port; UP=$PORT
@@ -185,17 +177,17 @@ main() {
     echo "# benches/hedge.sh $(date -u +%Y-%m-%d), $(git -C "$TOP" rev-parse --short HEAD), $RATE req/s (h2load --h1 -c $CLIENTS), ${DURATION} s a row, $REPS rounds, --threads $THREADS; upstream: $SLOW_SHARE at ${SLOW_MS} ms, the rest at ${FAST_MS} ms"
     printf '%-7s %9s %9s %9s %9s %7s %8s %7s %6s %6s %8s\n' row p50_ms p99_ms p999_ms p99/none non2xx extra budget won lost skipped
     local base
-    base=$(awk '$1 == "none" {print $3}' "$results" | median)
+    base=$(awk '$1 == "none" {print $3}' "$results" | median_of_lines)
     for row in "${rows[@]}"; do
       local p50 p99 p999 non2 extra won lost skipped ratio
-      p50=$(awk -v r="$row" '$1 == r {print $2}' "$results" | median)
-      p99=$(awk -v r="$row" '$1 == r {print $3}' "$results" | median)
-      p999=$(awk -v r="$row" '$1 == r {print $4}' "$results" | median)
+      p50=$(awk -v r="$row" '$1 == r {print $2}' "$results" | median_of_lines)
+      p99=$(awk -v r="$row" '$1 == r {print $3}' "$results" | median_of_lines)
+      p999=$(awk -v r="$row" '$1 == r {print $4}' "$results" | median_of_lines)
       non2=$(awk -v r="$row" '$1 == r {s += $5} END {print s + 0}' "$results")
-      extra=$(awk -v r="$row" '$1 == r {print $6}' "$results" | median)
-      won=$(awk -v r="$row" '$1 == r {print $7}' "$results" | median)
-      lost=$(awk -v r="$row" '$1 == r {print $8}' "$results" | median)
-      skipped=$(awk -v r="$row" '$1 == r {print $9}' "$results" | median)
+      extra=$(awk -v r="$row" '$1 == r {print $6}' "$results" | median_of_lines)
+      won=$(awk -v r="$row" '$1 == r {print $7}' "$results" | median_of_lines)
+      lost=$(awk -v r="$row" '$1 == r {print $8}' "$results" | median_of_lines)
+      skipped=$(awk -v r="$row" '$1 == r {print $9}' "$results" | median_of_lines)
       ratio=$(awk -v a="$p99" -v b="${base:-}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "NA"}')
       printf '%-7s %9s %9s %9s %9s %7s %7.1f%% %6s%% %6.0f %6.0f %8.0f\n' "$row" "$p50" "$p99" "$p999" "$ratio" "$non2" \
         "$(awk -v e="$extra" 'BEGIN {print e * 100}')" "$(row_budget "$row")" "$won" "$lost" "$skipped"

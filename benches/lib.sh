@@ -75,3 +75,21 @@ cleanup_tracked() { # for `trap cleanup_tracked EXIT`: stop all, newest first; d
     if [[ ${KEEP:-0} == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
   fi
 }
+
+# ------------------------------------------------------------------------------
+# Shared by the scripts that measure one breakwater build (rate_limit.sh, hedge.sh).
+
+median_of_lines() { # the median of the numbers on stdin, one a line
+  sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+
+resolve_bin() { # sets BIN: as given, else target/release/breakwater of TOP (built first when BUILD=1)
+  if [[ -z ${BIN:-} ]]; then
+    if (( ${BUILD:-1} )); then
+      log "building the release binary"
+      (cd "$TOP" && cargo build --release --locked --quiet) || die "cargo build failed"
+    fi
+    BIN=$TOP/target/release/breakwater
+  fi
+  [[ -x $BIN ]] || die "no breakwater binary at $BIN"
+}

@@ -60,7 +60,8 @@ WORK=""
 declare -a STARTED=()
 BACKEND=""
 
-# log, die, port_free, wait_port, stop_tree; fresh_port, start_tracked, stop_tracked, cleanup_tracked
+# log, die, port_free, wait_port, stop_tree; fresh_port, start_tracked, stop_tracked,
+# cleanup_tracked; median_of_lines, resolve_bin
 source "$HERE/lib.sh"
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 
@@ -147,19 +148,10 @@ run_row() {
     }' "$out"
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-
 main() {
   parse_args "$@"
   for p in "$NGINX" "$H2LOAD" "$CURL"; do type -P "$p" >/dev/null || die "$p not found"; done
-  if [[ -z $BIN ]]; then
-    if (( BUILD )); then
-      log "building the release binary"
-      (cd "$TOP" && cargo build --release --locked --quiet) || die "cargo build failed"
-    fi
-    BIN=$TOP/target/release/breakwater
-  fi
-  [[ -x $BIN ]] || die "no breakwater binary at $BIN"
+  resolve_bin
   WORK=$(mktemp -d /tmp/bw-rate-limit.XXXXXX)
   trap cleanup_tracked EXIT
   start_backend
@@ -177,7 +169,7 @@ main() {
       local col
       printf '%-8s' "$row"
       for col in 2 3 4 5 6; do
-        awk -v r="$row" -v c="$col" '$1 == r {print $c}' "$results" | median | xargs printf ' %10s'
+        awk -v r="$row" -v c="$col" '$1 == r {print $c}' "$results" | median_of_lines | xargs printf ' %10s'
       done
       printf '  %s\n' "$(awk -v r="$row" '$1 == r {printf "%s ", $3}' "$results")"
     done

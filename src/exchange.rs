@@ -228,9 +228,12 @@ pub fn start_trace<B>(
         },
     );
     if let Some(state) = state {
-        span.set("server.address", state.dest.host().to_string());
+        span.set("server.address", Value::Shared(state.host_name.clone()));
         span.set("server.port", i64::from(state.dest.port()));
-        span.set("breakwater.destination", state.dest.to_string());
+        span.set(
+            "breakwater.destination",
+            Value::Shared(state.dest_name.clone()),
+        );
         span.set("breakwater.route", Value::Shared(state.route.clone()));
     }
     in_flight.set_trace(t);

@@ -67,36 +67,33 @@ impl Hold {
 /// a success is one only once its body ends, so an upstream that sends good
 /// heads and then breaks off or stalls mid-body opens its circuit like one
 /// that fails outright. A body the client abandons records nothing.
+/// The endpoint (in the [`EndpointGuard`]) holds what the record needs of
+/// its destination, so that nothing is cloned per request.
 struct Verdict {
     permit: BreakerPermit,
     /// The time to the response head, as the slow-call rule judges it.
     latency: Duration,
-    ejected: Arc<std::sync::atomic::AtomicUsize>,
-    metrics: Arc<crate::metrics::DestinationMetrics>,
-    /// The destination's endpoints and `max-ejection-percent`, for the cap.
+    /// The destination's endpoints then, for `max-ejection-percent`.
     endpoints: usize,
-    cap: u8,
 }
 
 impl Verdict {
-    fn record(self, success: bool, endpoint: &EndpointGuard) {
-        let Verdict {
-            permit,
-            latency,
-            ejected,
-            metrics,
-            endpoints,
-            cap,
-        } = self;
-        let transition = permit.record_gated(success, latency, Instant::now(), || {
-            ejected
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                    may_eject(e, endpoints, cap).then_some(e + 1)
-                })
-                .is_ok()
-        });
+    fn record(self, success: bool, guard: &EndpointGuard) {
+        let endpoint = guard.endpoint();
+        let (endpoints, cap) = (self.endpoints, endpoint.max_ejection_percent);
+        let transition = self
+            .permit
+            .record_gated(success, self.latency, Instant::now(), || {
+                endpoint
+                    .ejected
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                        may_eject(e, endpoints, cap).then_some(e + 1)
+                    })
+                    .is_ok()
+            });
         if let Some(t) = transition {
-            report_to(&ejected, &metrics, &metrics.label(), endpoint.endpoint(), t);
+            let metrics = &endpoint.metrics;
+            report_to(&endpoint.ejected, metrics, &metrics.label(), endpoint, t);
         }
     }
 }
@@ -318,10 +315,7 @@ impl Forwarder {
                     verdict = Some(Verdict {
                         permit,
                         latency,
-                        ejected: state.ejected.clone(),
-                        metrics: state.metrics.clone(),
                         endpoints: total,
-                        cap,
                     });
                     None
                 }

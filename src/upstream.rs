@@ -465,6 +465,9 @@ impl LastDestination {
 pub struct DestinationState {
     pub dest: Destination,
     pub authority: Authority,
+    /// The host and `host:port`, made once for the spans that name them.
+    pub host_name: Arc<str>,
+    pub dest_name: Arc<str>,
     /// The route's label.
     pub route: Arc<str>,
     pub policy: RoutePolicy,
@@ -614,6 +617,7 @@ impl DestinationState {
         settings: EndpointSettings,
     ) -> Self {
         let budget = RetryBudget::new(policy.retry.budget_percent, policy.retry.budget_min_per_sec);
+        let ejected = Arc::new(AtomicUsize::new(0));
         let endpoints = Endpoints::new(
             dest.host(),
             dest.port(),
@@ -622,6 +626,8 @@ impl DestinationState {
                 idle_timeout: settings.idle_timeout,
                 breaker: policy.breaker,
                 metrics: metrics.clone(),
+                ejected: ejected.clone(),
+                max_ejection_percent: policy.max_ejection_percent,
                 tls: match (&settings.tls, policy.tls) {
                     (Some(client), true) => {
                         Some(crate::tls::Origin::new(client.clone(), dest.host()))
@@ -656,8 +662,10 @@ impl DestinationState {
             adaptive,
             rate_limiter,
             hedging,
-            ejected: Arc::new(AtomicUsize::new(0)),
+            ejected,
             authority: dest.authority(),
+            host_name: dest.host().into(),
+            dest_name: dest.to_string().into(),
             dest,
             route,
             modes: ModeCell::new(policy.modes),

@@ -209,7 +209,8 @@ pub fn write(headers: &mut HeaderMap, trace: TraceId, span: SpanId, parent: Span
     tp.push(b'-');
     hex_into(&span.0, &mut tp);
     tp.extend_from_slice(b"-01");
-    if let Ok(v) = HeaderValue::from_bytes(&tp) {
+    // The buffer becomes the value's own bytes: checked, not copied.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(tp)) {
         headers.insert(TRACEPARENT, v);
     }
     match form {

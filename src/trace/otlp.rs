@@ -19,6 +19,11 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
+/// The bytes `varint` writes for `v`.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -65,34 +70,83 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-/// A string value written as it is formatted, without a `String` between.
-fn string_with(out: &mut Vec<u8>, field: u32, value: &Value) {
-    match value {
-        Value::Str(s) => bytes(out, field, s.as_bytes()),
-        Value::Static(s) => bytes(out, field, s.as_bytes()),
-        Value::Shared(s) => bytes(out, field, s.as_bytes()),
-        Value::Method(m) => bytes(out, field, m.as_str().as_bytes()),
-        Value::Ip(ip) => message(out, field, |o| {
-            let _ = write!(o, "{ip}");
-        }),
-        Value::Int(n) => message(out, field, |o| {
-            let _ = write!(o, "{n}");
-        }),
-        Value::Code(n) => message(out, field, |o| {
-            let _ = write!(o, "{n}");
-        }),
-    }
+/// Room for any value [`text`] formats: an IPv6 address at most.
+type TextBuf = [u8; 48];
+
+/// A string value's bytes, formatted into `buf` where it is not text yet
+/// (an address, a number): no `String`, no `fmt` machinery for the usual
+/// IPv4 address and status code.
+fn text<'a>(value: &'a Value, buf: &'a mut TextBuf) -> &'a [u8] {
+    let n = match value {
+        Value::Str(s) => return s.as_bytes(),
+        Value::Static(s) => return s.as_bytes(),
+        Value::Shared(s) => return s.as_bytes(),
+        Value::Method(m) => return m.as_str().as_bytes(),
+        Value::Ip(std::net::IpAddr::V4(ip)) => {
+            let mut n = 0;
+            for (i, octet) in ip.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(*octet).as_bytes();
+                buf[n..n + d.len()].copy_from_slice(d);
+                n += d.len();
+            }
+            n
+        }
+        Value::Ip(ip) => {
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{ip}");
+            48 - w.len()
+        }
+        Value::Int(v) => {
+            let mut digits = itoa::Buffer::new();
+            let d = digits.format(*v).as_bytes();
+            buf[..d.len()].copy_from_slice(d);
+            d.len()
+        }
+        Value::Code(v) => {
+            let mut digits = itoa::Buffer::new();
+            let d = digits.format(*v).as_bytes();
+            buf[..d.len()].copy_from_slice(d);
+            d.len()
+        }
+    };
+    &buf[..n]
 }
 
-/// `KeyValue { key = 1; AnyValue value = 2 }`, `AnyValue { string = 1; int = 3 }`.
+/// A string field of `value`.
+fn string_with(out: &mut Vec<u8>, field: u32, value: &Value) {
+    let mut buf = [0; 48];
+    bytes(out, field, text(value, &mut buf));
+}
+
+/// `KeyValue { key = 1; AnyValue value = 2 }`, `AnyValue { string = 1; int = 3 }`,
+/// with exact lengths (fields below 16: one-byte keys): the commonest message
+/// of an export, written without a length patched in afterwards.
 fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
-    message(out, field, |o| {
-        bytes(o, 1, k.as_bytes());
-        message(o, 2, |o| match v {
-            Value::Int(n) => uint(o, 3, *n as u64),
-            other => string_with(o, 1, other),
-        });
-    });
+    let mut buf = [0; 48];
+    let (any_len, s) = match v {
+        Value::Int(n) => (1 + varint_len(*n as u64), None),
+        other => {
+            let s = text(other, &mut buf);
+            (1 + varint_len(s.len() as u64) + s.len(), Some(s))
+        }
+    };
+    let kv_len =
+        1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any_len as u64) + any_len;
+    key(out, field, LEN);
+    varint(out, kv_len as u64);
+    bytes(out, 1, k.as_bytes());
+    key(out, 2, LEN);
+    varint(out, any_len as u64);
+    match (v, s) {
+        (_, Some(s)) => bytes(out, 1, s),
+        (Value::Int(n), None) => uint(out, 3, *n as u64),
+        (_, None) => {}
+    }
 }
 
 fn event(out: &mut Vec<u8>, e: &EventRecord) {
@@ -192,6 +246,13 @@ mod tests {
                 ("network.peer.address", Value::Ip([10, 1, 2, 3].into())),
                 ("breakwater.route", Value::Shared("orders".into())),
                 ("url.path", Value::Str("/x".repeat(100))),
+                (
+                    "server.address",
+                    Value::Ip("fd00::1:2".parse().expect("ipv6")),
+                ),
+                ("breakwater.delta", Value::Int(-7)),
+                ("breakwater.big", Value::Int(i64::MAX)),
+                ("error.type", Value::Code(503)),
             ],
             events: vec![EventRecord {
                 at: 1_700_000_000_100_000_000,
@@ -232,6 +293,14 @@ mod tests {
             value(3),
             Some(any_value::Value::StringValue("/x".repeat(100)))
         );
+        assert_eq!(
+            value(4),
+            Some(any_value::Value::StringValue("fd00::1:2".into()))
+        );
+        assert_eq!(value(5), Some(any_value::Value::IntValue(-7)));
+        assert_eq!(value(6), Some(any_value::Value::IntValue(i64::MAX)));
+        assert_eq!(value(7), Some(any_value::Value::StringValue("503".into())));
+        assert_eq!(s.attributes[3].key, "url.path");
         assert_eq!(s.events[0].name, "bulkhead.granted");
         let status = s.status.as_ref().expect("status");
         assert_eq!((status.code, status.message.as_str()), (2, "503"));

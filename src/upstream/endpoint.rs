@@ -33,6 +33,11 @@ pub struct Endpoint {
     created: Instant,
     /// `--slow-start`; zero: off.
     slow_start: Duration,
+    /// The destination's: its metrics, its count of ejected endpoints and
+    /// `max-ejection-percent`, for a verdict a response body gives late.
+    pub metrics: Arc<DestinationMetrics>,
+    pub ejected: Arc<AtomicUsize>,
+    pub max_ejection_percent: u8,
 }
 
 /// Latency assumed for an endpoint that has not answered yet, and how fast old
@@ -63,6 +68,9 @@ impl Endpoint {
             latency: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, now)),
             created: now,
             slow_start: settings.slow_start,
+            metrics: settings.metrics.clone(),
+            ejected: settings.ejected.clone(),
+            max_ejection_percent: settings.max_ejection_percent,
         })
     }
 
@@ -151,6 +159,9 @@ pub struct EndpointConfig {
     pub idle_timeout: Duration,
     pub breaker: BreakerConfig,
     pub metrics: Arc<DestinationMetrics>,
+    /// The destination's ejected endpoints, and the cap on them.
+    pub ejected: Arc<AtomicUsize>,
+    pub max_ejection_percent: u8,
     /// TLS to the upstream (`--route HOST,tls=true`).
     pub tls: Option<crate::tls::Origin>,
     /// `--h2-connections-per-endpoint` for an endpoint that may stand for many
@@ -483,6 +494,8 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             breaker: crate::config::Config::loopback().breaker,
             metrics: Arc::new(metrics.destination(dest, "orders.shop:80", "default")),
+            ejected: Arc::new(AtomicUsize::new(0)),
+            max_ejection_percent: 50,
             tls: None,
             h2_connections: 4,
             max_connection_age: None,

@@ -89,14 +89,19 @@ async fn proxy_to(upstream: SocketAddr, extra: &[&str]) -> BinaryProxy {
     spawn_binary(app.addr, &args).await
 }
 
+/// A GET to `upstream` through the outbound listener.
+fn to_upstream(proxy: &BinaryProxy, upstream: SocketAddr) -> Request<crate::support::TestBody> {
+    Request::get(format!("http://{}/", proxy.addrs.outbound))
+        .header(http::header::HOST, upstream.to_string())
+        .body(full(""))
+        .expect("request")
+}
+
 /// A GET through the outbound listener: the status, whether the body ended
 /// cleanly, the bytes that came, and how long it all took.
 async fn fetch(proxy: &BinaryProxy, upstream: SocketAddr) -> (u16, bool, String, Duration) {
     let started = Instant::now();
-    let req = Request::get(format!("http://{}/", proxy.addrs.outbound))
-        .header(http::header::HOST, upstream.to_string())
-        .body(full(""))
-        .expect("request");
+    let req = to_upstream(proxy, upstream);
     let resp = client().request(req).await.expect("a response head");
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
@@ -143,10 +148,7 @@ async fn a_stalled_response_body_is_cut_and_opens_the_circuit() {
         2,
         "never retried: bytes had reached the client"
     );
-    let req = Request::get(format!("http://{}/", proxy.addrs.outbound))
-        .header(http::header::HOST, upstream.addr.to_string())
-        .body(full(""))
-        .expect("request");
+    let req = to_upstream(&proxy, upstream.addr);
     let third = crate::support::send(&client(), req).await;
     assert_eq!(third.status, 503, "{}", third.body);
     assert_eq!(
@@ -166,10 +168,7 @@ async fn a_body_broken_mid_stream_counts_against_the_endpoint() {
         assert_eq!(status, 200);
         assert!(!clean, "the reset ends the client's body abruptly");
     }
-    let req = Request::get(format!("http://{}/", proxy.addrs.outbound))
-        .header(http::header::HOST, upstream.addr.to_string())
-        .body(full(""))
-        .expect("request");
+    let req = to_upstream(&proxy, upstream.addr);
     let third = crate::support::send(&client(), req).await;
     assert_eq!(third.reason(), Some("circuit-open"), "{}", third.body);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -186,10 +185,7 @@ async fn a_slow_body_that_keeps_moving_is_never_cut() {
         assert_eq!(got, "first..........");
         assert!(took >= Duration::from_millis(900), "{took:?}");
     }
-    let req = Request::get(format!("http://{}/", proxy.addrs.outbound))
-        .header(http::header::HOST, upstream.addr.to_string())
-        .body(full(""))
-        .expect("request");
+    let req = to_upstream(&proxy, upstream.addr);
     assert_eq!(
         crate::support::send(&client(), req).await.status,
         200,
