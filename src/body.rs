@@ -102,6 +102,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
+        // The last frame is handed out: the request is over now, not when
+        // the server gets round to dropping the body.
+        let last;
         let frame = match this.kind.project() {
             KindProj::Upstream {
                 first,
@@ -142,6 +145,7 @@ impl Body for ProxyBody {
                 if ended && let Some(hold) = hold.take() {
                     hold.release();
                 }
+                last = ended;
                 if matches!(frame, Some(Err(_)))
                     && let Some(hold) = hold.take()
                 {
@@ -149,9 +153,13 @@ impl Body for ProxyBody {
                 }
                 frame.map(|f| f.map_err(BodyError::from))
             }
-            KindProj::Local { data } => data.take().map(|d| Ok(Frame::data(d))),
+            KindProj::Local { data } => {
+                last = true;
+                data.take().map(|d| Ok(Frame::data(d)))
+            }
         };
         match &frame {
+            Some(Ok(_)) if last => drop(this.in_flight.take()),
             Some(Ok(_)) => {}
             // The end, or an upstream that broke off mid-body: the request is over.
             None => drop(this.in_flight.take()),

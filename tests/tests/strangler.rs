@@ -216,6 +216,21 @@ async fn metrics(proxy: &TestProxy) -> String {
     get(&client(), &proxy.admin("/metrics")).await.body
 }
 
+/// The proxy's metrics once no request is in flight (up to 2 s): a request
+/// is counted when its response ends on the proxy's side, which may be a
+/// moment after the client read the last byte (an HTTP/2 stream's end).
+async fn settled_metrics(proxy: &TestProxy) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let m = metrics(proxy).await;
+        let in_flight = sample_sum(&m, "breakwater_inflight_requests", &[]);
+        if in_flight == 0.0 || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The sum of the samples of `family` whose labels include all of `labels`.
 fn sample_sum(metrics: &str, family: &str, labels: &[&str]) -> f64 {
     let open = format!("{family}{{");
@@ -358,7 +373,7 @@ async fn to_moves_a_path_prefix_to_the_new_destination_with_its_host() {
     assert_eq!(last.host, n, "h2 :authority becomes the new destination's");
 
     // The new destination's own route labels the metrics.
-    let m = metrics(&proxy).await;
+    let m = settled_metrics(&proxy).await;
     let nd = dest(&n);
     assert!(
         sample_sum(
