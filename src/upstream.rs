@@ -364,7 +364,12 @@ fn outbound_policy(defaults: &RoutePolicy, route: &RouteOverride) -> RoutePolicy
     if let Some(key) = &route.rate.rate_limit_key {
         policy.rate_limit_key = key.clone();
     }
-    policy.hedge = hedge_policy(policy.hedge, route, policy.hedge_budget);
+    policy.hedge = HedgePolicy::layered(
+        policy.hedge,
+        route.hedge_after,
+        route.hedge_budget,
+        policy.hedge_budget,
+    );
     route.apply(&mut policy.retry);
     route.apply_modes(&mut policy.modes);
     route.limits.apply(
@@ -373,26 +378,6 @@ fn outbound_policy(defaults: &RoutePolicy, route: &RouteOverride) -> RoutePolicy
         &mut policy.max_ejection_percent,
     );
     policy
-}
-
-/// A route's hedging over the defaults': `hedge-after` turns it on (with the
-/// route's `hedge-budget`, else the defaults'), `hedge-budget` alone changes
-/// the budget of hedging that is on.
-fn hedge_policy(
-    defaults: Option<HedgePolicy>,
-    route: &RouteOverride,
-    budget: f32,
-) -> Option<HedgePolicy> {
-    let budget_percent = route
-        .hedge_budget
-        .unwrap_or(defaults.map_or(budget, |h| h.budget_percent));
-    route
-        .hedge_after
-        .or(defaults.map(|h| h.after))
-        .map(|after| HedgePolicy {
-            after,
-            budget_percent,
-        })
 }
 
 /// An inbound route's keys over the app's policy: its deadline, and the

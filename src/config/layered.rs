@@ -175,14 +175,12 @@ fn apply_defaults(config: &mut Config, d: &RouteOverride) {
     d.apply_modes(&mut config.modes);
     config.rate_limit = d.rate.rate_limit.or(config.rate_limit);
     config.hedge_budget = d.hedge_budget.unwrap_or(config.hedge_budget);
-    if let Some(after) = d.hedge_after {
-        config.hedge = Some(crate::config::HedgePolicy {
-            after,
-            budget_percent: config.hedge_budget,
-        });
-    } else if let Some(h) = &mut config.hedge {
-        h.budget_percent = config.hedge_budget;
-    }
+    config.hedge = crate::config::HedgePolicy::layered(
+        config.hedge,
+        d.hedge_after,
+        d.hedge_budget,
+        config.hedge_budget,
+    );
     config.inbound_rate_limit = d.rate.inbound_rate_limit.or(config.inbound_rate_limit);
     let q = &mut config.inbound_queue;
     q.max_queue = d.inbound_max_queue.unwrap_or(q.max_queue);

@@ -245,7 +245,6 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    #[track_caller]
     #[test]
     fn an_identity_key_is_inbound_only() {
         let args = ["--route", "api,rate-limit=10,rate-limit-key=identity"];
@@ -255,6 +254,7 @@ mod tests {
         }
     }
 
+    #[track_caller]
     fn refused(args: &[&str], expected: &str) {
         match check(args) {
             Ok(_) => panic!("{args:?} was accepted"),

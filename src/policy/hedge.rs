@@ -105,6 +105,26 @@ pub struct HedgePolicy {
     pub budget_percent: f32,
 }
 
+impl HedgePolicy {
+    /// A layer's `hedge-after` and `hedge-budget` (a policy file's defaults, a
+    /// route) over the hedging beneath it: `hedge-after` turns hedging on,
+    /// with the layer's budget, else the one beneath, else `flag_budget`
+    /// (`--hedge-budget`); `hedge-budget` alone changes the budget of
+    /// hedging that is on.
+    pub fn layered(
+        under: Option<HedgePolicy>,
+        after: Option<HedgeAfter>,
+        budget: Option<f32>,
+        flag_budget: f32,
+    ) -> Option<HedgePolicy> {
+        let budget_percent = budget.unwrap_or(under.map_or(flag_budget, |h| h.budget_percent));
+        after.or(under.map(|h| h.after)).map(|after| HedgePolicy {
+            after,
+            budget_percent,
+        })
+    }
+}
+
 /// A destination's hedging at run time: the policy, its budget, and for
 /// `pNN` the latency it is taken from.
 pub struct Hedging {
@@ -270,6 +290,32 @@ mod tests {
         assert_eq!(parse_budget("10"), Ok(10.0));
         assert_eq!(parse_budget("2.5%"), Ok(2.5));
         assert!(parse_budget("101").is_err() && parse_budget("x").is_err());
+    }
+
+    #[test]
+    fn a_layer_turns_hedging_on_or_changes_its_budget() {
+        let on = |after, budget_percent| {
+            Some(HedgePolicy {
+                after,
+                budget_percent,
+            })
+        };
+        let p95 = HedgeAfter::Quantile(950);
+        let fixed = HedgeAfter::Fixed(20 * MS);
+        assert_eq!(HedgePolicy::layered(None, None, Some(5.0), 10.0), None);
+        assert_eq!(
+            HedgePolicy::layered(None, Some(p95), None, 7.0),
+            on(p95, 7.0)
+        );
+        let under = on(fixed, 10.0);
+        assert_eq!(
+            HedgePolicy::layered(under, None, Some(5.0), 10.0),
+            on(fixed, 5.0)
+        );
+        assert_eq!(
+            HedgePolicy::layered(under, Some(p95), None, 3.0),
+            on(p95, 10.0)
+        );
     }
 
     #[test]

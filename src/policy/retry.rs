@@ -231,8 +231,8 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
 /// handed the request on: trailers-only `UNAVAILABLE` (the status in the
 /// head, no message was streamed) with an `x-breakwater-reason` that never
 /// forwards ([`Reason::never_forwarded`]: circuit-open, bulkhead-full,
-/// queue-timeout, app-not-ready, rate-limited, connect-failure, no-route,
-/// fault-injected). Such a call is safe to send again without an
+/// queue-timeout, app-not-ready, connect-failure, no-route, fault-injected;
+/// rate-limited never forwards either, but is `RESOURCE_EXHAUSTED`). Such a call is safe to send again without an
 /// `Idempotency-Key`: the app never saw it. An `UNAVAILABLE` from the app
 /// itself, or after any response bytes, is not (the app may have acted).
 pub fn refused_before_the_app(headers: &HeaderMap) -> bool {
