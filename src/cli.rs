@@ -26,6 +26,10 @@ pub enum Command {
     ///
     /// Applies the rules idempotently; --clean removes them, --dry-run prints them.
     InitIptables(InitIptablesArgs),
-    /// Add breakwater to the pods in Kubernetes YAML read from stdin; write it to stdout.
+    /// Add breakwater to the pods in Kubernetes YAML (-f FILE or stdin).
     Inject(crate::inject::InjectArgs),
+    /// Take breakwater out of pods that inject put it in.
+    Uninject(crate::inject::UninjectArgs),
+    /// Serve the admission webhook that injects breakwater into new pods.
+    Injector(Box<crate::injector::InjectorArgs>),
 }

@@ -83,6 +83,24 @@ impl ShutdownRequests {
     }
 }
 
+/// SIGTERM (Kubernetes) or SIGINT (a terminal) starts the drain.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops breakwater");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown signal received");
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

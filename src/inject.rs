@@ -1,19 +1,21 @@
-//! `breakwater inject`: Kubernetes YAML on stdin, the same YAML with breakwater added
-//! to every pod spec on stdout, as the Helm chart would add it
-//! (`kubectl get deploy web -o yaml | breakwater inject | kubectl apply -f -`).
+//! `breakwater inject`: Kubernetes YAML from files or stdin, the same YAML with
+//! breakwater added to every pod spec on stdout, as the Helm chart would add it
+//! (`kubectl get deploy web -o yaml | breakwater inject | kubectl apply -f -`);
+//! `breakwater uninject` takes it out again.
 //!
 //! This module owns the command: splitting the stream into documents, finding pod
 //! specs by kind, and all-or-nothing output. [`flags`] checks the flags, [`pod`]
 //! changes one pod spec, [`yaml`] reads and writes the documents.
 
 pub mod flags;
+pub mod json;
 pub mod pod;
 pub mod yaml;
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-pub use flags::{InjectArgs, Mode, Plan, PolicyConfigMap, SidecarForm};
+pub use flags::{InjectArgs, Mode, Plan, PolicyConfigMap, SidecarArgs, SidecarForm};
 use pod::Outcome;
 use yaml::Node;
 
@@ -110,9 +112,46 @@ enum DocumentError {
     Pod { what: String, source: pod::PodError },
 }
 
+/// What is done to each pod spec of a stream.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Inject(&'a Plan),
+    Uninject,
+}
+
 /// Injects every pod spec in `input`. Documents without one come out as they went in,
 /// byte for byte; documents with one are written anew.
 pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> {
+    let mut injected = process_stream(input, Op::Inject(plan))?;
+    let notes = &mut injected.notes;
+    let injected_any = notes.iter().any(|n| n.starts_with("injected"));
+    if let Some(policy) = plan.policy.as_ref().filter(|_| injected_any) {
+        notes.push(format!(
+            "ConfigMap {name} must exist in the pods' namespace, with the policy file \
+             under key {key}, before they can start (kubectl create configmap {name} \
+             --from-file={key}=policy.yaml); editing it changes the policy live, \
+             without a restart",
+            name = policy.name,
+            key = policy.key,
+        ));
+    }
+    if plan.mode == Mode::Explicit && injected_any {
+        notes.push(format!(
+            "explicit mode: point each Service's targetPort at {} (breakwater's inbound \
+             port) so that inbound traffic passes through breakwater",
+            pod::INBOUND_PORT
+        ));
+    }
+    Ok(injected)
+}
+
+/// Takes breakwater out of every pod spec in `input` that has it, restoring what
+/// [`inject_stream`] changed; everything else comes out byte for byte.
+pub fn uninject_stream(input: &str) -> Result<Injected, InjectError> {
+    process_stream(input, Op::Uninject)
+}
+
+fn process_stream(input: &str, op: Op<'_>) -> Result<Injected, InjectError> {
     let mut output = String::with_capacity(input.len() * 2);
     let mut notes = Vec::new();
     let mut document = 0;
@@ -136,8 +175,8 @@ pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> 
         let mut changed = false;
         let mut node = node;
         if let Some(root) = node.as_mut() {
-            changed = inject_document(root, plan, &mut notes)
-                .map_err(|e| fail(1, None, e.to_string()))?;
+            changed =
+                process_document(root, op, &mut notes).map_err(|e| fail(1, None, e.to_string()))?;
         }
         if !output.is_empty() && !output.ends_with('\n') {
             output.push('\n');
@@ -151,24 +190,6 @@ pub fn inject_stream(input: &str, plan: &Plan) -> Result<Injected, InjectError> 
             }
             _ => output.push_str(chunk.text),
         }
-    }
-    let injected_any = notes.iter().any(|n| n.starts_with("injected"));
-    if let Some(policy) = plan.policy.as_ref().filter(|_| injected_any) {
-        notes.push(format!(
-            "ConfigMap {name} must exist in the pods' namespace, with the policy file \
-             under key {key}, before they can start (kubectl create configmap {name} \
-             --from-file={key}=policy.yaml); editing it changes the policy live, \
-             without a restart",
-            name = policy.name,
-            key = policy.key,
-        ));
-    }
-    if plan.mode == Mode::Explicit && injected_any {
-        notes.push(format!(
-            "explicit mode: point each Service's targetPort at {} (breakwater's inbound \
-             port) so that inbound traffic passes through breakwater",
-            pod::INBOUND_PORT
-        ));
     }
     Ok(Injected { output, notes })
 }
@@ -208,10 +229,11 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// Injects one document (and the items of a `List`); whether anything changed.
-fn inject_document(
+/// Injects (or uninjects) one document and the items of a `List`; whether anything
+/// changed.
+fn process_document(
     doc: &mut Node,
-    plan: &Plan,
+    op: Op<'_>,
     notes: &mut Vec<String>,
 ) -> Result<bool, DocumentError> {
     let kind = doc
@@ -223,7 +245,7 @@ fn inject_document(
         let mut changed = false;
         if let Some(Node::Seq(items)) = doc.get_mut("items") {
             for (i, item) in items.iter_mut().enumerate() {
-                changed |= inject_document(item, plan, notes).map_err(|e| DocumentError::Item {
+                changed |= process_document(item, op, notes).map_err(|e| DocumentError::Item {
                     index: i,
                     source: Box::new(e),
                 })?;
@@ -251,6 +273,25 @@ fn inject_document(
             }
         };
     }
+    let plan = match op {
+        Op::Inject(plan) => plan,
+        Op::Uninject => {
+            let outcome = pod::uninject(template).map_err(|source| DocumentError::Pod {
+                what: what.clone(),
+                source,
+            })?;
+            return Ok(match outcome {
+                Outcome::Skipped(why) => {
+                    notes.push(format!("left {what} alone: {why}"));
+                    false
+                }
+                Outcome::Injected => {
+                    notes.push(format!("uninjected {what}"));
+                    true
+                }
+            });
+        }
+    };
     let injected = pod::inject(template, plan).map_err(|source| DocumentError::Pod {
         what: what.clone(),
         source,
@@ -275,42 +316,107 @@ fn inject_document(
     }
 }
 
-/// Runs the subcommand: reads all of stdin, writes all of stdout or nothing.
+/// Runs `inject`: reads every input whole, then writes all of stdout or nothing.
 pub fn main(args: InjectArgs) -> ExitCode {
-    let plan = match Plan::from_args(args) {
-        Ok(plan) => plan,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let mut stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprintln!(
-            "breakwater inject: reading YAML from stdin \
-             (e.g. kubectl get deploy web -o yaml | breakwater inject | kubectl apply -f -)"
+    let program = "breakwater inject";
+    if let Some(first) = args.sidecar.run_flags.first()
+        && !first.starts_with('-')
+    {
+        return fail(
+            program,
+            &format!("{first} is not a flag: to inject a file, use -f {first}"),
         );
     }
-    let mut input = String::new();
-    if let Err(e) = stdin.read_to_string(&mut input) {
-        return fail(&format!("cannot read stdin: {e}"));
-    }
-    let injected = match inject_stream(&input, &plan) {
-        Ok(injected) => injected,
-        Err(e) => return fail(&e.to_string()),
+    let plan = match Plan::from_args(args.sidecar) {
+        Ok(plan) => plan,
+        Err(e) => return fail(program, &e.to_string()),
     };
-    for note in &injected.notes {
-        eprintln!("breakwater inject: {note}");
+    let example = "kubectl get deploy web -o yaml | breakwater inject | kubectl apply -f -";
+    run_on_inputs(program, &args.files, example, |text| {
+        inject_stream(text, &plan)
+    })
+}
+
+/// Flags of `breakwater uninject`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UninjectArgs {
+    /// A YAML file to take breakwater out of (repeatable; `-` is stdin) [default: stdin].
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// Runs `uninject`, as [`main`] runs `inject`.
+pub fn uninject_main(args: UninjectArgs) -> ExitCode {
+    let example = "kubectl get deploy web -o yaml | breakwater uninject | kubectl apply -f -";
+    run_on_inputs("breakwater uninject", &args.files, example, uninject_stream)
+}
+
+/// Reads each input (stdin when none is named, or for `-`), processes it, and writes
+/// the results to stdout, one stream after the other; an error in any input writes
+/// nothing.
+fn run_on_inputs(
+    program: &str,
+    files: &[std::path::PathBuf],
+    example: &str,
+    process: impl Fn(&str) -> Result<Injected, InjectError>,
+) -> ExitCode {
+    let stdin_only = [std::path::PathBuf::from("-")];
+    let files = if files.is_empty() {
+        &stdin_only[..]
+    } else {
+        files
+    };
+    let mut output = String::new();
+    let mut notes = Vec::new();
+    for file in files {
+        let (name, input) = if file.as_os_str() == "-" {
+            let mut stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("{program}: reading YAML from stdin (e.g. {example})");
+            }
+            let mut input = String::new();
+            if let Err(e) = stdin.read_to_string(&mut input) {
+                return fail(program, &format!("cannot read stdin: {e}"));
+            }
+            ("stdin".to_string(), input)
+        } else {
+            match std::fs::read_to_string(file) {
+                Ok(input) => (file.display().to_string(), input),
+                Err(e) => return fail(program, &format!("{}: {e}", file.display())),
+            }
+        };
+        let done = match process(&input) {
+            Ok(done) => done,
+            Err(e) if files.len() > 1 => return fail(program, &format!("{name}: {e}")),
+            Err(e) => return fail(program, &e.to_string()),
+        };
+        if !output.is_empty() && !done.output.is_empty() {
+            // The next file's documents, as `kubectl apply -f a -f b` reads them.
+            if !output.ends_with('\n') {
+                output.push('\n');
+            }
+            if !done.output.starts_with("---") {
+                output.push_str("---\n");
+            }
+        }
+        output.push_str(&done.output);
+        notes.extend(done.notes);
+    }
+    for note in &notes {
+        eprintln!("{program}: {note}");
     }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
-        .write_all(injected.output.as_bytes())
+        .write_all(output.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        return fail(&format!("cannot write stdout: {e}"));
+        return fail(program, &format!("cannot write stdout: {e}"));
     }
     ExitCode::SUCCESS
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("breakwater inject: {message}");
+fn fail(program: &str, message: &str) -> ExitCode {
+    eprintln!("{program}: {message}");
     ExitCode::from(2)
 }
 

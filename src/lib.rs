@@ -33,6 +33,7 @@ pub(crate) mod forward;
 pub(crate) mod health;
 pub(crate) mod inbound;
 pub mod inject;
+pub mod injector;
 pub mod interception;
 pub(crate) mod listener;
 pub mod metrics;

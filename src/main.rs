@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::InitIptables(args) => breakwater::interception::iptables::main(args),
         Command::Inject(args) => breakwater::inject::main(args),
+        Command::Uninject(args) => breakwater::inject::uninject_main(args),
+        Command::Injector(args) => breakwater::injector::main(*args),
     }
 }
 
@@ -56,7 +58,7 @@ fn run(args: RunArgs) -> ExitCode {
         let shutdown = proxy.shutdown_handle();
         tokio::spawn(async move {
             loop {
-                shutdown_signal().await;
+                breakwater::drain::shutdown_signal().await;
                 shutdown.request();
             }
         });
@@ -79,24 +81,6 @@ fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     builder.enable_all().thread_name("breakwater").build()
-}
-
-/// SIGTERM (Kubernetes) or SIGINT (a terminal) starts the drain.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops breakwater");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutdown signal received");
 }
 
 fn fail(message: &str) -> ExitCode {

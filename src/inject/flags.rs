@@ -8,10 +8,22 @@ use clap::{Args, CommandFactory, Parser, ValueEnum};
 use super::pod;
 use crate::cli::{Cli, Command};
 
-/// Flags of `breakwater inject`. Flags after inject's own are `breakwater run` flags
-/// for the sidecar, checked here as `breakwater run --check` would check them.
+/// Flags of `breakwater inject`: where the YAML comes from, and the sidecar.
 #[derive(Args, Debug, Clone)]
 pub struct InjectArgs {
+    /// A YAML file to inject (repeatable; `-` is stdin) [default: stdin].
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// The sidecar every injected pod gets: shared by `inject` and `injector`. Flags after
+/// these are `breakwater run` flags for the sidecar, checked here as `breakwater run
+/// --check` would check them.
+#[derive(Args, Debug, Clone)]
+pub struct SidecarArgs {
     /// How the app's traffic reaches breakwater: transparent (an init container redirects
     /// the pod's TCP with iptables; needs NET_ADMIN and NET_RAW) or explicit (HTTP_PROXY
     /// on the app containers, no privileges; point the Service's targetPort at 15006).
@@ -168,7 +180,7 @@ impl Plan {
     /// Checks the flags: the run flags as `breakwater run --check` does, the iptables
     /// flags as `breakwater init-iptables` parses them, so that a bad flag fails here
     /// and not in a pod.
-    pub fn from_args(args: InjectArgs) -> Result<Plan, PlanError> {
+    pub fn from_args(args: SidecarArgs) -> Result<Plan, PlanError> {
         let run_flags = normalize_run_flags(&args.run_flags);
         for flag in &run_flags {
             let name = flag.split('=').next().unwrap_or(flag);
@@ -178,7 +190,7 @@ impl Plan {
                     why,
                 });
             }
-            if InjectArgs::is_own_flag(name) {
+            if SidecarArgs::is_own_flag(name) {
                 return Err(PlanError::InjectFlag(name.into()));
             }
         }
@@ -269,8 +281,9 @@ fn is_configmap_key(key: &str) -> bool {
         && !key.starts_with("..")
 }
 
-impl InjectArgs {
-    fn is_own_flag(name: &str) -> bool {
+impl SidecarArgs {
+    /// Whether `--name` is a flag of inject's (the sidecar's or `-f`), not of `run`.
+    pub fn is_own_flag(name: &str) -> bool {
         let Some(long) = name.strip_prefix("--") else {
             return false;
         };

@@ -30,6 +30,13 @@ pub const POLICY_DIR: &str = "/etc/breakwater/policy";
 pub const MODE_ANNOTATION: &str = "breakwater.io/mode";
 /// `breakwater.io/inject: disabled` on a pod template leaves it alone.
 pub const INJECT_ANNOTATION: &str = "breakwater.io/inject";
+/// A label and an annotation on every injected pod: the version of breakwater that
+/// injected it (`kubectl get pods -l breakwater.io/version` finds them all).
+pub const VERSION_KEY: &str = "breakwater.io/version";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Set when injection added kubectl's default-container annotation, so that
+/// `uninject` takes out only what inject put in.
+const DEFAULT_CONTAINER_SET: &str = "breakwater.io/default-container-set";
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// Sidecars of other meshes: a pod that has one is left alone, two proxies that both
 /// redirect the pod's traffic would loop it.
@@ -72,6 +79,8 @@ pub enum PodError {
     NotAList(&'static str),
     #[error("metadata.annotations is not a mapping")]
     Annotations,
+    #[error("metadata.labels is not a mapping")]
+    Labels,
     #[error("a container's env is not a list")]
     Env,
 }
@@ -93,7 +102,7 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, PodError> {
         Some(spec @ Node::Map(_)) => spec,
         _ => return Err(PodError::NoSpec),
     };
-    if spec.get("hostNetwork").and_then(Node::as_str) == Some("true") {
+    if spec.get("hostNetwork").is_some_and(Node::is_true) {
         return Ok(Outcome::Skipped(
             "hostNetwork: the pod shares the node's network, where redirecting traffic \
              would take the node's own"
@@ -157,13 +166,80 @@ pub fn inject(template: &mut Node, plan: &Plan) -> Result<Outcome, PodError> {
         .and_then(|m| m.map_entry("annotations"))
         .ok_or(PodError::Annotations)?;
     annotations.set(MODE_ANNOTATION, Node::str(plan.mode.as_str()));
+    annotations.set(VERSION_KEY, Node::str(VERSION));
     if let Some(name) = app_name
         && annotations.get(DEFAULT_CONTAINER_ANNOTATION).is_none()
     {
         // `kubectl logs` and `exec` then pick the app, not the sidecar.
         annotations.set(DEFAULT_CONTAINER_ANNOTATION, Node::str(name));
+        annotations.set(DEFAULT_CONTAINER_SET, Node::str("true"));
+    }
+    template
+        .map_entry("metadata")
+        .and_then(|m| m.map_entry("labels"))
+        .ok_or(PodError::Labels)?
+        .set(VERSION_KEY, Node::str(VERSION));
+    Ok(Outcome::Injected)
+}
+
+/// Whether `template` carries breakwater already: its sidecar in either form.
+pub fn is_injected(template: &Node) -> bool {
+    ["containers", "initContainers"].iter().any(|list| {
+        matches!(template.at(&["spec", list]), Some(Node::Seq(items))
+            if items.iter().any(|c| named(c, SIDECAR_NAME)))
+    })
+}
+
+/// Takes out everything [`inject`] added, leaving the pod as it was before:
+/// `Skipped` when there was nothing of breakwater's in it.
+pub fn uninject(template: &mut Node) -> Result<Outcome, PodError> {
+    if !is_injected(template) {
+        return Ok(Outcome::Skipped("breakwater is not in it".into()));
+    }
+    let annotation = |key: &str| {
+        template
+            .at(&["metadata", "annotations", key])
+            .and_then(Node::as_str)
+            .map(str::to_string)
+    };
+    let explicit = annotation(MODE_ANNOTATION).as_deref() == Some("explicit");
+    let default_container_set = annotation(DEFAULT_CONTAINER_SET).is_some();
+    let spec = match template.get_mut("spec") {
+        Some(spec @ Node::Map(_)) => spec,
+        _ => return Err(PodError::NoSpec),
+    };
+    let emptied = remove_previous(spec, explicit);
+    for key in emptied {
+        spec.remove(key);
+    }
+    if let Some(metadata @ Node::Map(_)) = template.get_mut("metadata") {
+        let mut keys = vec![MODE_ANNOTATION, VERSION_KEY, DEFAULT_CONTAINER_SET];
+        if default_container_set {
+            keys.push(DEFAULT_CONTAINER_ANNOTATION);
+        }
+        remove_keys(metadata, "annotations", &keys);
+        remove_keys(metadata, "labels", &[VERSION_KEY]);
+        // A workload's template without metadata got it from inject.
+        if matches!(metadata, Node::Map(e) if e.is_empty()) {
+            template.remove("metadata");
+        }
     }
     Ok(Outcome::Injected)
+}
+
+/// Removes `keys` from the mapping `metadata.<field>`, and the mapping itself when
+/// that emptied it.
+fn remove_keys(metadata: &mut Node, field: &str, keys: &[&str]) {
+    let Some(map @ Node::Map(_)) = metadata.get_mut(field) else {
+        return;
+    };
+    let had = matches!(map, Node::Map(e) if !e.is_empty());
+    for key in keys {
+        map.remove(key);
+    }
+    if had && matches!(map, Node::Map(e) if e.is_empty()) {
+        metadata.remove(field);
+    }
 }
 
 fn seq<'a>(spec: &'a mut Node, key: &'static str) -> Result<&'a mut Vec<Node>, PodError> {
@@ -175,14 +251,25 @@ fn named(container: &Node, name: &str) -> bool {
 }
 
 /// Takes out what an earlier injection added. Lists stay in place, even empty, so a
-/// re-injection puts everything back exactly where the first one did.
-fn remove_previous(spec: &mut Node, drop_proxy_env: bool) {
-    if let Some(Node::Seq(items)) = spec.get_mut("initContainers") {
-        items.retain(|c| !named(c, SIDECAR_NAME) && !named(c, INIT_NAME));
-    }
-    if let Some(Node::Seq(items)) = spec.get_mut("volumes") {
-        items.retain(|v| !named(v, XTABLES_VOLUME) && !named(v, POLICY_VOLUME));
-    }
+/// re-injection puts everything back exactly where the first one did; returned are
+/// those this emptied, which `uninject` removes.
+fn remove_previous(spec: &mut Node, drop_proxy_env: bool) -> Vec<&'static str> {
+    let mut emptied = Vec::new();
+    let mut retain = |key: &'static str, keep: &dyn Fn(&Node) -> bool| {
+        if let Some(Node::Seq(items)) = spec.get_mut(key) {
+            let before = items.len();
+            items.retain(keep);
+            if items.is_empty() && before > 0 {
+                emptied.push(key);
+            }
+        }
+    };
+    retain("initContainers", &|c| {
+        !named(c, SIDECAR_NAME) && !named(c, INIT_NAME)
+    });
+    retain("volumes", &|v| {
+        !named(v, XTABLES_VOLUME) && !named(v, POLICY_VOLUME)
+    });
     if let Some(Node::Seq(items)) = spec.get_mut("containers") {
         items.retain(|c| !named(c, SIDECAR_NAME));
         if drop_proxy_env {
@@ -198,6 +285,7 @@ fn remove_previous(spec: &mut Node, drop_proxy_env: bool) {
             }
         }
     }
+    emptied
 }
 
 /// The first containerPort of the app container: what it listens on, most likely.

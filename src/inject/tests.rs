@@ -8,7 +8,7 @@ use clap::Parser;
 fn plan(flags: &[&str]) -> Plan {
     let argv = ["breakwater", "inject"].iter().chain(flags);
     match Cli::try_parse_from(argv).expect("inject flags").command {
-        Command::Inject(args) => Plan::from_args(args).expect("a valid plan"),
+        Command::Inject(args) => Plan::from_args(args.sidecar).expect("a valid plan"),
         other => panic!("parsed as {other:?}"),
     }
 }
@@ -16,7 +16,7 @@ fn plan(flags: &[&str]) -> Plan {
 fn plan_error(flags: &[&str]) -> String {
     let argv = ["breakwater", "inject"].iter().chain(flags);
     match Cli::try_parse_from(argv).expect("inject flags").command {
-        Command::Inject(args) => Plan::from_args(args)
+        Command::Inject(args) => Plan::from_args(args.sidecar)
             .expect_err("an invalid plan")
             .to_string(),
         other => panic!("parsed as {other:?}"),
@@ -618,4 +618,132 @@ fn split_keeps_every_byte() {
     assert_eq!(joined, input);
     let lines: Vec<_> = chunks.iter().map(|c| (c.first_line, c.marked)).collect();
     assert_eq!(lines, [(1, false), (2, true), (4, true), (5, true)]);
+}
+
+#[test]
+fn host_network_in_any_yaml_spelling_is_never_injected() {
+    for spelling in [
+        "true", "True", "TRUE", "yes", "Yes", "on", "ON", "y", "\"true\"",
+    ] {
+        let input = format!(
+            "kind: Pod\nmetadata: {{name: host}}\nspec: {{hostNetwork: {spelling}, containers: [{{name: a}}]}}\n"
+        );
+        let out = run(&input, &[]);
+        assert_eq!(out.output, input, "hostNetwork: {spelling}");
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("skipped Pod/host: hostNetwork")),
+            "hostNetwork: {spelling}: {:?}",
+            out.notes
+        );
+    }
+    for spelling in ["false", "no", "off"] {
+        let input = format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec: {{hostNetwork: {spelling}, containers: [{{name: a}}]}}\n"
+        );
+        assert!(
+            run(&input, &[]).output.contains("name: breakwater"),
+            "{spelling}"
+        );
+    }
+}
+
+#[test]
+fn injected_pods_carry_breakwaters_version_as_a_label_and_an_annotation() {
+    let out = run(WORKLOADS, &[]);
+    let injected = docs(&out.output);
+    let template = injected[0].at(&["spec", "template"]).expect("template");
+    for field in ["labels", "annotations"] {
+        assert_eq!(
+            template
+                .at(&["metadata", field, pod::VERSION_KEY])
+                .and_then(Node::as_str),
+            Some(env!("CARGO_PKG_VERSION")),
+            "{field}"
+        );
+    }
+    // The workload's own labels stay, and the selector is not touched.
+    assert_eq!(
+        template
+            .at(&["metadata", "labels", "app"])
+            .and_then(Node::as_str),
+        Some("web")
+    );
+    assert!(
+        injected[0]
+            .at(&["spec", "selector", "matchLabels", pod::VERSION_KEY])
+            .is_none()
+    );
+}
+
+/// The stream as inject writes documents: what uninject must give back.
+fn normalized(input: &str) -> String {
+    documents(input)
+        .expect("yaml")
+        .iter()
+        .map(yaml::emit)
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[test]
+fn uninject_restores_what_inject_changed() {
+    let with_annotation = "\
+kind: Pod
+metadata:
+  name: picked
+  annotations: {kubectl.kubernetes.io/default-container: web, team: a}
+  labels: {app: p}
+spec:
+  initContainers: [{name: setup, image: s}]
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+  - {name: web, image: w, env: [{name: A, value: b}]}
+  - {name: side, image: s}
+";
+    let flag_sets: [&[&str]; 5] = [
+        &[],
+        &["--mode", "explicit"],
+        &["--sidecar", "classic"],
+        &[
+            "--mode",
+            "explicit",
+            "--sidecar",
+            "classic",
+            "--retries",
+            "3",
+        ],
+        &["--policy-configmap", "shop"],
+    ];
+    for input in [WORKLOADS, with_annotation] {
+        for flags in flag_sets {
+            let injected = run(input, flags).output;
+            assert_ne!(normalized(&injected), normalized(input), "{flags:?}");
+            let back = uninject_stream(&injected).expect("uninjects");
+            assert_eq!(
+                normalized(&back.output),
+                normalized(input),
+                "{flags:?}: {injected}"
+            );
+            assert!(
+                back.notes.iter().any(|n| n.starts_with("uninjected")),
+                "{:?}",
+                back.notes
+            );
+        }
+    }
+}
+
+#[test]
+fn uninject_leaves_pods_without_breakwater_byte_for_byte() {
+    let back = uninject_stream(WORKLOADS).expect("uninjects");
+    assert_eq!(back.output, WORKLOADS);
+    assert!(
+        back.notes.iter().all(|n| n.starts_with("left ")),
+        "{:?}",
+        back.notes
+    );
+    let back = uninject_stream(PASSTHROUGH).expect("uninjects");
+    assert_eq!(back.output, PASSTHROUGH);
 }

@@ -169,6 +169,16 @@ impl Node {
         }
     }
 
+    /// Whether a YAML 1.1 reader (kubectl's go-yaml) takes this scalar for `true`:
+    /// `true`, `yes`, `on`, `y` in any of their spellings. Quoted, the API server
+    /// would refuse it for a bool field; it counts too, to err on the safe side.
+    pub fn is_true(&self) -> bool {
+        const TRUE: [&str; 11] = [
+            "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON",
+        ];
+        matches!(self, Node::Scalar(s) if TRUE.contains(&s.text.as_str()))
+    }
+
     /// A plain null (`null`, `~` or nothing).
     pub fn is_null(&self) -> bool {
         matches!(self, Node::Scalar(Scalar { text, kind: ScalarKind::Plain })

@@ -722,7 +722,7 @@ fn plan(flags: &[&str]) -> Result<Plan, String> {
         .map_err(|e| e.to_string())?
         .command
     {
-        Subcommand::Inject(args) => Plan::from_args(args).map_err(|e| e.to_string()),
+        Subcommand::Inject(args) => Plan::from_args(args.sidecar).map_err(|e| e.to_string()),
         other => Err(format!("not inject: {other:?}")),
     }
 }

@@ -12,7 +12,7 @@
 //!    no destination state, no pipeline
 //! 5. per-destination state: the registry, endpoints, their breakers
 //! 6. the request pipeline: inbound/outbound → exchange → attempts → forward
-//! 7. wiring: the process, the admin endpoint, the demo, `inject`, the CLI
+//! 7. wiring: the process, the admin endpoint, the demo, `inject`, `injector`, the CLI
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -54,6 +54,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("reload", 7),
     ("demo", 7),
     ("inject", 7),
+    ("injector", 7),
     ("cli", 7),
     ("lib", 7),
     ("main", 7),

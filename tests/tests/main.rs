@@ -17,6 +17,7 @@ mod faults;
 mod grpc;
 mod health;
 mod hedging;
+mod injector;
 mod interception;
 mod interop;
 mod keys;

@@ -822,7 +822,9 @@ proptest! {
 fn inject_plan(flags: &[&str]) -> Plan {
     let argv = ["breakwater", "inject"].iter().chain(flags);
     match Cli::try_parse_from(argv).map(|c| c.command) {
-        Ok(Command::Inject(args)) => Plan::from_args(args).unwrap_or_else(|e| panic!("{e}")),
+        Ok(Command::Inject(args)) => {
+            Plan::from_args(args.sidecar).unwrap_or_else(|e| panic!("{e}"))
+        }
         other => panic!("inject flags parse as {other:?}"),
     }
 }

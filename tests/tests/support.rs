@@ -377,7 +377,7 @@ pub async fn spawn_binary_env(
     proxy
 }
 
-async fn free_ports(n: usize) -> Vec<SocketAddr> {
+pub async fn free_ports(n: usize) -> Vec<SocketAddr> {
     let mut held = Vec::new();
     for _ in 0..n {
         held.push(TcpListener::bind("127.0.0.1:0").await.expect("free port"));

@@ -27,13 +27,13 @@ const IDENTITY: &str = "x-client-identity";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 
 /// A test certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -52,7 +52,7 @@ impl Ca {
 
     /// A leaf certificate for `names` (DNS names or IPs), optionally with a URI
     /// SAN first: (certificate PEM, key PEM).
-    fn leaf(&self, cn: &str, names: &[&str], uri: Option<&str>) -> (String, String) {
+    pub(crate) fn leaf(&self, cn: &str, names: &[&str], uri: Option<&str>) -> (String, String) {
         let key = KeyPair::generate().expect("key");
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("params");

@@ -468,3 +468,44 @@ by '+'. A key that does not apply to the route's direction fails, naming it. */}
 {{- end }}
 - {{ printf "--route=%s" (join "," $parts) | quote }}
 {{- end -}}
+
+{{/* `breakwater injector`'s args: the webhook's own, then inject's (the pod's form
+and images), then the sidecar's run flags as breakwater.runArgs renders them, less
+those inject sets per pod, then injector.runFlags. Takes breakwater's values. */}}
+{{- define "breakwater.injectorArgs" -}}
+- injector
+- --listen-addr=0.0.0.0:8443
+- --admin-addr=0.0.0.0:9090
+- --tls-cert=/etc/breakwater/injector-tls/tls.crt
+- --tls-key=/etc/breakwater/injector-tls/tls.key
+- {{ printf "--log-format=%s" (.logging.format | default "json") | quote }}
+- {{ printf "--mode=%s" .mode | quote }}
+- {{ printf "--sidecar=%s" .sidecar | quote }}
+- {{ printf "--image=%s:%s" .image.repository .image.tag | quote }}
+- {{ printf "--init-image=%s:%s" .initImage.repository .initImage.tag | quote }}
+- {{ printf "--proxy-uid=%d" (.proxyUid | int64) | quote }}
+{{- with .transparent.excludeInboundPorts }}
+- {{ printf "--exclude-inbound-ports=%s" (join "," .) | quote }}
+{{- end }}
+{{- with .transparent.excludeOutboundPorts }}
+- {{ printf "--exclude-outbound-ports=%s" (join "," .) | quote }}
+{{- end }}
+{{- with .transparent.excludeOutboundCidrs }}
+- {{ printf "--exclude-outbound-cidrs=%s" (join "," .) | quote }}
+{{- end }}
+{{- with .policy.configMap }}
+- {{ printf "--policy-configmap=%s" . | quote }}
+- {{ printf "--policy-configmap-key=%s" ($.policy.file | default "policy.yaml") | quote }}
+{{- end }}
+{{- $perPod := list "--inbound-addr=" "--outbound-addr=" "--admin-addr=" "--app-addr=" "--policy-file=" }}
+{{- range $arg := include "breakwater.runArgs" . | fromYamlArray }}
+{{- $skip := eq (toString $arg) "run" }}
+{{- range $perPod }}{{ if hasPrefix . (toString $arg) }}{{ $skip = true }}{{ end }}{{ end }}
+{{- if not $skip }}
+- {{ toString $arg | quote }}
+{{- end }}
+{{- end }}
+{{- range .injector.runFlags }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
