@@ -342,7 +342,10 @@ impl Injector {
             (Decision::Denied | Decision::Invalid, Some(why)) => {
                 warn!(pod = %answer.pod, decision, why = %why, "not injected")
             }
-            (_, why) => info!(pod = %answer.pod, decision, why = ?why, "not injected"),
+            (_, why) => {
+                let why = why.as_deref().unwrap_or("");
+                info!(pod = %answer.pod, decision, why, "not injected")
+            }
         }
         match serde_json::to_vec(&answer.review) {
             Ok(body) => respond(StatusCode::OK, "application/json", body),

@@ -747,3 +747,132 @@ fn uninject_leaves_pods_without_breakwater_byte_for_byte() {
     let back = uninject_stream(PASSTHROUGH).expect("uninjects");
     assert_eq!(back.output, PASSTHROUGH);
 }
+
+/// What Pod Security's `baseline` and `restricted` levels would refuse in the
+/// containers and volumes inject adds (the rules of the Pod Security Standards that
+/// a sidecar can break: capabilities, root, privilege escalation, seccomp, volume
+/// types). The app's own containers are the app's business.
+fn pod_security_violations(spec: &Node, restricted: bool) -> Vec<String> {
+    const BASELINE_CAPS: [&str; 13] = [
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ];
+    let mut found = Vec::new();
+    let ours = |c: &&Node| {
+        let name = c.get("name").and_then(Node::as_str).unwrap_or("");
+        name == pod::SIDECAR_NAME || name == pod::INIT_NAME
+    };
+    for list in ["initContainers", "containers"] {
+        let Some(Node::Seq(items)) = spec.get(list) else {
+            continue;
+        };
+        for c in items.iter().filter(ours) {
+            let name = c.get("name").and_then(Node::as_str).unwrap_or("");
+            let sc = |path: &[&str]| {
+                let mut full = vec!["securityContext"];
+                full.extend_from_slice(path);
+                c.at(&full).and_then(Node::as_str).map(str::to_string)
+            };
+            let added: Vec<String> = match c.at(&["securityContext", "capabilities", "add"]) {
+                Some(Node::Seq(caps)) => caps
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if sc(&["privileged"]).as_deref() == Some("true") {
+                found.push(format!("{name}: privileged"));
+            }
+            for cap in &added {
+                let allowed = if restricted {
+                    cap == "NET_BIND_SERVICE"
+                } else {
+                    BASELINE_CAPS.contains(&cap.as_str())
+                };
+                if !allowed {
+                    found.push(format!("{name}: adds {cap}"));
+                }
+            }
+            if restricted {
+                if sc(&["allowPrivilegeEscalation"]).as_deref() != Some("false") {
+                    found.push(format!("{name}: allowPrivilegeEscalation"));
+                }
+                if sc(&["runAsNonRoot"]).as_deref() != Some("true")
+                    || sc(&["runAsUser"]).as_deref() == Some("0")
+                {
+                    found.push(format!("{name}: may run as root"));
+                }
+                if !matches!(
+                    sc(&["seccompProfile", "type"]).as_deref(),
+                    Some("RuntimeDefault" | "Localhost")
+                ) {
+                    found.push(format!("{name}: seccomp"));
+                }
+                let drops_all = matches!(c.at(&["securityContext", "capabilities", "drop"]),
+                    Some(Node::Seq(d)) if d.iter().any(|n| n.as_str() == Some("ALL")));
+                if !drops_all {
+                    found.push(format!("{name}: does not drop ALL"));
+                }
+            }
+        }
+    }
+    if let Some(Node::Seq(volumes)) = spec.get("volumes") {
+        for v in volumes {
+            let Node::Map(entries) = v else { continue };
+            for (key, _) in entries {
+                if key.text == "hostPath" {
+                    found.push("a hostPath volume".into());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn explicit_mode_passes_restricted_pod_security_and_transparent_needs_privileged() {
+    for form in ["native", "classic"] {
+        for policy in [&[][..], &["--policy-configmap", "shop"][..]] {
+            let mut flags = vec!["--mode", "explicit", "--sidecar", form];
+            flags.extend_from_slice(policy);
+            let out = run(WORKLOADS, &flags);
+            for doc in docs(&out.output).iter().take(3) {
+                let spec = pod_spec(doc);
+                assert_eq!(
+                    pod_security_violations(spec, true),
+                    Vec::<String>::new(),
+                    "{flags:?}"
+                );
+            }
+        }
+        let out = run(WORKLOADS, &["--sidecar", form]);
+        let injected = docs(&out.output);
+        let spec = pod_spec(&injected[0]);
+        // The iptables step: NET_ADMIN and NET_RAW as root, beyond even baseline.
+        let baseline = pod_security_violations(spec, false);
+        assert_eq!(
+            baseline,
+            [
+                "breakwater-init: adds NET_ADMIN",
+                "breakwater-init: adds NET_RAW"
+            ],
+            "{form}"
+        );
+        let restricted = pod_security_violations(spec, true);
+        assert!(
+            restricted.iter().all(|v| v.starts_with("breakwater-init")),
+            "{restricted:?}"
+        );
+    }
+}
