@@ -700,6 +700,30 @@ fn the_injector_chart_takes_cert_manager_and_refuses_what_it_cannot_inject() {
         )
     );
 
+    // cert-manager's API in the cluster is enough.
+    let helm = crate::kubernetes::helm().expect("helm");
+    let out = Command::new(helm)
+        .args(["template", "demo"])
+        .arg(crate::kubernetes::chart())
+        .args(["--namespace", "shop", "--kube-version", KUBE_VERSION])
+        .args(["--api-versions", "cert-manager.io/v1"])
+        .args([
+            "--set",
+            "injector.enabled=true",
+            "--set",
+            "demo.enabled=false",
+        ])
+        .output()
+        .expect("helm");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("kind: Certificate"));
+    let out = helm_template(
+        &[],
+        &["injector.enabled=true", "demo.enabled=false"],
+        KUBE_VERSION,
+    );
+    assert!(!text(&out.stdout).contains("kind: Certificate"));
+
     for (set, says) in [
         ("tls.inbound.secretName=certs", "tls.*.secretName"),
         ("policy.inline=defaults: {}", "policy.inline"),
