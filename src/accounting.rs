@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::listener::activity::ConnActivity;
+use crate::metrics::recent::RecentTraffic;
 use crate::metrics::{DestinationMetrics, Direction};
 use crate::policy::bulkhead::BulkheadPermit;
 use crate::trace::Traced;
@@ -28,6 +29,10 @@ pub struct InFlight {
     trace: Option<Box<Traced>>,
     /// A gRPC request: breakwater's own answers to it are gRPC statuses.
     grpc: bool,
+    /// Its destination's recent traffic, which it is recorded in at the end.
+    recent: Option<Arc<RecentTraffic>>,
+    /// Why breakwater could not complete it, if it could not.
+    failure: Option<&'static str>,
 }
 
 /// What the access log line says about a request, captured only when it is on.
@@ -60,6 +65,8 @@ impl InFlight {
             slot: None,
             trace: None,
             grpc: false,
+            recent: None,
+            failure: None,
         }
     }
 
@@ -96,6 +103,16 @@ impl InFlight {
         self.slot = Some(slot);
     }
 
+    /// Records the request in its destination's recent traffic when it ends.
+    pub fn set_recent(&mut self, recent: Arc<RecentTraffic>) {
+        self.recent = Some(recent);
+    }
+
+    /// Why breakwater could not complete the request (an error's reason).
+    pub fn set_failure(&mut self, reason: &'static str) {
+        self.failure = Some(reason);
+    }
+
     pub fn set_status(&mut self, status: u16) {
         self.status = status;
     }
@@ -124,6 +141,12 @@ impl Drop for InFlight {
         self.metrics.count_response(self.status);
         self.metrics.duration.observe(elapsed.as_secs_f64());
         self.activity.request_finished(now);
+        if let Some(recent) = &self.recent {
+            let failure = self
+                .failure
+                .or_else(|| (self.status >= 500).then_some("5xx"));
+            recent.record(elapsed, failure, now);
+        }
         if let Some(trace) = self.trace.take() {
             trace.finish(self.status);
         }

@@ -230,6 +230,7 @@ pub async fn send(
         let next = match unsent.map(|r| *r).or(copy) {
             Some(r) if r.body().too_large() => {
                 state.metrics.count_retry_skipped("body-too-large");
+                state.recent.record_retry(false, Instant::now());
                 return result;
             }
             Some(r) => r,
@@ -256,11 +257,13 @@ pub async fn send(
                 budget = "observed";
             } else {
                 state.metrics.count_retry_skipped("budget-exhausted");
+                state.recent.record_retry(false, Instant::now());
                 debug!(dest = %state.dest, reason = reason.label, "retry budget exhausted");
                 return result;
             }
         }
         state.metrics.count_retry(reason.label);
+        state.recent.record_retry(true, Instant::now());
         debug!(dest = %state.dest, attempt, reason = reason.label, wait_ms = wait.as_millis() as u64, "retrying");
         drop(result);
         waited = Some((wait, budget));

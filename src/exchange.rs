@@ -398,6 +398,7 @@ pub fn fail(err: ProxyError, mut in_flight: InFlight, body_unread: bool) -> Resp
     }
     let grpc = in_flight.is_grpc();
     in_flight.set_status(if grpc { 200 } else { err.status().as_u16() });
+    in_flight.set_failure(err.reason());
     if let Some(a) = in_flight.access_mut() {
         a.reason = Some(err.reason());
     }

@@ -305,6 +305,9 @@ impl Forwarder {
         if !matches!(sent, Ok(Err(SendError::Refused(_)))) {
             let unreachable = matches!(sent, Ok(Err(SendError::Connect(..))));
             let success = matches!(&sent, Ok(Ok((resp, _))) if !resp.status().is_server_error());
+            endpoint
+                .recent
+                .record(latency, attempt_failure(&sent, unreachable), ended);
             let total = endpoints.len();
             let cap = state.policy.max_ejection_percent;
             // A success with a body to come is judged when the body ends.
@@ -449,6 +452,21 @@ fn report_to(
         tracing::warn!(dest = %dest, endpoint = %endpoint.addr, from = t.from.as_str(), cause = t.cause.as_str(), open_for_ms, "circuit opened");
     } else {
         tracing::info!(dest = %dest, endpoint = %endpoint.addr, from = t.from.as_str(), to = t.to.as_str(), cause = t.cause.as_str(), "circuit changed");
+    }
+}
+
+/// What `breakwater status` calls a failed attempt: the failure reasons'
+/// names, without building the error for it.
+fn attempt_failure<T>(
+    sent: &Result<Result<(Response<Incoming>, T), SendError>, tokio::time::error::Elapsed>,
+    unreachable: bool,
+) -> Option<&'static str> {
+    match sent {
+        Ok(Ok((resp, _))) if resp.status().is_server_error() => Some("5xx"),
+        Ok(Ok(_)) => None,
+        Ok(Err(_)) if unreachable => Some("connect-failure"),
+        Ok(Err(_)) => Some("reset"),
+        Err(_) => Some("timeout"),
     }
 }
 

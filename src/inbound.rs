@@ -132,6 +132,7 @@ impl Inbound {
         let started = Instant::now();
         let (app, traffic) = self.target(&conn, &req);
         let mut in_flight = InFlight::start(app.metrics.clone(), conn.activity.clone(), started);
+        in_flight.set_recent(app.recent.clone());
         exchange::note_grpc(&req, &mut in_flight);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {

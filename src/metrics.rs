@@ -3,6 +3,7 @@
 //! The `reason` label sets come from [`Reason`], so none can be missing.
 
 mod handles;
+pub mod recent;
 
 pub use handles::{AppHealthMetrics, DestinationMetrics, ListenerMetrics, OpaqueMetrics};
 

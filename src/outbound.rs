@@ -124,6 +124,9 @@ impl Outbound {
             Err(_) => self.unrouted.clone(),
         };
         let mut in_flight = InFlight::start(metrics, conn.activity.clone(), started);
+        if let Ok(r) = &routed {
+            in_flight.set_recent(r.state.recent.clone());
+        }
         exchange::note_grpc(&req, &mut in_flight);
         headers::ensure_request_id(req.headers_mut());
         if self.access_log {

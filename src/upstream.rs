@@ -17,6 +17,7 @@ use crate::config::{
     BreakerConfig, BulkheadPolicy, Config, Modes, Protocol, RequestFacts, RetryPolicy,
     RouteDirection, RouteOverride,
 };
+use crate::metrics::recent::RecentTraffic;
 use crate::metrics::{DestinationMetrics, Direction, Metrics, TrafficSeries};
 use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
@@ -468,6 +469,8 @@ pub struct DestinationState {
     pub hedging: Option<Hedging>,
     /// Endpoints whose circuit is open or half-open, for `--max-ejection-percent`.
     pub ejected: Arc<AtomicUsize>,
+    /// The last half minute to minute of requests, for `breakwater status`.
+    pub recent: Arc<RecentTraffic>,
     /// The modes as configured now (a reload flips them in place).
     pub modes: ModeCell,
     /// The admin endpoint's overrides, shared by every destination.
@@ -555,6 +558,8 @@ impl DestinationState {
             })),
             "adaptive_limit": self.adaptive.as_ref().map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).snapshot()),
             "ejected": self.ejected.load(Ordering::Relaxed),
+            "recent": self.recent.read(now),
+            "retry_budget_left": self.budget.left(now),
             "endpoints": endpoints,
         })
     }
@@ -657,6 +662,7 @@ impl DestinationState {
             policy,
             metrics,
             budget: Arc::new(budget),
+            recent: Arc::new(RecentTraffic::new(tokio::time::Instant::now())),
             overrides: settings.overrides,
             retired: AtomicBool::new(false),
             observed: Default::default(),

@@ -49,6 +49,16 @@ impl RetryBudget {
         }
     }
 
+    /// Retries the budget would allow now, before any is taken.
+    pub fn left(&self, now: Instant) -> u64 {
+        let second = self.second(now);
+        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (requests, retries) = w.totals(second);
+        let allowed =
+            f64::from(self.min_per_sec) * WINDOW_SECS as f64 + self.ratio * f64::from(requests);
+        (allowed - f64::from(retries)).max(0.0) as u64
+    }
+
     /// Takes one retry from the budget, if there is one.
     pub fn withdraw(&self) -> bool {
         self.withdraw_at(Instant::now())

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::budget::RetryBudget;
+use crate::metrics::recent::{BUCKETS, bucket, quantile};
 
 /// Answers a destination must have given in the window before `pNN` hedges.
 pub const MIN_SAMPLES: u32 = 50;
@@ -186,10 +187,6 @@ impl Hedging {
     }
 }
 
-/// Buckets: four per doubling of the latency in microseconds, up to about 71
-/// minutes; a quantile is read as its bucket's upper edge (at most 25 % late).
-const BUCKETS: usize = 128;
-
 /// Latency counts over the current window and the one before it.
 struct LatencyWindow {
     started: Instant,
@@ -234,38 +231,8 @@ impl LatencyWindow {
         if total < u64::from(MIN_SAMPLES) {
             return None;
         }
-        let rank = (q * total as f64).ceil() as u64;
-        let mut seen = 0;
-        for i in 0..BUCKETS {
-            seen += count(i);
-            if seen >= rank {
-                return Some(upper_edge(i));
-            }
-        }
-        Some(upper_edge(BUCKETS - 1))
+        quantile(count, q)
     }
-}
-
-/// The bucket of a latency: the doubling (its highest bit in microseconds)
-/// and which quarter of it (the next two bits).
-fn bucket(latency: Duration) -> usize {
-    let us = u64::try_from(latency.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let octave = 63 - us.leading_zeros() as usize;
-    let quarter = if octave >= 2 {
-        (us >> (octave - 2)) & 3
-    } else {
-        (us << (2 - octave)) & 3
-    } as usize;
-    (octave * 4 + quarter).min(BUCKETS - 1)
-}
-
-/// The upper edge of bucket `i`, in microseconds: 2^octave × (1 + (quarter+1)/4).
-fn upper_edge(i: usize) -> Duration {
-    let (octave, quarter) = (i / 4, i % 4);
-    let base = 1u64 << octave;
-    Duration::from_micros(base + base * (quarter as u64 + 1) / 4)
 }
 
 #[cfg(test)]
@@ -316,36 +283,6 @@ mod tests {
             HedgePolicy::layered(under, Some(p95), None, 3.0),
             on(p95, 10.0)
         );
-    }
-
-    #[test]
-    fn buckets_are_ordered_and_edges_bound_them() {
-        let mut last = 0;
-        for us in [
-            1u64,
-            2,
-            3,
-            5,
-            8,
-            100,
-            999,
-            1_000,
-            2_500,
-            10_000,
-            200_000,
-            3_600_000_000,
-        ] {
-            let d = Duration::from_micros(us);
-            let b = bucket(d);
-            assert!(b >= last, "{us} µs in bucket {b}, below {last}");
-            assert!(upper_edge(b) >= d, "{us} µs above its bucket's edge");
-            assert!(
-                upper_edge(b) <= d * 2 + Duration::from_micros(1),
-                "{us} µs: edge {:?} too far",
-                upper_edge(b)
-            );
-            last = b;
-        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,7 @@ use crate::discovery::kubernetes::KubeDiscovery;
 use crate::discovery::{Lookup, Watched};
 use crate::error::ProxyError;
 use crate::metrics::DestinationMetrics;
+use crate::metrics::recent::RecentTraffic;
 use crate::policy::balance::{Load, PeakEwma, pick_p2c};
 use crate::policy::breaker::{Breaker, BreakerConfig};
 use crate::transport::pool::EndpointPool;
@@ -38,6 +39,8 @@ pub struct Endpoint {
     pub metrics: Arc<DestinationMetrics>,
     pub ejected: Arc<AtomicUsize>,
     pub max_ejection_percent: u8,
+    /// Its attempts of the last half minute to minute, for `breakwater status`.
+    pub recent: RecentTraffic,
 }
 
 /// Latency assumed for an endpoint that has not answered yet, and how fast old
@@ -71,6 +74,7 @@ impl Endpoint {
             metrics: settings.metrics.clone(),
             ejected: settings.ejected.clone(),
             max_ejection_percent: settings.max_ejection_percent,
+            recent: RecentTraffic::new(now),
         })
     }
 
@@ -130,6 +134,7 @@ impl Endpoint {
             "latency_ewma_ms": ewma.as_secs_f64() * 1000.0,
             "speaks": self.pool.speaks().snapshot(),
             "h2_connections": self.pool.h2_connections(),
+            "recent": self.recent.read(now),
         })
     }
 }
