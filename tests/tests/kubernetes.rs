@@ -1657,6 +1657,22 @@ fn dockerfile_builds_as_ci_does_and_runs_as_the_charts_user() {
         steps[stages[at].0..end].iter().collect()
     };
 
+    // build.rs names the commit for breakwater_build_info: the builder copies
+    // it and can be given the commit, since the context has no .git.
+    let builder_steps = stage("builder");
+    assert!(
+        builder_steps
+            .iter()
+            .any(|(op, arg)| op == "COPY" && arg.split(' ').any(|f| f == "build.rs")),
+        "the builder must copy build.rs"
+    );
+    assert!(
+        builder_steps
+            .iter()
+            .any(|(op, arg)| op == "ARG" && arg.starts_with("BREAKWATER_COMMIT")),
+        "the builder takes ARG BREAKWATER_COMMIT"
+    );
+
     // The builder: the toolchain Cargo.toml asks for, building as the README says.
     let rust = cargo_field("rust-version");
     assert_eq!(cargo_field("edition"), "2024");

@@ -24,6 +24,7 @@ mod kubernetes;
 mod layers;
 mod lifecycle;
 mod limits;
+mod monitoring;
 mod policy;
 mod properties;
 mod protocols;
