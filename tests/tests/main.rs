@@ -8,6 +8,7 @@ mod kube_api;
 mod support;
 
 mod admin;
+mod alerts;
 mod attribution;
 mod balancing;
 mod ci_programs;
