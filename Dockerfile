@@ -4,12 +4,16 @@
 # command against the README's, and the uid against the chart's.
 #
 #   docker build -t breakwater:0.1.0 .                        # the sidecar (default target)
+#     (add --build-arg BREAKWATER_COMMIT=$(git rev-parse --short=12 HEAD) for build info)
 #   docker build --target init -t breakwater:0.1.0-init .     # the iptables init step
 
 # The builder: the Rust release Cargo.toml's rust-version names, on Debian 12.
 FROM rust:1.95-slim-bookworm AS builder
+# The commit breakwater_build_info reports: the context has no .git, so pass it,
+# e.g. --build-arg BREAKWATER_COMMIT=$(git rev-parse --short=12 HEAD).
+ARG BREAKWATER_COMMIT=unknown
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked \

@@ -104,7 +104,7 @@ impl Proxy {
         let inbound = bind("--inbound-addr", config.inbound_addr).await?;
         let admin = bind("--admin-addr", config.admin_addr).await?;
         let (shutdown, requests) = shutdown_channel();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_max_endpoints(config.metrics_max_endpoints));
         let tls_metrics = crate::tls::TlsMetrics::register(metrics.registry());
         let inbound_tls = match &config.inbound_tls {
             Some(t) => Some(
@@ -264,6 +264,10 @@ impl Proxy {
 
         let out_registry = out_stack.registry().clone();
         let in_registry = in_stack.registry().clone();
+        // Outbound only: inbound, the destination is the app, always in use.
+        if let Some(idle) = config.destination_idle_timeout {
+            tokio::spawn(out_registry.clone().expire_idle_every(idle));
+        }
         let live = Arc::new(LivePolicy::new(
             flags,
             initial,

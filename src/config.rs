@@ -88,6 +88,11 @@ pub struct Config {
     #[serde(serialize_with = "units::serialize_duration")]
     pub slow_start: Duration,
     pub metrics_max_destinations: usize,
+    /// `--metrics-max-endpoints`.
+    pub metrics_max_endpoints: usize,
+    /// `--destination-idle-timeout`; `None`: destinations are kept.
+    #[serde(serialize_with = "units::serialize_opt_duration")]
+    pub destination_idle_timeout: Option<Duration>,
     /// `--otlp-endpoint` and the sampling flags; `None`: tracing off.
     pub tracing: Option<TracingConfig>,
     /// `--inbound-tls-*`: `None` serves plain HTTP.
@@ -411,6 +416,9 @@ impl Config {
                 .filter(|age| !age.is_zero()),
             slow_start: args.slow_start,
             metrics_max_destinations: args.metrics_max_destinations,
+            metrics_max_endpoints: args.metrics_max_endpoints,
+            destination_idle_timeout: Some(args.destination_idle_timeout)
+                .filter(|idle| !idle.is_zero()),
             tracing: args.otlp_endpoint.map(|endpoint| TracingConfig {
                 endpoint,
                 sample_ratio: args.trace_sample_ratio,

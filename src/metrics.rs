@@ -3,9 +3,14 @@
 //! The `reason` label sets come from [`Reason`], so none can be missing.
 
 mod handles;
+mod process;
 pub mod recent;
+mod series;
 
 pub use handles::{AppHealthMetrics, DestinationMetrics, ListenerMetrics, OpaqueMetrics};
+pub use series::{CircuitSeries, DEFAULT_MAX_ENDPOINTS};
+
+use std::sync::Arc;
 
 use crate::error::{Counted, Reason};
 use prometheus::core::Collector;
@@ -15,7 +20,7 @@ use prometheus::{
 };
 
 /// Which way a request crosses the pod boundary; the `direction` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     Inbound,
     Outbound,
@@ -157,7 +162,6 @@ pub struct Metrics {
     app_probes: IntCounterVec,
     app_probe_duration: Histogram,
     pub draining: IntGauge,
-    circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
     concurrency_limit: IntGaugeVec,
     queued: IntGaugeVec,
@@ -171,55 +175,194 @@ pub struct Metrics {
     opaque_connections: IntCounterVec,
     opaque_connect_failures: IntCounterVec,
     opaque_bytes: IntCounterVec,
+    /// Who holds which per-destination and per-endpoint series.
+    book: Arc<series::Book>,
 }
 
+/// The version and commit `breakwater_build_info` names: the crate's
+/// version, and the commit build.rs found (`unknown` without git or
+/// `BREAKWATER_COMMIT`).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const COMMIT: &str = env!("BREAKWATER_COMMIT");
+
 impl Metrics {
+    /// With at most `max` endpoints labelled in `breakwater_circuit_state`
+    /// (`--metrics-max-endpoints`).
+    pub fn with_max_endpoints(max: usize) -> Self {
+        let metrics = Self::new();
+        metrics.book.set_max_endpoints(max);
+        metrics
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
         let dest = &["direction", "destination", "route"];
+        let requests = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_requests_total",
+                    "Requests answered, by response status.",
+                ),
+                &["direction", "destination", "route", "code"],
+            ),
+        );
+        let duration = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "breakwater_request_duration_seconds",
+                    "Time from request start to the end of the response body.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                dest,
+            ),
+        );
+        let inflight = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "breakwater_inflight_requests",
+                    "Requests whose response has not ended yet.",
+                ),
+                dest,
+            ),
+        );
+        let failures = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_upstream_failures_total",
+                    "Requests breakwater could not complete, by x-breakwater-reason.",
+                ),
+                &["direction", "destination", "route", "reason"],
+            ),
+        );
+        let retries = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_retries_total",
+                    "Retries made, by the --retry-on condition the failed attempt met.",
+                ),
+                &["direction", "destination", "route", "reason"],
+            ),
+        );
+        let retries_skipped = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_retries_skipped_total",
+                    "Retry-worthy failures returned as they were: budget spent, body too large to replay.",
+                ),
+                &["direction", "destination", "route", "reason"],
+            ),
+        );
+        let hedges = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_hedges_total",
+                    "Hedged requests, by outcome: won (the hedge's answer was used), lost \
+                     (the first attempt's was), skipped (the hedge budget was spent). \
+                     Hedges sent: won + lost.",
+                ),
+                &["direction", "destination", "route", "outcome"],
+            ),
+        );
+        let observed = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_observed_total",
+                    "What a policy in observe mode would have done and did not: \
+                     requests let through that it would have refused, retries made \
+                     that it would have skipped.",
+                ),
+                &["direction", "destination", "route", "policy", "action"],
+            ),
+        );
+        let circuit_state = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "breakwater_circuit_state",
+                    "Circuit of each endpoint: 0 closed, 1 open, 2 half-open.",
+                ),
+                &["direction", "destination", "route", "endpoint"],
+            ),
+        );
+        let circuit_transitions = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "breakwater_circuit_transitions_total",
+                    "Circuit state changes, by the state entered.",
+                ),
+                &["direction", "destination", "route", "to"],
+            ),
+        );
+        let concurrency_limit = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "breakwater_concurrency_limit",
+                    "The bulkhead's limit of requests in flight (moves with --max-concurrent auto).",
+                ),
+                dest,
+            ),
+        );
+        let queued = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "breakwater_queued_requests",
+                    "Requests waiting for a bulkhead slot.",
+                ),
+                dest,
+            ),
+        );
+        let book = Arc::new(series::Book::new(
+            vec![
+                requests.clone(),
+                failures.clone(),
+                retries.clone(),
+                retries_skipped.clone(),
+                hedges.clone(),
+                observed.clone(),
+                circuit_transitions.clone(),
+            ],
+            vec![inflight.clone(), concurrency_limit.clone(), queued.clone()],
+            vec![duration.clone()],
+            circuit_state,
+        ));
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "breakwater_build_info",
+                    "1, labelled with the version and commit of this binary.",
+                ),
+                &["version", "commit"],
+            ),
+        );
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
+        // The process families have constant options and names of their own.
+        let _ = r.register(Box::new(process::ProcessCollector::new()));
         let metrics = Metrics {
-            requests: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_requests_total",
-                        "Requests answered, by response status.",
-                    ),
-                    &["direction", "destination", "route", "code"],
-                ),
-            ),
-            duration: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "breakwater_request_duration_seconds",
-                        "Time from request start to the end of the response body.",
-                    )
-                    .buckets(DURATION_BUCKETS.to_vec()),
-                    dest,
-                ),
-            ),
-            inflight: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "breakwater_inflight_requests",
-                        "Requests whose response has not ended yet.",
-                    ),
-                    dest,
-                ),
-            ),
-            failures: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_upstream_failures_total",
-                        "Requests breakwater could not complete, by x-breakwater-reason.",
-                    ),
-                    &["direction", "destination", "route", "reason"],
-                ),
-            ),
+            requests,
+            duration,
+            inflight,
+            failures,
+            retries,
+            retries_skipped,
+            hedges,
+            observed,
+            circuit_transitions,
+            concurrency_limit,
+            queued,
+            book,
             client_errors: register(
                 r,
                 IntCounterVec::new(
@@ -278,38 +421,6 @@ impl Metrics {
                     &["direction", "kind"],
                 ),
             ),
-            retries: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_retries_total",
-                        "Retries made, by the --retry-on condition the failed attempt met.",
-                    ),
-                    &["direction", "destination", "route", "reason"],
-                ),
-            ),
-            retries_skipped: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_retries_skipped_total",
-                        "Retry-worthy failures returned as they were: budget spent, body too large to replay.",
-                    ),
-                    &["direction", "destination", "route", "reason"],
-                ),
-            ),
-            hedges: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_hedges_total",
-                        "Hedged requests, by outcome: won (the hedge's answer was used), lost \
-                         (the first attempt's was), skipped (the hedge budget was spent). \
-                         Hedges sent: won + lost.",
-                    ),
-                    &["direction", "destination", "route", "outcome"],
-                ),
-            ),
             app_healthy: register(
                 r,
                 IntGauge::new(
@@ -352,18 +463,6 @@ impl Metrics {
                 IntGauge::new(
                     "breakwater_draining",
                     "1 from SIGTERM or POST /shutdown until exit.",
-                ),
-            ),
-            observed: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_observed_total",
-                        "What a policy in observe mode would have done and did not: \
-                         requests let through that it would have refused, retries made \
-                         that it would have skipped.",
-                    ),
-                    &["direction", "destination", "route", "policy", "action"],
                 ),
             ),
             split: register(
@@ -427,46 +526,6 @@ impl Metrics {
                         "Reads of a changed --policy-file: applied, or rejected (the old policy kept).",
                     ),
                     &["result"],
-                ),
-            ),
-            circuit_state: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "breakwater_circuit_state",
-                        "Circuit of each endpoint: 0 closed, 1 open, 2 half-open.",
-                    ),
-                    &["direction", "destination", "route", "endpoint"],
-                ),
-            ),
-            circuit_transitions: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "breakwater_circuit_transitions_total",
-                        "Circuit state changes, by the state entered.",
-                    ),
-                    &["direction", "destination", "route", "to"],
-                ),
-            ),
-            concurrency_limit: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "breakwater_concurrency_limit",
-                        "The bulkhead's limit of requests in flight (moves with --max-concurrent auto).",
-                    ),
-                    dest,
-                ),
-            ),
-            queued: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "breakwater_queued_requests",
-                        "Requests waiting for a bulkhead slot.",
-                    ),
-                    dest,
                 ),
             ),
             opaque_connections: register(
@@ -565,7 +624,9 @@ impl Metrics {
         route: &str,
     ) -> DestinationMetrics {
         let d = direction.as_str();
+        self.book.lease(direction, label, route);
         DestinationMetrics {
+            book: self.book.clone(),
             requests: self.requests.clone(),
             observed: self.observed.clone(),
             direction,
@@ -582,7 +643,6 @@ impl Metrics {
                     .with_label_values(&[d, label, route, r])
             }),
             hedges: self.hedges.clone(),
-            circuit_state: self.circuit_state.clone(),
             rejected: self.rejected.clone(),
             client_errors: CLIENT_ERROR_REASONS
                 .map(|r| self.client_errors.with_label_values(&[d, r])),

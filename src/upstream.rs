@@ -7,7 +7,7 @@ pub mod reconnect;
 pub mod traffic;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -31,7 +31,7 @@ use crate::policy::retry::RetryOn;
 use arc_swap::ArcSwap;
 use endpoint::{EndpointConfig, Endpoints};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use traffic::{RouteTraffic, Shadow};
 
 /// The policy in force for the requests of one route to one destination: the
@@ -423,7 +423,18 @@ fn inbound_policy(defaults: &RoutePolicy, route: &RouteOverride, config: &Config
 /// connections talk to one, so this spares the shared registry a lookup per
 /// request. Kept by the listener for each connection ([`crate::listener::Handler::ConnState`]).
 #[derive(Default)]
-pub struct LastDestination(Mutex<Option<Arc<DestinationState>>>);
+pub struct LastDestination(Mutex<Last>);
+
+/// A state the registry keeps is only pointed at, so that an idle
+/// connection does not hold one the registry expired (and its series); one
+/// made per request past the cap has no other owner, and is held.
+#[derive(Default)]
+enum Last {
+    #[default]
+    None,
+    Kept(Weak<DestinationState>),
+    Held(Arc<DestinationState>),
+}
 
 impl LastDestination {
     /// The last destination if `is_it` says it is the one wanted, else the one
@@ -434,13 +445,22 @@ impl LastDestination {
         find: impl FnOnce() -> Arc<DestinationState>,
     ) -> Arc<DestinationState> {
         let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = last.as_ref()
-            && is_it(state)
+        let state = match &*last {
+            Last::None => None,
+            Last::Kept(weak) => weak.upgrade(),
+            Last::Held(state) => Some(state.clone()),
+        };
+        if let Some(state) = state
+            && is_it(&state)
         {
-            return state.clone();
+            return state;
         }
         let state = find();
-        *last = Some(state.clone());
+        *last = if state.kept.load(Ordering::Relaxed) {
+            Last::Kept(Arc::downgrade(&state))
+        } else {
+            Last::Held(state.clone())
+        };
         state
     }
 }
@@ -480,6 +500,12 @@ pub struct DestinationState {
     retired: AtomicBool,
     /// What each observed policy let through that it would have refused.
     observed: [AtomicU64; Observable::ALL.len()],
+    /// Set once the registry keeps it (not past the cap).
+    kept: AtomicBool,
+    /// Requests ended as of the last idle sweep, and how many sweeps in a
+    /// row have found no change ([`Registry::expire_idle`]).
+    swept: AtomicU64,
+    idle_sweeps: AtomicU8,
 }
 
 impl DestinationState {
@@ -508,6 +534,17 @@ impl DestinationState {
     /// A circuit forced open or closed by an admin override, if one is in force.
     pub fn forced_circuit(&self) -> Option<Forced> {
         self.overrides.circuit(&self.dest, &self.route)
+    }
+
+    /// Whether this sweep finds the state idle for the second time in a row.
+    fn sweep(&self) -> bool {
+        let ended = self.metrics.duration.get_sample_count();
+        let before = self.swept.swap(ended, Ordering::Relaxed);
+        if ended != before || self.metrics.inflight.get() > 0 {
+            self.idle_sweeps.store(0, Ordering::Relaxed);
+            return false;
+        }
+        self.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1 >= 2
     }
 
     /// Counts a decision an observed policy did not carry out.
@@ -666,6 +703,9 @@ impl DestinationState {
             overrides: settings.overrides,
             retired: AtomicBool::new(false),
             observed: Default::default(),
+            kept: AtomicBool::new(false),
+            swept: AtomicU64::new(0),
+            idle_sweeps: AtomicU8::new(0),
         }
     }
 }
@@ -751,6 +791,7 @@ impl Registry {
             self.settings.clone(),
         ));
         if labeled && current.is_some() {
+            state.kept.store(true, Ordering::Relaxed);
             entries.insert(key, state.clone());
         }
         state
@@ -786,14 +827,63 @@ impl Registry {
                 replaced.kept += 1;
                 true
             }
-            _ => {
+            found => {
                 state.retired.store(true, Ordering::Relaxed);
+                if found.is_none() {
+                    // The route is gone: nothing counts under its label again.
+                    state.metrics.expire();
+                }
                 replaced.rebuilt += 1;
                 false
             }
         });
         self.routes.store(table);
         replaced
+    }
+
+    /// One sweep of `--destination-idle-timeout`, run every half of it: a
+    /// state with nothing in flight and no request ended since the last two
+    /// sweeps is dropped with its series, so that its label goes to a
+    /// destination in use and no stale value (an open circuit) lingers. A
+    /// connection that last used it looks it up again. Returns how many went.
+    pub fn expire_idle(&self) -> usize {
+        let mut gone = Vec::new();
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            entries.retain(|_, state| {
+                if !state.sweep() {
+                    return true;
+                }
+                state.retired.store(true, Ordering::Relaxed);
+                state.metrics.expire();
+                gone.push(state.clone());
+                false
+            });
+        }
+        // Dropped outside the lock: removing series reads whole families.
+        let n = gone.len();
+        drop(gone);
+        n
+    }
+
+    /// Runs [`expire_idle`](Self::expire_idle) every half of `idle` for as
+    /// long as the registry lives.
+    pub async fn expire_idle_every(self: Arc<Self>, idle: Duration) {
+        let registry = Arc::downgrade(&self);
+        drop(self);
+        let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(r) = registry.upgrade() else {
+                return;
+            };
+            let n = r.expire_idle();
+            if n > 0 {
+                tracing::debug!(expired = n, left = r.len(), "idle destinations dropped");
+            }
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<DestinationState>>> {
@@ -939,6 +1029,30 @@ mod tests {
         let b2 = get(&r, "b", 80, "/");
         assert_eq!(b2.policy.timeout, Duration::from_secs(5));
         assert!(Arc::ptr_eq(&d, &get(&r, "c", 80, "/")));
+    }
+
+    #[test]
+    fn an_idle_destination_expires_with_its_series_and_frees_its_label() {
+        let r = registry(2, &[]);
+        let text = || String::from_utf8(r.metrics.encode()).unwrap_or_default();
+        let idle = get(&r, "idle", 80, "/");
+        let busy = get(&r, "busy", 80, "/");
+        idle.metrics.count_response(200);
+        let held = busy.metrics.inflight.clone();
+        assert_eq!(r.expire_idle(), 0, "idle once is not enough");
+        held.inc();
+        assert_eq!(r.expire_idle(), 1, "idle twice in a row goes");
+        assert!(
+            !idle.is("idle", 80, &idle.route),
+            "a connection that holds it looks again"
+        );
+        assert!(text().contains("idle:80"), "still held here");
+        drop(idle);
+        assert!(!text().contains("idle:80"), "{}", text());
+        assert_eq!(get(&r, "next", 80, "/").metrics.label(), "next:80");
+        held.dec();
+        assert_eq!(r.expire_idle(), 0, "busy: a request was in flight");
+        assert_eq!(r.len(), 2);
     }
 
     #[test]

@@ -329,6 +329,21 @@ pub struct RunArgs {
     )]
     pub metrics_max_destinations: usize,
 
+    /// Distinct `endpoint` label values of breakwater_circuit_state; further
+    /// endpoints share "other" under their destination.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "BREAKWATER_METRICS_MAX_ENDPOINTS",
+        default_value_t = crate::metrics::DEFAULT_MAX_ENDPOINTS
+    )]
+    pub metrics_max_endpoints: usize,
+
+    /// An outbound destination with no request for this long is forgotten
+    /// (its breakers, pools and metric series); `0s`: never.
+    #[arg(long, env = "BREAKWATER_DESTINATION_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub destination_idle_timeout: Duration,
+
     /// Export spans over OTLP/HTTP (protobuf) to this collector URL
     /// (`http://HOST:PORT`; `/v1/traces` is added to an empty path) [default:
     /// none, tracing off].

@@ -1,17 +1,20 @@
 //! The handles the data path updates: label values resolved once per
 //! destination, listener or prober, so a request touches only atomics.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
+use super::series::{Book, CircuitSeries};
 use super::{
     CLIENT_ERROR_REASONS, COMMON_CODES, Direction, FAILURE_REASONS, HEDGE_OUTCOMES, RETRY_REASONS,
     SKIP_REASONS,
 };
 
 /// Cached handles for one (direction, destination): the hot path touches only atomics.
+/// Its label set is leased while it lives (see [`super::series`]).
 pub struct DestinationMetrics {
+    pub(super) book: Arc<Book>,
     pub(super) requests: IntCounterVec,
     pub(super) direction: Direction,
     pub(super) label: Box<str>,
@@ -27,7 +30,6 @@ pub struct DestinationMetrics {
     /// `breakwater_hedges_total`: its series are made only for destinations
     /// that hedge ([`hedge_series`](Self::hedge_series)).
     pub(super) hedges: IntCounterVec,
-    pub(super) circuit_state: IntGaugeVec,
     pub(super) rejected: IntCounterVec,
     pub(super) client_errors: [IntCounter; CLIENT_ERROR_REASONS.len()],
     pub(super) transitions: [IntCounter; 3],
@@ -54,25 +56,17 @@ impl DestinationMetrics {
         count_by(&self.failures, &FAILURE_REASONS, reason);
     }
 
-    /// The circuit-state gauge of one endpoint, made once when the endpoint is.
-    pub fn circuit_gauge(&self, endpoint: &str) -> IntGauge {
-        self.circuit_state.with_label_values(&[
-            self.direction.as_str(),
-            &self.label,
-            &self.route,
-            endpoint,
-        ])
+    /// The circuit-state series of one endpoint, made once when the endpoint
+    /// is and dropped with it, so that pod churn does not grow the series.
+    pub fn circuit_gauge(&self, endpoint: &str) -> CircuitSeries {
+        self.book
+            .circuit(self.direction, &self.label, &self.route, endpoint)
     }
 
-    /// Drops the circuit-state series of an endpoint that left the set (a pod
-    /// gone), so that pod churn does not grow the series without bound.
-    pub fn forget_endpoint(&self, endpoint: &str) {
-        let _ = self.circuit_state.remove_label_values(&[
-            self.direction.as_str(),
-            &self.label,
-            &self.route,
-            endpoint,
-        ]);
+    /// This destination will not be counted again (it expired, or its route
+    /// is gone): its series are removed once its last handle is dropped.
+    pub fn expire(&self) {
+        self.book.expire(self.direction, &self.label, &self.route);
     }
 
     /// Counts a circuit entering `to` (`closed`, `open`, `half-open`).
@@ -144,6 +138,12 @@ impl DestinationMetrics {
             &self.route,
             buf.format(code),
         ])
+    }
+}
+
+impl Drop for DestinationMetrics {
+    fn drop(&mut self) {
+        self.book.release(self.direction, &self.label, &self.route);
     }
 }
 

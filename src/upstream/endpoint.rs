@@ -2,7 +2,7 @@
 //! own connection pool and load figures. Re-resolved when the DNS TTL passes;
 //! an address that stays keeps its endpoint (and its state).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,20 +14,19 @@ use crate::connect::Connector;
 use crate::discovery::kubernetes::KubeDiscovery;
 use crate::discovery::{Lookup, Watched};
 use crate::error::ProxyError;
-use crate::metrics::DestinationMetrics;
 use crate::metrics::recent::RecentTraffic;
+use crate::metrics::{CircuitSeries, DestinationMetrics};
 use crate::policy::balance::{Load, PeakEwma, pick_p2c};
 use crate::policy::breaker::{Breaker, BreakerConfig};
 use crate::transport::pool::EndpointPool;
-use prometheus::IntGauge;
 
 /// One address of a destination.
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub pool: Arc<EndpointPool>,
     pub breaker: Arc<Breaker>,
-    /// `breakwater_circuit_state` for this endpoint.
-    pub circuit_gauge: IntGauge,
+    /// `breakwater_circuit_state` for this endpoint; its series goes with it.
+    pub circuit_gauge: CircuitSeries,
     in_flight: AtomicUsize,
     latency: Mutex<PeakEwma>,
     /// When it joined its destination's set: slow start may ramp from it.
@@ -51,7 +50,6 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 impl Endpoint {
     fn new(addr: SocketAddr, settings: &EndpointConfig) -> Arc<Self> {
         let circuit_gauge = settings.metrics.circuit_gauge(&addr.to_string());
-        circuit_gauge.set(0);
         let now = Instant::now();
         Arc::new(Endpoint {
             addr,
@@ -322,7 +320,7 @@ impl Endpoints {
 
     /// Rebuilds the list from the cell's set: endpoints still there are kept
     /// (their breakers and pools), new ones made, gone ones dropped (requests
-    /// in flight on them finish).
+    /// in flight on them finish, then their series go with them).
     fn follow(&self, cell: Arc<Watched>) -> Arc<[Arc<Endpoint>]> {
         let (addrs, version) = cell.addrs();
         // A Service may have thousands of pods: find the kept ones by address.
@@ -341,23 +339,10 @@ impl Endpoints {
                     .unwrap_or_else(|| Endpoint::new(*addr, &pod))
             })
             .collect();
-        self.forget_departed(previous.values(), &list);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((list.clone(), Instant::now()));
         *self.source.write().unwrap_or_else(|p| p.into_inner()) = Source::Discovered(cell, version);
         list
-    }
-
-    /// Drops the metric series of endpoints in `before` that `now` lacks.
-    fn forget_departed<'a>(
-        &self,
-        before: impl Iterator<Item = &'a Arc<Endpoint>>,
-        now: &[Arc<Endpoint>],
-    ) {
-        let now: HashSet<SocketAddr> = now.iter().map(|e| e.addr).collect();
-        for gone in before.filter(|e| !now.contains(&e.addr)) {
-            self.config.metrics.forget_endpoint(&gone.addr.to_string());
-        }
     }
 
     /// The endpoints as `/upstreams` shows them: a discovered set as it is
@@ -430,9 +415,6 @@ impl Endpoints {
                     .unwrap_or_else(|| Endpoint::new(addr, &self.config))
             })
             .collect();
-        if let Some(before) = &previous {
-            self.forget_departed(before.iter(), &list);
-        }
         *current = Some((list.clone(), Instant::now()));
         Ok(list)
     }
@@ -519,6 +501,11 @@ mod tests {
             Arc::ptr_eq(&first[0], &second[0]),
             "a pod that stays is kept"
         );
+        assert!(
+            text().contains("10.0.0.2:8080"),
+            "a request in flight may still hold the pod that left"
+        );
+        drop(first);
         let text = text();
         assert!(!text.contains("10.0.0.2:8080"), "{text}");
         assert!(

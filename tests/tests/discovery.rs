@@ -1048,3 +1048,67 @@ async fn grpc_calls_from_one_channel_spread_over_the_discovered_pods() {
     .unwrap_or_default();
     assert_eq!(dest["discovery"], "kubernetes", "{dest}");
 }
+
+/// The `breakwater_circuit_state` lines of `host`, by their `endpoint` label.
+fn circuit_endpoints(metrics: &str, host: &str) -> Vec<String> {
+    let dest = format!(r#"destination="{host}""#);
+    let mut out: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("breakwater_circuit_state{") && l.contains(&dest))
+        .filter_map(|l| l.split(r#"endpoint=""#).nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_series_stay_at_the_endpoint_cap_and_leave_with_their_pods() {
+    const MANY: [&str; 10] = [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.7",
+        "127.0.0.8",
+        "127.0.0.9",
+        "127.0.0.10",
+        "127.0.0.11",
+    ];
+    let c = Cluster::start_with(
+        &MANY,
+        |api, port| {
+            api.put_service(NS, SERVICE, CLUSTER_IP, &[("http", 80, "http")]);
+            api.put_slice(NS, SLICE, SERVICE, &ready(&MANY), &[("http", port)]);
+        },
+        |c| c.metrics_max_endpoints = 4,
+    )
+    .await;
+    c.warm(HOST).await;
+    c.wait_for_endpoints(HOST, &c.addrs(&MANY), Duration::from_secs(5))
+        .await;
+    let metrics = get(&c.client, &c.proxy.admin("/metrics")).await.body;
+    let shown = circuit_endpoints(&metrics, HOST);
+    assert_eq!(shown.len(), 5, "4 pods of their own and other: {shown:?}");
+    assert!(shown.contains(&"other".to_string()), "{shown:?}");
+
+    // Eight pods leave: their series go with them, and the folded one with
+    // the last of its members.
+    let staying = ["127.0.0.2", "127.0.0.3"];
+    c.set_slice(&ready(&staying));
+    c.wait_for_endpoints(HOST, &c.addrs(&staying), Duration::from_secs(5))
+        .await;
+    let _ = c.tally(HOST, 10, 2).await;
+    let metrics = get(&c.client, &c.proxy.admin("/metrics")).await.body;
+    let shown = circuit_endpoints(&metrics, HOST);
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    for gone in &MANY[2..] {
+        let addr = c.addr(gone);
+        assert!(
+            !metrics.contains(&addr),
+            "{addr} left, its series too:\n{metrics}"
+        );
+    }
+}

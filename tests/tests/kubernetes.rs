@@ -43,7 +43,7 @@ pub(crate) fn text(bytes: &[u8]) -> String {
 
 /// Whether a test without `what` skips (false: the tool is there). Under CI=true a
 /// missing tool is a failure: CI installs it.
-fn missing(available: bool, what: &str) -> bool {
+pub(crate) fn missing(available: bool, what: &str) -> bool {
     if available {
         return false;
     }
@@ -1520,6 +1520,7 @@ fn dashboard_and_alerts_use_the_proxys_metric_names() {
         "BreakwaterCircuitOpen",
         "BreakwaterRetryBudgetExhausted",
         "BreakwaterAppNotReady",
+        "BreakwaterTLSCertificateExpiring",
     ] {
         assert!(rule.contains(alert), "no alert {alert}");
     }
@@ -1563,6 +1564,100 @@ fn dashboard_and_alerts_use_the_proxys_metric_names() {
             "{used} is used but the proxy has no such metric"
         );
     }
+}
+
+#[test]
+fn a_pod_monitor_scrapes_the_sidecars_admin_port_without_a_service() {
+    if !have_helm() {
+        return;
+    }
+    let docs = parse(&render(&[chart().join("ci/podmonitor-values.yaml")]));
+    assert!(
+        docs.iter().all(|d| kind_of(d) != "ServiceMonitor"),
+        "one way of scraping at a time"
+    );
+    let monitor = find(&docs, "PodMonitor");
+    assert_eq!(
+        str_at(monitor, &["apiVersion"]),
+        Some("monitoring.coreos.com/v1")
+    );
+    assert_eq!(
+        str_at(monitor, &["metadata", "labels", "release"]),
+        Some("prometheus")
+    );
+    let selector = monitor
+        .at(&["spec", "selector", "matchLabels"])
+        .expect("a selector");
+    assert_eq!(str_at(selector, &["breakwater.io/metrics"]), Some("true"));
+    assert_eq!(
+        strings(monitor.at(&["spec", "namespaceSelector", "matchNames"])),
+        ["shop"]
+    );
+    let endpoint = &items(monitor.at(&["spec", "podMetricsEndpoints"]))[0];
+    assert_eq!(str_at(endpoint, &["port"]), Some("bw-admin"));
+    assert_eq!(str_at(endpoint, &["path"]), Some("/metrics"));
+    assert_eq!(str_at(endpoint, &["interval"]), Some("15s"));
+
+    // What it selects: the demo's pods, whose sidecar has that port.
+    let deployment = find(&docs, "Deployment");
+    let labels = deployment
+        .at(&["spec", "template", "metadata", "labels"])
+        .expect("pod labels");
+    assert_eq!(str_at(labels, &["breakwater.io/metrics"]), Some("true"));
+    let (side, _) = sidecar(deployment_pod(&docs));
+    let port = named(side.get("ports"), "bw-admin").expect("the sidecar's bw-admin port");
+    assert_eq!(str_at(port, &["containerPort"]), Some("15000"));
+    let args = strings(side.get("args"));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--admin-addr=127.")),
+        "the admin port is reachable from outside the pod: {args:?}"
+    );
+}
+
+#[test]
+fn the_dashboard_is_installed_once_per_cluster_not_once_per_app() {
+    if !have_helm() {
+        return;
+    }
+    let dashboards = |docs: &[Node]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| kind_of(d) == "ConfigMap")
+            .filter_map(|d| str_at(d, &["data", "breakwater.json"]))
+            .map(str::to_string)
+            .collect()
+    };
+    // Every app's chart that depends on breakwater: no copy of the dashboard.
+    let out = template_parent_chart("breakwater:\n  demo:\n    enabled: false\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        dashboards(&parse(&text(&out.stdout))).len(),
+        0,
+        "as a dependency"
+    );
+    assert_eq!(dashboards(&parse(&render(&[]))).len(), 0, "by default");
+
+    // The one release that turns it on gets exactly one, with the fixed uid
+    // Grafana keys it by.
+    let out = helm_template(
+        &[],
+        &["demo.enabled=false", "dashboard.enabled=true"],
+        KUBE_VERSION,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs = parse(&text(&out.stdout));
+    let found = dashboards(&docs);
+    assert_eq!(found.len(), 1, "exactly one dashboard");
+    let json: serde_json::Value = serde_json::from_str(&found[0]).expect("dashboard JSON");
+    assert_eq!(json["uid"], "breakwater");
+    assert!(
+        docs.iter().all(|d| kind_of(d) != "Deployment"),
+        "the platform's release installs no demo"
+    );
+    let values = read(&chart().join("values.yaml"));
+    assert!(
+        values.contains("dashboard:\n  enabled: false"),
+        "off by default in values.yaml"
+    );
 }
 
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -1656,6 +1751,22 @@ fn dockerfile_builds_as_ci_does_and_runs_as_the_charts_user() {
         let end = stages.get(at + 1).map_or(steps.len(), |(i, _)| *i);
         steps[stages[at].0..end].iter().collect()
     };
+
+    // build.rs names the commit for breakwater_build_info: the builder copies
+    // it and can be given the commit, since the context has no .git.
+    let builder_steps = stage("builder");
+    assert!(
+        builder_steps
+            .iter()
+            .any(|(op, arg)| op == "COPY" && arg.split(' ').any(|f| f == "build.rs")),
+        "the builder must copy build.rs"
+    );
+    assert!(
+        builder_steps
+            .iter()
+            .any(|(op, arg)| op == "ARG" && arg.starts_with("BREAKWATER_COMMIT")),
+        "the builder takes ARG BREAKWATER_COMMIT"
+    );
 
     // The builder: the toolchain Cargo.toml asks for, building as the README says.
     let rust = cargo_field("rust-version");

@@ -8,6 +8,7 @@ mod kube_api;
 mod support;
 
 mod admin;
+mod alerts;
 mod attribution;
 mod balancing;
 mod ci_programs;
@@ -25,6 +26,7 @@ mod kubernetes;
 mod layers;
 mod lifecycle;
 mod limits;
+mod monitoring;
 mod policy;
 mod properties;
 mod protocols;

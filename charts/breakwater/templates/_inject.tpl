@@ -351,6 +351,7 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "h2-connections-per-endpoint" .upstream.h2ConnectionsPerEndpoint) }}
 {{- include "breakwater.flag" (list "upstream-max-connection-age" .upstream.maxConnectionAge) }}
 {{- include "breakwater.flag" (list "slow-start" .upstream.slowStart) }}
+{{- include "breakwater.flag" (list "destination-idle-timeout" .upstream.destinationIdleTimeout) }}
 {{- include "breakwater.flag" (list "otlp-endpoint" .tracing.otlpEndpoint) }}
 {{- include "breakwater.flag" (list "trace-sample-ratio" .tracing.sampleRatio) }}
 {{- include "breakwater.flag" (list "trace-errors" .tracing.errors) }}
@@ -387,6 +388,7 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "log-level" .logging.level) }}
 {{- include "breakwater.flag" (list "access-log" .logging.accessLog) }}
 {{- include "breakwater.flag" (list "metrics-max-destinations" .metrics.maxDestinations) }}
+{{- include "breakwater.flag" (list "metrics-max-endpoints" .metrics.maxEndpoints) }}
 {{- include "breakwater.flag" (list "threads" .threads) }}
 {{- range .extraArgs }}
 - {{ . | quote }}
