@@ -412,3 +412,29 @@ fn readme_flag_table_matches_run_help() {
         "README.md documents flags the binary does not have: {unknown:?}"
     );
 }
+
+#[test]
+fn an_unknown_log_level_fails_naming_the_flag() {
+    for bad in ["verbose", "breakwater", "info,", "breakwater=loud", ""] {
+        let outcome = support::run_to_end(&["run", "--check", &format!("--log-level={bad}")]);
+        assert_fails_naming(&outcome, "--log-level", bad);
+        assert!(
+            outcome.stderr.contains("is not a log level"),
+            "{bad}: {}",
+            outcome.stderr
+        );
+    }
+    for good in ["debug", "WARN", "info,breakwater::listener=debug", "off"] {
+        let config = checked_config(&support::run_to_end(&[
+            "run",
+            "--check",
+            &format!("--log-level={good}"),
+        ]));
+        assert_eq!(config["log_level"], good);
+    }
+    // The environment variable is held to the same grammar.
+    let mut cmd = support::clean_command(&["run", "--check"]);
+    cmd.env("BREAKWATER_LOG_LEVEL", "verbose");
+    let outcome = support::finish(cmd, Duration::from_secs(20));
+    assert_fails_naming(&outcome, "--log-level", "BREAKWATER_LOG_LEVEL=verbose");
+}
