@@ -71,6 +71,72 @@ pub fn describe(config: &Config) -> String {
     serde_json::to_string_pretty(&crate::reload::describe_value(config)).unwrap_or_default()
 }
 
+/// What `run --check` checks: everything [`Proxy::bind`] loads before it
+/// serves (the policy file over the flags, the certificate material) except
+/// the listeners, whose ports the check has no business taking. Returns the
+/// effective configuration.
+pub fn check(flags: &Config) -> Result<Config, BindError> {
+    let mut config = Initial::load(flags)?.config;
+    let registry = prometheus::Registry::new();
+    let tls = StartTls::load(&config, &crate::tls::TlsMetrics::register(&registry))?;
+    if let Some(why) = tls.unavailable {
+        config.warnings.push(format!(
+            "outbound TLS unavailable ({why}): a policy file that adds a tls=true route will be refused"
+        ));
+    }
+    Ok(config)
+}
+
+/// The certificate material loaded at start-up, by [`Proxy::bind`] and [`check`] alike.
+struct StartTls {
+    inbound: Option<Arc<crate::tls::ServerTls>>,
+    outbound: Option<Arc<crate::tls::ClientTls>>,
+    /// Why outbound TLS did not load, when only a later policy file could need it.
+    unavailable: Option<String>,
+}
+
+impl StartTls {
+    fn load(config: &Config, metrics: &crate::tls::TlsMetrics) -> Result<StartTls, BindError> {
+        let inbound =
+            match &config.inbound_tls {
+                Some(t) => Some(crate::tls::ServerTls::load(t, metrics).map_err(|source| {
+                    BindError::Tls {
+                        flag: t.flag_of(source.path()),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+        // A policy file may add a `tls=true` route later: its client is ready.
+        let mut unavailable = None;
+        let needs_tls = config.routes.iter().any(|r| r.tls == Some(true));
+        let outbound = if needs_tls || config.policy_file.is_some() {
+            let t = &config.outbound_tls;
+            match crate::tls::ClientTls::load(t, metrics) {
+                Ok(client) => Some(client),
+                Err(source) if needs_tls => {
+                    return Err(BindError::Tls {
+                        flag: t.flag_of(source.path()),
+                        source,
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "outbound TLS unavailable: a policy file that adds a tls=true route will be refused");
+                    unavailable = Some(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(StartTls {
+            inbound,
+            outbound,
+            unavailable,
+        })
+    }
+}
+
 /// A proxy with its listeners bound, ready to [`run`](Proxy::run).
 pub struct Proxy {
     /// The flags alone: the policy file is re-applied over these on a change.
@@ -106,37 +172,7 @@ impl Proxy {
         let (shutdown, requests) = shutdown_channel();
         let metrics = Arc::new(Metrics::with_max_endpoints(config.metrics_max_endpoints));
         let tls_metrics = crate::tls::TlsMetrics::register(metrics.registry());
-        let inbound_tls = match &config.inbound_tls {
-            Some(t) => Some(
-                crate::tls::ServerTls::load(t, &tls_metrics).map_err(|source| BindError::Tls {
-                    flag: t.flag_of(source.path()),
-                    source,
-                })?,
-            ),
-            None => None,
-        };
-        // A policy file may add a `tls=true` route later: its client is ready.
-        let mut tls_unavailable = None;
-        let needs_tls = config.routes.iter().any(|r| r.tls == Some(true));
-        let outbound_tls = if needs_tls || config.policy_file.is_some() {
-            let t = &config.outbound_tls;
-            match crate::tls::ClientTls::load(t, &tls_metrics) {
-                Ok(client) => Some(client),
-                Err(source) if needs_tls => {
-                    return Err(BindError::Tls {
-                        flag: t.flag_of(source.path()),
-                        source,
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "outbound TLS unavailable: a policy file that adds a tls=true route will be refused");
-                    tls_unavailable = Some(e.to_string());
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let tls = StartTls::load(config, &tls_metrics)?;
         Ok(Proxy {
             flags,
             initial,
@@ -146,9 +182,9 @@ impl Proxy {
             metrics,
             shutdown,
             requests,
-            inbound_tls,
-            outbound_tls,
-            tls_unavailable,
+            inbound_tls: tls.inbound,
+            outbound_tls: tls.outbound,
+            tls_unavailable: tls.unavailable,
         })
     }
 

@@ -344,7 +344,7 @@ impl Config {
                 return Err(err("--kubernetes-api", "is not an http:// or https:// URL"));
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        if let Err(e) = crate::telemetry::parse_log_level(&args.log_level) {
             return Err(err("--log-level", &e.to_string()));
         }
         let mut config = Config {

@@ -25,13 +25,10 @@ fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     if check {
-        // The policy file too: --check refuses what start-up would.
-        let effective = match &config.policy_file {
-            Some(path) => match breakwater::config::layered::load(&config, path) {
-                Ok(l) => l.config,
-                Err(e) => return fail(&format!("--policy-file: {e}")),
-            },
-            None => config,
+        // The policy file and the certificates too: --check refuses what start-up would.
+        let effective = match breakwater::app::check(&config) {
+            Ok(effective) => effective,
+            Err(e) => return fail(&e.to_string()),
         };
         println!("{}", breakwater::app::describe(&effective));
         for warning in &effective.warnings {

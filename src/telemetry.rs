@@ -33,6 +33,11 @@ pub enum LogError {
     NotInstalled,
     #[error("cannot change the log filter: {0}")]
     Reload(reload::Error),
+    #[error(
+        "'{0}' is not a log level (off, error, warn, info, debug, trace) or \
+         TARGET=LEVEL directives (info,breakwater::listener=debug)"
+    )]
+    Level(String),
     #[error("invalid log filter '{level}': {source}")]
     Filter {
         level: String,
@@ -72,7 +77,42 @@ pub fn set_filter(level: &str) -> Result<(), LogError> {
     control.handle.reload(filter).map_err(LogError::Reload)
 }
 
+/// The levels `--log-level` takes, alone or after `TARGET=` (tracing's
+/// numbers 0 to 5 too); the chart's schema holds the same list.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A `--log-level` filter, checked as [`init`] and `PUT /log-level` check it.
+pub fn parse_log_level(filter: &str) -> Result<String, LogError> {
+    build_filter(filter, false)?;
+    Ok(filter.into())
+}
+
+/// A comma list of levels and `TARGET=LEVEL` directives. Stricter than
+/// tracing's own grammar on purpose: it takes a bare word like `verbose` as a
+/// target at every level, so a typo of a level would silence breakwater's logs.
+fn check_directives(filter: &str) -> Result<(), LogError> {
+    let is_level = |l: &str| {
+        LOG_LEVELS.iter().any(|w| w.eq_ignore_ascii_case(l))
+            || matches!(l, "0" | "1" | "2" | "3" | "4" | "5")
+    };
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+    };
+    let ok = filter.split(',').all(|d| match d.split_once('=') {
+        Some((target, level)) => is_target(target) && is_level(level),
+        None => is_level(d),
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::Level(filter.into()))
+    }
+}
+
 fn build_filter(level: &str, access_log: bool) -> Result<EnvFilter, LogError> {
+    check_directives(level)?;
     let mut filter = EnvFilter::try_new(level).map_err(|source| LogError::Filter {
         level: level.into(),
         source,
@@ -84,4 +124,40 @@ fn build_filter(level: &str, access_log: bool) -> Result<EnvFilter, LogError> {
         filter = filter.add_directive(directive);
     }
     Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_levels_or_directives_with_a_level() {
+        for good in [
+            "info",
+            "DEBUG",
+            "off",
+            "3",
+            "info,breakwater::listener=debug",
+            "breakwater=trace",
+        ] {
+            assert_eq!(parse_log_level(good).ok().as_deref(), Some(good), "{good}");
+        }
+        for bad in [
+            "",
+            "verbose",
+            "breakwater",
+            "info,",
+            "breakwater=loud",
+            "=debug",
+            "6",
+            "+3",
+            "info;debug",
+            "warn, hyper=info",
+            "a b=info",
+            "breakwater[span]=debug",
+        ] {
+            let e = parse_log_level(bad).expect_err(bad);
+            assert!(e.to_string().contains("is not a log level"), "{bad}: {e}");
+        }
+    }
 }

@@ -189,8 +189,9 @@ pub struct RunArgs {
     )]
     pub log_format: LogFormat,
 
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
-    #[arg(long, env = "BREAKWATER_LOG_LEVEL", default_value = "info")]
+    /// Log filter: a level (off, error, warn, info, debug, trace), or a comma list of
+    /// levels and TARGET=LEVEL directives (info,breakwater::listener=debug).
+    #[arg(long, env = "BREAKWATER_LOG_LEVEL", default_value = "info", value_parser = crate::telemetry::parse_log_level)]
     pub log_level: String,
 
     /// Log one line per request (target breakwater::access), with its trace or request id.

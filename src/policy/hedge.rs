@@ -53,17 +53,31 @@ pub enum HedgeError {
 }
 
 impl HedgeAfter {
+    /// `50ms`, or `pNN[.N]` from p50 to p99.9: two digits and at most one
+    /// decimal, the chart's schema pattern exactly.
     pub fn parse(s: &str) -> Result<Self, HedgeError> {
-        let s = s.trim();
+        let s = s.trim_ascii();
         let bad = || HedgeError::After(s.into());
         if let Some(q) = s.strip_prefix(['p', 'P']) {
-            let q: f64 = q.parse().map_err(|_| bad())?;
-            let per_mille = (q * 10.0).round();
-            // One decimal at most: p99.9, not p99.95.
-            if !(500.0..=999.0).contains(&per_mille) || (q * 10.0 - per_mille).abs() > 1e-6 {
+            let digit = |i: usize| {
+                q.as_bytes()
+                    .get(i)
+                    .filter(|b| b.is_ascii_digit())
+                    .map(|b| u16::from(*b - b'0'))
+            };
+            let tenths = match q.len() {
+                2 => Some(0),
+                4 if q.as_bytes().get(2) == Some(&b'.') => digit(3),
+                _ => None,
+            };
+            let per_mille = match (digit(0), digit(1), tenths) {
+                (Some(a), Some(b), Some(t)) => a * 100 + b * 10 + t,
+                _ => return Err(bad()),
+            };
+            if !(500..=999).contains(&per_mille) {
                 return Err(bad());
             }
-            return Ok(HedgeAfter::Quantile(per_mille as u16));
+            return Ok(HedgeAfter::Quantile(per_mille));
         }
         match crate::units::parse_positive_duration(s) {
             Ok(d) => Ok(HedgeAfter::Fixed(d)),
@@ -247,7 +261,8 @@ mod tests {
         assert_eq!(HedgeAfter::parse("p95"), Ok(HedgeAfter::Quantile(950)));
         assert_eq!(HedgeAfter::parse("p99.9"), Ok(HedgeAfter::Quantile(999)));
         for bad in [
-            "", "0s", "p", "p49", "p100", "pp95", "soon", "-5ms", "p95ms", "p99.95",
+            "", "0s", "p", "p49", "p100", "pp95", "soon", "-5ms", "p95ms", "p99.95", "p5e1",
+            "p+95", "p095", "p95.", "p 95",
         ] {
             assert!(HedgeAfter::parse(bad).is_err(), "{bad:?} accepted");
         }

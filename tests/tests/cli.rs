@@ -412,3 +412,155 @@ fn readme_flag_table_matches_run_help() {
         "README.md documents flags the binary does not have: {unknown:?}"
     );
 }
+
+/// `run --check` loads the certificate files as start-up does: it refuses what
+/// `run` would refuse, naming the flag and the file, and takes a good set.
+#[test]
+fn check_loads_tls_files_as_start_up_does() {
+    let certs = support::test_certs();
+    let dir = support::TestDir::new("check-tls");
+    let not_pem = dir.write("not-pem.crt", "this is not a certificate\n");
+    let missing = dir.0.join("missing.crt");
+    let arg = |flag: &str, path: &std::path::Path| format!("--{flag}={}", path.display());
+    let inbound = |cert: &std::path::Path, key: &std::path::Path| {
+        vec![arg("inbound-tls-cert", cert), arg("inbound-tls-key", key)]
+    };
+    let tls_route = "--route=payments:443,tls=true".to_string();
+    let outbound_ca = |ca: &std::path::Path| vec![tls_route.clone(), arg("outbound-tls-ca", ca)];
+    let outbound_client = |cert: &std::path::Path, key: &std::path::Path| {
+        vec![
+            tls_route.clone(),
+            arg("outbound-tls-ca", &certs.ca),
+            arg("outbound-tls-cert", cert),
+            arg("outbound-tls-key", key),
+        ]
+    };
+    let check = |args: &[String]| {
+        let mut all = vec!["run".to_string(), "--check".to_string()];
+        all.extend_from_slice(args);
+        support::run_to_end(&all)
+    };
+
+    let mut mutual = inbound(&certs.cert, &certs.key);
+    mutual.push(arg("inbound-tls-client-ca", &certs.ca));
+    for good in [
+        inbound(&certs.cert, &certs.key),
+        mutual,
+        outbound_ca(&certs.ca),
+        outbound_client(&certs.cert, &certs.key),
+        // No route speaks TLS and no policy file may add one: run loads none.
+        vec![arg("outbound-tls-ca", &not_pem)],
+    ] {
+        checked_config(&check(&good));
+    }
+
+    let mut bad_client_ca = inbound(&certs.cert, &certs.key);
+    bad_client_ca.push(arg("inbound-tls-client-ca", &not_pem));
+    for (args, flag, file, why) in [
+        (
+            inbound(&not_pem, &certs.key),
+            "--inbound-tls-cert",
+            &not_pem,
+            "no PEM certificate",
+        ),
+        (
+            inbound(&missing, &certs.key),
+            "--inbound-tls-cert",
+            &missing,
+            "No such file",
+        ),
+        (
+            inbound(&certs.cert, &not_pem),
+            "--inbound-tls-key",
+            &not_pem,
+            "no PEM private key",
+        ),
+        (
+            inbound(&certs.cert, &certs.other_key),
+            "--inbound-tls-key",
+            &certs.other_key,
+            "",
+        ),
+        (
+            bad_client_ca,
+            "--inbound-tls-client-ca",
+            &not_pem,
+            "no PEM certificate",
+        ),
+        (
+            outbound_ca(&not_pem),
+            "--outbound-tls-ca",
+            &not_pem,
+            "no PEM certificate",
+        ),
+        (
+            outbound_ca(&certs.key),
+            "--outbound-tls-ca",
+            &certs.key,
+            "no PEM certificate",
+        ),
+        (
+            outbound_client(&not_pem, &certs.key),
+            "--outbound-tls-cert",
+            &not_pem,
+            "no PEM certificate",
+        ),
+        (
+            outbound_client(&certs.cert, &certs.other_key),
+            "--outbound-tls-key",
+            &certs.other_key,
+            "",
+        ),
+    ] {
+        let what = format!("run --check {}", args.join(" "));
+        let outcome = check(&args);
+        assert_fails_naming(&outcome, flag, &what);
+        assert_eq!(outcome.code, Some(2), "{what}");
+        assert!(
+            outcome.stderr.contains(&file.display().to_string()) && outcome.stderr.contains(why),
+            "{what}: the error should name {} ({why}):\n{}",
+            file.display(),
+            outcome.stderr
+        );
+        // And run itself refuses them the same way.
+        let mut run = vec![
+            "run".to_string(),
+            "--inbound-addr=127.0.0.1:0".into(),
+            "--outbound-addr=127.0.0.1:0".into(),
+            "--admin-addr=127.0.0.1:0".into(),
+        ];
+        run.extend(args);
+        let started = support::run_to_end(&run);
+        assert_eq!(
+            started.stderr.lines().last(),
+            outcome.stderr.lines().last(),
+            "{what}: run and run --check disagree"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_log_level_fails_naming_the_flag() {
+    for bad in ["verbose", "breakwater", "info,", "breakwater=loud", ""] {
+        let outcome = support::run_to_end(&["run", "--check", &format!("--log-level={bad}")]);
+        assert_fails_naming(&outcome, "--log-level", bad);
+        assert!(
+            outcome.stderr.contains("is not a log level"),
+            "{bad}: {}",
+            outcome.stderr
+        );
+    }
+    for good in ["debug", "WARN", "info,breakwater::listener=debug", "off"] {
+        let config = checked_config(&support::run_to_end(&[
+            "run",
+            "--check",
+            &format!("--log-level={good}"),
+        ]));
+        assert_eq!(config["log_level"], good);
+    }
+    // The environment variable is held to the same grammar.
+    let mut cmd = support::clean_command(&["run", "--check"]);
+    cmd.env("BREAKWATER_LOG_LEVEL", "verbose");
+    let outcome = support::finish(cmd, Duration::from_secs(20));
+    assert_fails_naming(&outcome, "--log-level", "BREAKWATER_LOG_LEVEL=verbose");
+}

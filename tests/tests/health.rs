@@ -294,6 +294,10 @@ async fn log_level_changes_at_run_time_from_loopback() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     let bad = send(&c, put("loud=[[")).await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+    // A word that is no level would be a target at every level: nothing logged.
+    let bad = send(&c, put("verbose")).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("is not a log level"), "{}", bad.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -421,6 +421,24 @@ fn schema_at<'a>(schema: &'a serde_json::Value, path: &[&str]) -> Option<&'a ser
         .try_fold(schema, |s, key| s.get("properties")?.get(*key))
 }
 
+/// A value's schema and the definitions it refers to (`$ref`), as text.
+fn with_definitions(schema: &serde_json::Value, declared: &serde_json::Value) -> String {
+    let mut dump = declared.to_string();
+    let mut refs: Vec<String> = vec![dump.clone()];
+    while let Some(text) = refs.pop() {
+        for name in text
+            .split("\"#/definitions/")
+            .skip(1)
+            .filter_map(|t| t.split('"').next())
+        {
+            let def = schema["definitions"][name].to_string();
+            dump.push_str(&def);
+            refs.push(def);
+        }
+    }
+    dump
+}
+
 #[test]
 fn chart_values_schema_and_runargs_have_every_flag_key() {
     let values_text = k8s::read(&k8s::chart().join("values.yaml"));
@@ -452,7 +470,7 @@ fn chart_values_schema_and_runargs_have_every_flag_key() {
         // values.schema.json declares it, null allowed.
         let declared = schema_at(&schema, &path)
             .unwrap_or_else(|| panic!("{what}: values.schema.json does not declare {name}"));
-        let dump = declared.to_string();
+        let dump = with_definitions(&schema, declared);
         assert!(
             dump.contains("null"),
             "{what}: the schema should allow null: {dump}"

@@ -267,10 +267,14 @@ pub(crate) fn breakwater(args: &[String]) -> Output {
 /// Where the chart mounts the policy file's ConfigMap (a directory, never subPath).
 pub(crate) const POLICY_DIR: &str = "/etc/breakwater/policy";
 
+/// Where the chart mounts the TLS Secrets (`inbound/`, `outbound/`).
+pub(crate) const TLS_DIR: &str = "/etc/breakwater/tls/";
+
 /// `breakwater run --check` with a container's args (`run` first): what the pod would
 /// run must start. A `--policy-file` in the ConfigMap the pod mounts is checked as an
 /// empty file, the ConfigMap not being here; [`assert_run_checks_in`] uses the one
-/// the chart rendered.
+/// the chart rendered. The Secrets' certificate files are test ones (`--check`
+/// loads them as start-up does): `tls.crt`, `tls.key`, and `ca.crt` its CA.
 pub(crate) fn assert_run_checks(container: &Node, what: &str) -> Vec<String> {
     run_checks(container, &[], what)
 }
@@ -303,6 +307,22 @@ fn run_checks(container: &Node, docs: &[Node], what: &str) -> Vec<String> {
         let file = temp_file(&format!("policy-{}.yaml", unique()), &content);
         *arg = format!("--policy-file={}", file.display());
         policies.push(file);
+    }
+    let certs = support::test_certs();
+    for arg in &mut with_check {
+        let Some((flag, path)) = arg.split_once('=') else {
+            continue;
+        };
+        let Some(file) = path.strip_prefix(TLS_DIR) else {
+            continue;
+        };
+        let test_file = match file.rsplit('/').next() {
+            Some("tls.crt") => &certs.cert,
+            Some("tls.key") => &certs.key,
+            Some("ca.crt") => &certs.ca,
+            _ => panic!("{what}: {arg}: not a file of a TLS Secret"),
+        };
+        *arg = format!("{flag}={}", test_file.display());
     }
     let out = breakwater(&with_check);
     for f in &policies {

@@ -15,6 +15,7 @@ mod ci_programs;
 mod cli;
 mod discovery;
 mod faults;
+mod grammars;
 mod grpc;
 mod health;
 mod hedging;

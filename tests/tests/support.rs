@@ -768,3 +768,46 @@ pub fn finish(mut cmd: Command, limit: Duration) -> Outcome {
 pub fn run_to_end<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Outcome {
     finish(clean_command(args), Duration::from_secs(20))
 }
+
+/// Certificate files made once per test process: a CA, a leaf it signed for
+/// `localhost` with its key, and a second key that matches nothing. What
+/// `run --check` loads when a test names TLS files.
+pub struct TestCerts {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub other_key: std::path::PathBuf,
+}
+
+pub fn test_certs() -> &'static TestCerts {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    static CERTS: std::sync::OnceLock<TestCerts> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test-ca");
+        let ca_pem = ca.self_signed(&ca_key).expect("self-signed").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("signed");
+        let other = KeyPair::generate().expect("key");
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write a cert file");
+            path
+        };
+        TestCerts {
+            ca: write("ca.pem", ca_pem),
+            cert: write("cert.pem", leaf.pem()),
+            key: write("key.pem", key.serialize_pem()),
+            other_key: write("other-key.pem", other.serialize_pem()),
+        }
+    })
+}
