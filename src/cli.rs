@@ -30,6 +30,8 @@ pub enum Command {
     Inject(crate::inject::InjectArgs),
     /// Take breakwater out of pods that inject put it in.
     Uninject(crate::inject::UninjectArgs),
+    /// Show a running breakwater's destinations and endpoints, from its admin port.
+    Status(crate::status::StatusArgs),
     /// Serve the admission webhook that injects breakwater into new pods.
     Injector(Box<crate::injector::InjectorArgs>),
 }

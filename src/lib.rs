@@ -42,6 +42,7 @@ pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod reload;
 pub(crate) mod rescue;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod trace;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => breakwater::inject::main(args),
         Command::Uninject(args) => breakwater::inject::uninject_main(args),
         Command::Injector(args) => breakwater::injector::main(*args),
+        Command::Status(args) => breakwater::status::main(args),
     }
 }
 

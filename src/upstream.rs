@@ -699,7 +699,7 @@ impl DestinationState {
             policy,
             metrics,
             budget: Arc::new(budget),
-            recent: Arc::new(RecentTraffic::new(tokio::time::Instant::now())),
+            recent: Arc::new(RecentTraffic::new()),
             overrides: settings.overrides,
             retired: AtomicBool::new(false),
             observed: Default::default(),

@@ -4,7 +4,8 @@
 //!
 //! Prometheus has the long history; this answers "what is it doing now?" without
 //! one. Two 30-second windows, the current one and the one before it, are read
-//! together: one lock and a few additions per request, about a kilobyte each.
+//! together: one lock and a few additions per request. The kilobyte they take is
+//! allocated with the first request, so endpoints never used cost a pointer.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -115,7 +116,7 @@ impl Windows {
 
 /// The recent traffic of one destination or endpoint.
 pub struct RecentTraffic {
-    windows: Mutex<Windows>,
+    windows: Mutex<Option<Box<Windows>>>,
 }
 
 /// A reading of [`RecentTraffic`].
@@ -135,22 +136,32 @@ pub struct Recent {
     pub failures: Vec<(String, u64)>,
 }
 
+impl Default for RecentTraffic {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RecentTraffic {
-    pub fn new(now: Instant) -> Self {
+    pub fn new() -> Self {
         RecentTraffic {
-            windows: Mutex::new(Windows {
+            windows: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the windows, made at `now` if there were none.
+    fn with<R>(&self, now: Instant, f: impl FnOnce(&mut Windows) -> R) -> R {
+        let mut guard = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = guard.get_or_insert_with(|| {
+            Box::new(Windows {
                 started: now,
                 current: Counts::EMPTY,
                 previous: Counts::EMPTY,
                 previous_valid: false,
-            }),
-        }
-    }
-
-    fn with<R>(&self, now: Instant, f: impl FnOnce(&mut Windows) -> R) -> R {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            })
+        });
         w.roll(now);
-        f(&mut w)
+        f(w)
     }
 
     /// A request (or attempt) that ended after `latency`; `failure` names why it
@@ -183,8 +194,17 @@ impl RecentTraffic {
         });
     }
 
-    pub fn read(&self, now: Instant) -> Recent {
-        self.with(now, |w| {
+    /// The last half minute to minute; `None` when nothing was ever recorded.
+    pub fn read(&self, now: Instant) -> Option<Recent> {
+        if self
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return None;
+        }
+        Some(self.with(now, |w| {
             let age = now.saturating_duration_since(w.started);
             let (prev, span) = if w.previous_valid {
                 (&w.previous, WINDOW + age)
@@ -219,7 +239,7 @@ impl RecentTraffic {
                 retries_skipped: sum(|c| c.retries_skipped),
                 failures: reasons,
             }
-        })
+        }))
     }
 }
 
@@ -259,8 +279,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reading_covers_the_last_windows_and_forgets_older_ones() {
         let start = Instant::now();
-        let recent = RecentTraffic::new(start);
-        assert_eq!(recent.read(start).success_rate, None);
+        let recent = RecentTraffic::new();
+        assert_eq!(recent.read(start), None);
         for i in 0..100u32 {
             let failure = (i % 10 == 0).then_some("connect-failure");
             let latency = if i < 98 { 10 * MS } else { 900 * MS };
@@ -272,7 +292,9 @@ mod tests {
         }
         recent.record_retry(true, start);
         recent.record_retry(false, start);
-        let r = recent.read(start + Duration::from_secs(10));
+        let r = recent
+            .read(start + Duration::from_secs(10))
+            .expect("a reading");
         assert_eq!(r.requests, 100);
         assert!((r.requests_per_second - 10.0).abs() < 0.01, "{r:?}");
         assert_eq!(r.success_rate, Some(0.9));
@@ -285,7 +307,7 @@ mod tests {
         // The next window: the last one still counts, and the rate spans both.
         let later = start + WINDOW + Duration::from_secs(15);
         recent.record(5 * MS, Some("reset"), later);
-        let r = recent.read(later);
+        let r = recent.read(later).expect("a reading");
         assert_eq!(r.requests, 101);
         assert!((r.seconds - 45.0).abs() < 0.01, "{r:?}");
         assert_eq!(r.failures[0], ("connect-failure".to_string(), 10));
@@ -293,7 +315,7 @@ mod tests {
 
         // Two quiet windows later, nothing of it is left.
         let quiet = later + 3 * WINDOW;
-        let r = recent.read(quiet);
+        let r = recent.read(quiet).expect("a reading");
         assert_eq!(r.requests, 0);
         assert!(r.failures.is_empty());
         assert_eq!(r.p99_ms, None);

@@ -72,7 +72,7 @@ impl Endpoint {
             metrics: settings.metrics.clone(),
             ejected: settings.ejected.clone(),
             max_ejection_percent: settings.max_ejection_percent,
-            recent: RecentTraffic::new(now),
+            recent: RecentTraffic::new(),
         })
     }
 

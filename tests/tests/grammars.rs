@@ -636,8 +636,8 @@ fn the_grammars_live_in_one_place_in_the_schema() {
     );
 
     // No other pattern spells a unit or a level: each such value refers to a
-    // definition. (serviceMonitor and prometheusRule take Prometheus's
-    // durations, a grammar of their own.)
+    // definition. (serviceMonitor, podMonitor and prometheusRule take
+    // Prometheus's durations, a grammar of their own.)
     let mut stack = vec![(String::new(), &schema["properties"])];
     while let Some((at, node)) = stack.pop() {
         match node {
@@ -653,7 +653,10 @@ fn the_grammars_live_in_one_place_in_the_schema() {
                     );
                 }
                 for (k, v) in map {
-                    if !matches!(k.as_str(), "serviceMonitor" | "prometheusRule") {
+                    if !matches!(
+                        k.as_str(),
+                        "serviceMonitor" | "podMonitor" | "prometheusRule"
+                    ) {
                         stack.push((format!("{at}.{k}"), v));
                     }
                 }

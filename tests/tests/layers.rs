@@ -55,6 +55,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("demo", 7),
     ("inject", 7),
     ("injector", 7),
+    ("status", 7),
     ("cli", 7),
     ("lib", 7),
     ("main", 7),

@@ -37,6 +37,7 @@ mod reasons;
 mod resilience;
 mod retries;
 mod spreading;
+mod status;
 mod strangler;
 mod stream_idle;
 mod streaming;
