@@ -260,11 +260,27 @@ enum ProbeError {
     },
     #[error("{0}")]
     Request(http::Error),
-    #[error("GET {path}: {source}")]
+    #[error("GET {path}: {}", with_causes(source))]
     Get {
         path: String,
         source: hyper_util::client::legacy::Error,
     },
+}
+
+/// An error and what caused it, down to the root: hyper's own text alone
+/// ("client error (Connect)") does not say that the connection was refused.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -293,5 +309,57 @@ mod tests {
         assert_eq!(t.state(), HealthState::Unknown);
         assert_eq!(t.record(false), None);
         assert_eq!(t.record(false), Some(HealthState::Unhealthy));
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(path: Option<&str>) -> AppHealthConfig {
+        AppHealthConfig {
+            path: path.map(str::to_string),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_says_why_down_to_the_cause() {
+        // A port nothing listens on.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        for path in [Some("/healthz"), None] {
+            let result = Prober::new(config(path), closed).probe().await;
+            assert!(!result.ok);
+            assert!(
+                result.detail.to_lowercase().contains("connection refused"),
+                "{path:?}: {}",
+                result.detail
+            );
+        }
+        // An app that answers 503 is unhealthy with its status.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let app = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown")
+                    .await;
+            }
+        });
+        let result = Prober::new(config(Some("/healthz")), app).probe().await;
+        assert!(!result.ok);
+        assert_eq!(result.status, Some(503), "{}", result.detail);
     }
 }
