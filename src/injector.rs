@@ -229,16 +229,23 @@ async fn load_tls(injector: Arc<Injector>, cfg: InboundTlsConfig) {
     }
 }
 
+/// The next connection; a failed accept (out of descriptors) is logged and tried
+/// again shortly, not the end of the listener.
+async fn accept(listener: &TcpListener, what: &str) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn serve_webhook(injector: Arc<Injector>, listener: TcpListener) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, "webhook accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let stream = accept(&listener, "webhook").await;
         // No certificate yet: close at once, so the API server does not wait.
         let Some(tls) = injector.tls() else {
             drop(stream);
@@ -395,14 +402,7 @@ impl InjectorMetrics {
 
 async fn serve_admin(injector: Arc<Injector>, listener: TcpListener) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let stream = accept(&listener, "admin").await;
         let injector = injector.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
