@@ -20,7 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
-    /// Show breakwater in front of a flaky service, on loopback, in about ten seconds.
+    /// Show breakwater's policies at work, on loopback, in about 30 s.
     Demo(DemoArgs),
     /// Redirect the pod's TCP traffic to breakwater with iptables (an init container).
     ///

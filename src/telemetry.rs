@@ -62,7 +62,11 @@ pub fn init(format: LogFormat, level: &str, access_log: bool) -> Result<(), LogE
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stdout))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                    .with_writer(std::io::stdout),
+            )
             .try_init(),
     };
     installed.map_err(LogError::Install)?;

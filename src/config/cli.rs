@@ -625,23 +625,56 @@ pub struct InitIptablesArgs {
     pub clean: bool,
 }
 
+/// The scenes of `breakwater demo`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scene {
+    /// flaky, outage, slow-tail and overload, one after the other.
+    All,
+    /// 503s and dropped connections: retries.
+    Flaky,
+    /// The service goes down hard and returns: the circuit breaker.
+    Outage,
+    /// A few answers stall: the per-try timeout and hedging.
+    SlowTail,
+    /// More load than the service can take: the adaptive concurrency limit.
+    Overload,
+    /// A migration: a traffic split and a mirror.
+    Strangler,
+}
+
 /// Flags of `breakwater demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Total load time, split between the direct run and the run through breakwater
-    /// (with `--strangler`, all of it goes through breakwater).
-    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
-    pub duration: Duration,
+    /// The scene to run; all runs every one but strangler, in about 30 s.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scene: Scene,
 
-    /// Concurrent client connections driving load.
+    /// Load time of each side of a scene (direct, through breakwater) [default:
+    /// the scene's own, 2-4.5 s; outage takes at least its 4.5 s]; for strangler,
+    /// the whole run, through breakwater [default: 10s].
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+
+    /// Concurrent clients driving load (the overload scene has four times as many).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
-    /// The strangler-fig scene instead: an old and a new service, 10 % of the old
+    /// The same as --scene strangler: an old and a new service, 10 % of the old
     /// one's /orders split to the new one and the rest mirrored to it, and a table
     /// of where requests went and how often the new one answered like the old one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scene")]
     pub strangler: bool,
+}
+
+impl DemoArgs {
+    /// `--scene`, with `--strangler` as the alias it is.
+    pub fn scene(&self) -> Scene {
+        if self.strangler {
+            Scene::Strangler
+        } else {
+            self.scene
+        }
+    }
 }
 
 /// `breakwater run`'s flags alone, for callers that hold them without the rest

@@ -1,101 +1,86 @@
-//! The demo's flaky service: mostly fine, sometimes overloaded, sometimes gone.
+//! `demo --scene flaky`: a service that answers 503 or drops the connection now
+//! and then, straight and through breakwater on its defaults, where retries
+//! (within the retry budget) turn most failures into answers.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use super::scene::{self, Proxied, Setup, Table, got_of};
+use super::scrape::sum;
+use super::service::{Behaviour, Service};
 
-/// How often each fault happens, in percent of requests.
-pub struct Faults {
-    pub unavailable: u32,
-    pub reset: u32,
-    pub slow: u32,
-    pub slow_for: Duration,
+const BEHAVIOUR: Behaviour = Behaviour {
+    unavailable: 10,
+    reset: 5,
+    stall: 0,
+    stall_for: Duration::ZERO,
+    slots: None,
+    work: Duration::ZERO,
+};
+
+const DURATION: Duration = Duration::from_millis(2500);
+
+/// The load time of all sides.
+pub fn load_time(setup: &Setup) -> Duration {
+    2 * setup.duration.unwrap_or(DURATION)
 }
 
-impl Faults {
-    pub fn describe(&self) -> String {
-        format!(
-            "{}% 503s, {}% dropped connections, {}% answers that stall {:?}",
-            self.unavailable, self.reset, self.slow, self.slow_for
+pub async fn run(setup: &Setup) -> Result<(), Box<dyn std::error::Error>> {
+    let style = setup.style;
+    style.title(
+        "flaky",
+        &format!(
+            "{}% of answers are 503s and {}% drop the connection; breakwater retries them, within \
+             its retry budget.",
+            BEHAVIOUR.unavailable, BEHAVIOUR.reset
+        ),
+    );
+    let service = Service::spawn(BEHAVIOUR).await?;
+    let proxy = Proxied::start(&[]).await?;
+    let mut pace = setup.pace(1, Duration::from_millis(20), DURATION);
+    pace.connect_timeout = proxy.config.connect_timeout;
+    println!(
+        "  {}, {:.1} s straight at the service, then through breakwater on its defaults",
+        pace.describe(),
+        pace.duration.as_secs_f64()
+    );
+
+    let start = service.seen.requests();
+    let direct = scene::side(style, "direct", scene::direct(service.addr), pace).await;
+    let between = service.seen.requests();
+    let route = scene::through(&proxy, service.addr);
+    let through = scene::side(style, "through breakwater", route, pace).await;
+    let end = service.seen.requests();
+    let metrics = proxy.metrics().await;
+    let retry = proxy.config.retry.clone();
+    proxy.stop().await;
+
+    let mut table = Table::new(&["direct", "through breakwater"]);
+    table.common_rows(&[&direct, &through]);
+    table.row(
+        "the service got",
+        [
+            got_of(between - start, direct.sent()),
+            got_of(end - between, through.sent()),
+        ],
+    );
+    table.print();
+    let retried = sum(&metrics, "breakwater_retries_total", &[]);
+    let skipped = sum(&metrics, "breakwater_retries_skipped_total", &[]);
+    println!(
+        "{}",
+        scene::requests_sentence(
+            &direct,
+            &[("through breakwater", &through)],
+            "the direct clients fell behind their pace.",
+            "each client waited for its request's retries (backoff from 25 ms) before it sent \
+             the next.",
         )
-    }
-}
-
-/// The fault a request meets, drawn at random.
-enum Fate {
-    Ok,
-    Unavailable,
-    Reset,
-    Slow,
-}
-
-impl Faults {
-    fn draw(&self) -> Fate {
-        let roll = fastrand::u32(0..100);
-        if roll < self.unavailable {
-            Fate::Unavailable
-        } else if roll < self.unavailable + self.reset {
-            Fate::Reset
-        } else if roll < self.unavailable + self.reset + self.slow {
-            Fate::Slow
-        } else {
-            Fate::Ok
-        }
-    }
-}
-
-/// The service dropped the connection instead of answering.
-#[derive(Debug, thiserror::Error)]
-#[error("flaky service dropped the connection")]
-struct Dropped;
-
-/// Serves until the task is dropped.
-pub async fn spawn(faults: Faults) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let faults = std::sync::Arc::new(faults);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let faults = faults.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_req| {
-                    let fate = faults.draw();
-                    let slow_for = faults.slow_for;
-                    async move {
-                        let (status, body) = match fate {
-                            Fate::Ok => (StatusCode::OK, "ok\n"),
-                            Fate::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "overloaded\n"),
-                            // An error from the service makes hyper close the
-                            // connection without a response: a dropped request.
-                            Fate::Reset => return Err(Dropped),
-                            Fate::Slow => {
-                                tokio::time::sleep(slow_for).await;
-                                (StatusCode::OK, "ok, eventually\n")
-                            }
-                        };
-                        let mut resp =
-                            Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                        *resp.status_mut() = status;
-                        Ok::<_, Dropped>(resp)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                Ok::<(), Infallible>(())
-            });
-        }
-    });
-    Ok((addr, task))
+    );
+    println!(
+        "breakwater retried {retried:.0} attempts (its budget: {}% of requests + {}/s; \
+         {skipped:.0} skipped); the retries' backoff is what p99 pays.",
+        retry.budget_percent, retry.budget_min_per_sec
+    );
+    println!("{}", scene::reasons_line(&through));
+    Ok(())
 }

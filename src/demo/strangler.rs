@@ -1,4 +1,4 @@
-//! `breakwater demo --strangler`: a migration, seen through the proxy. An old
+//! `breakwater demo --scene strangler` (or `--strangler`): a migration, seen through the proxy. An old
 //! service and a new one on loopback; one outbound route moves 10 % of the old
 //! one's `/orders` to the new one (`split`) and copies the rest to it (`mirror`),
 //! where breakwater compares the new one's status class with the old one's. Load
@@ -22,9 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use super::load;
+use super::scrape::{fetch, sum};
 use crate::config::RouteOverride;
-use crate::config::cli::DemoArgs;
 use crate::{Config, Proxy};
 
 /// The share of the old service's `/orders` that the route moves to the new one.
@@ -339,55 +338,6 @@ async fn drive(
     got
 }
 
-/// Samples of metric `name` in Prometheus text whose labels include every pair
-/// of `labels`, summed.
-fn sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (have, value) = match rest.strip_prefix('{') {
-                Some(rest) => parse_labels(rest)?,
-                None if rest.starts_with(' ') => (Vec::new(), rest),
-                None => return None,
-            };
-            let wanted = labels
-                .iter()
-                .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v));
-            if !wanted {
-                return None;
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .sum()
-}
-
-/// `k="v",...}` and what follows the `}`.
-fn parse_labels(mut s: &str) -> Option<(Vec<(&str, String)>, &str)> {
-    let mut labels = Vec::new();
-    loop {
-        s = s.trim_start_matches(',');
-        if let Some(rest) = s.strip_prefix('}') {
-            return Some((labels, rest));
-        }
-        let (key, rest) = s.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    c => value.push(c),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        labels.push((key.trim(), value));
-        s = &rest[end + 1..];
-    }
-}
-
 /// breakwater's own counters for the scene's route.
 #[derive(Default)]
 struct Counted {
@@ -454,7 +404,7 @@ impl Counted {
 async fn settled_metrics(admin: SocketAddr, route: &str, old: &str, new: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let metrics = load::fetch(admin, "/metrics").await.unwrap_or_default();
+        let metrics = fetch(admin, "/metrics").await.unwrap_or_default();
         if Counted::read(&metrics, route, old, new).settled() || Instant::now() >= deadline {
             return metrics;
         }
@@ -462,7 +412,7 @@ async fn settled_metrics(admin: SocketAddr, route: &str, old: &str, new: &str) -
     }
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(concurrency: usize, duration: Duration) -> Result<(), Box<dyn std::error::Error>> {
     let (old, old_seen, _old_task) = spawn(Service::Old).await?;
     let (new, new_seen, _new_task) = spawn(Service::New).await?;
     let spec = format!(
@@ -491,14 +441,14 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("breakwater outbound on {outbound}, one route:");
     println!("  --route {spec}");
-    let concurrency = args.concurrency.max(1);
+    let concurrency = concurrency.max(1);
     println!(
         "load through breakwater for {:.0}s: {concurrency} clients, {ORDERS_PERCENT}% /orders/N, \
          {}% /catalog/N",
-        args.duration.as_secs_f64(),
+        duration.as_secs_f64(),
         100 - ORDERS_PERCENT
     );
-    let mut got = drive(outbound, old, concurrency, args.duration).await;
+    let mut got = drive(outbound, old, concurrency, duration).await;
 
     let (old_label, new_label) = (old.to_string(), new.to_string());
     let metrics = settled_metrics(admin, &label, &old_label, &new_label).await;
@@ -659,28 +609,6 @@ mod tests {
 
     /// The widest line the scene may print.
     const WIDTH: usize = 100;
-
-    #[test]
-    fn sums_the_samples_whose_labels_match() {
-        let text = "\
-# TYPE breakwater_split_total counter
-breakwater_split_total{route=\"127.0.0.1:1/orders\",destination=\"127.0.0.1:1\"} 900
-breakwater_split_total{route=\"127.0.0.1:1/orders\",destination=\"127.0.0.1:2\"} 100
-breakwater_split_total_other{route=\"127.0.0.1:1/orders\",destination=\"127.0.0.1:2\"} 7
-breakwater_mirror_total{destination=\"127.0.0.1:2\",outcome=\"match\"} 873
-breakwater_mirror_total{destination=\"a\\\"b\",outcome=\"match\"} 5
-";
-        let route = [("route", "127.0.0.1:1/orders")];
-        assert_eq!(sum(text, "breakwater_split_total", &route), 1000.0);
-        let new = [
-            ("route", "127.0.0.1:1/orders"),
-            ("destination", "127.0.0.1:2"),
-        ];
-        assert_eq!(sum(text, "breakwater_split_total", &new), 100.0);
-        let escaped = [("destination", "a\"b")];
-        assert_eq!(sum(text, "breakwater_mirror_total", &escaped), 5.0);
-        assert_eq!(sum(text, "breakwater_mirror_total", &[]), 878.0);
-    }
 
     #[test]
     fn the_table_fits_in_100_columns() {

@@ -1,6 +1,6 @@
 //! The binary's command line: `run --check`, bad values that must fail at start-up
-//! naming their flag, the `BREAKWATER_*` environment form, and the README's flag
-//! table kept in step with `breakwater run --help`.
+//! naming their flag, the `BREAKWATER_*` environment form, the README's flag
+//! table kept in step with `breakwater run --help`, and text logs in a pipe.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -563,4 +563,30 @@ fn an_unknown_log_level_fails_naming_the_flag() {
     cmd.env("BREAKWATER_LOG_LEVEL", "verbose");
     let outcome = support::finish(cmd, Duration::from_secs(20));
     assert_fails_naming(&outcome, "--log-level", "BREAKWATER_LOG_LEVEL=verbose");
+}
+
+/// `--log-format text` colours its lines for a terminal only: in a pipe or a
+/// log file the escape codes would be noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_into_a_pipe_have_no_colour() {
+    let app = support::spawn_echo().await;
+    // A per-try timeout beyond the timeout is logged as a warning at start-up.
+    let mut proxy = support::spawn_binary_with(
+        app.addr,
+        &["--log-format=text", "--per-try-timeout=20s"],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let stdout = proxy.child.stdout.take().expect("piped stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .find(|l| l.contains("WARN"))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .expect("a warning within 10 s")
+        .expect("join")
+        .expect("a WARN line");
+    assert!(!line.contains('\x1b'), "colour in a pipe: {line:?}");
 }

@@ -13,6 +13,7 @@ mod attribution;
 mod balancing;
 mod ci_programs;
 mod cli;
+mod demo;
 mod discovery;
 mod faults;
 mod grammars;
