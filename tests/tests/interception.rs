@@ -224,32 +224,7 @@ fn a_pod_in_network_namespaces_is_intercepted_transparently() {
     // A client in the other namespace reaches the app through the inbound path,
     // once the pod is ready, as the kubelet would wait (on a loaded machine the
     // app's first probes may fail while it starts).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let code = ns_exec(
-            &p,
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "1",
-                "http://127.0.0.1:15000/ready",
-            ],
-        )
-        .unwrap_or_default();
-        if code == "200" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod never became ready: {code}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    ns_wait_for_ok(&p, "http://127.0.0.1:15000/ready");
     let inbound = pod.curl(&s, &format!("http://{POD_IP}:8080/hello"));
     assert!(
         inbound.starts_with("GET /hello from 127.0.0.1 at "),

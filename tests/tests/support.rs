@@ -601,7 +601,17 @@ pub fn ns_exec(ns: &str, cmd: &[&str]) -> Result<String, String> {
 
 /// Waits until `url` answers anything over HTTP inside namespace `ns`.
 pub fn ns_wait_for(ns: &str, url: &str) {
+    ns_wait_until(ns, url, |c| c != "000");
+}
+
+/// Waits until `url` answers 200 inside namespace `ns`: a pod that is ready.
+pub fn ns_wait_for_ok(ns: &str, url: &str) {
+    ns_wait_until(ns, url, |c| c == "200");
+}
+
+fn ns_wait_until(ns: &str, url: &str, done: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
     while Instant::now() < deadline {
         let code = ns_exec(
             ns,
@@ -617,12 +627,13 @@ pub fn ns_wait_for(ns: &str, url: &str) {
                 url,
             ],
         );
-        if code.is_ok_and(|c| !c.is_empty() && c != "000") {
+        last = code.unwrap_or_default();
+        if !last.is_empty() && done(&last) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{url} never answered in {ns}");
+    panic!("{url} never answered as awaited in {ns} (last: {last:?})");
 }
 
 /// Processes a test started in namespaces; killed when dropped.
