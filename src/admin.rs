@@ -1,7 +1,8 @@
-//! The admin endpoint: liveness, readiness, Prometheus metrics, the effective
-//! configuration, a probe of the app, and the two mutating calls (`POST
-//! /shutdown`, `PUT /log-level`), which answer loopback callers only. Kept off
-//! the data path: its own listener and plain HTTP/1.1.
+//! The admin endpoint: its page (`GET /`), liveness, readiness, Prometheus
+//! metrics, the effective configuration, a probe of the app, and the mutating
+//! calls (`POST /shutdown`, `PUT /log-level`, `PUT`/`DELETE /override`), which
+//! answer loopback callers only. Kept off the data path: its own listener and
+//! plain HTTP/1.1.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,8 @@ use crate::policy::overrides::{Action, Target};
 use crate::reload::LivePolicy;
 use crate::telemetry;
 use crate::upstream::Registry;
+
+mod page;
 
 /// What `/ready` reports on besides the app: set by the app as listeners come up
 /// and drain starts.
@@ -98,6 +101,7 @@ impl Admin {
     async fn route(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
         let read = req.method() == Method::GET || req.method() == Method::HEAD;
         match (req.uri().path(), read) {
+            ("/", true) => page::response(),
             ("/live", true) => text(StatusCode::OK, "live\n"),
             ("/ready", true) => {
                 let verbose = req
@@ -145,7 +149,10 @@ impl Admin {
                 }
                 self.set_override(&req)
             }
-            ("/live" | "/ready" | "/metrics" | "/config" | "/app-health" | "/upstreams", false)
+            (
+                "/" | "/live" | "/ready" | "/metrics" | "/config" | "/app-health" | "/upstreams",
+                false,
+            )
             | ("/shutdown" | "/log-level" | "/override", _) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed: GET for reads, POST /shutdown, PUT /log-level, \
@@ -153,7 +160,8 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /config, /app-health, /upstreams\n",
+                "not found: try / (the page), /live, /ready, /metrics, /config, /app-health, \
+                 /upstreams\n",
             ),
         }
     }

@@ -8,6 +8,7 @@ mod kube_api;
 mod support;
 
 mod admin;
+mod admin_page;
 mod alerts;
 mod attribution;
 mod balancing;
