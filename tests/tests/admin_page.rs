@@ -69,18 +69,8 @@ async fn the_admin_page_shows_a_failing_destination_with_its_circuit_open_in_a_b
     if !have_chromium() {
         return;
     }
-    let app = spawn_upstream(|_req| async { text_response(503, "down") }).await;
-    let proxy = spawn_proxy(app.addr, |c| {
-        c.retry.retries = 0;
-        c.breaker.consecutive_failures = 3;
-        c.breaker.open_duration = Duration::from_secs(30);
-    })
-    .await;
-    let c = client();
+    let (app, proxy) = circuit_opened_by_503s().await;
     let host = app.addr.to_string();
-    for _ in 0..10 {
-        get_via(&c, &proxy, &host, "/").await;
-    }
     assert_eq!(app.hits(), 3, "the circuit opened after three failures");
 
     let profile = TestDir::new("admin-page-chromium");

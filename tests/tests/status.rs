@@ -3,7 +3,6 @@
 //! breakwater answers or an older one lacks the fields.
 
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -17,18 +16,8 @@ fn status(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_failing_destination_with_its_circuit_open() {
-    let app = spawn_upstream(|_req| async { text_response(503, "down") }).await;
-    let proxy = spawn_proxy(app.addr, |c| {
-        c.retry.retries = 0;
-        c.breaker.consecutive_failures = 3;
-        c.breaker.open_duration = Duration::from_secs(30);
-    })
-    .await;
-    let c = client();
+    let (app, proxy) = circuit_opened_by_503s().await;
     let host = app.addr.to_string();
-    for _ in 0..10 {
-        get_via(&c, &proxy, &host, "/").await;
-    }
     let admin = proxy.admin("");
     let out = status(&["--admin", &admin]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();

@@ -227,6 +227,26 @@ pub async fn spawn_proxy(app: SocketAddr, tune: impl FnOnce(&mut Config)) -> Tes
     }
 }
 
+/// What the status and admin-page tests look at: an upstream that answers 503,
+/// a proxy that does not retry and opens a circuit on three failures in a row
+/// (for 30 s), and ten requests to it: three reach the upstream, seven are
+/// refused `circuit-open`.
+pub async fn circuit_opened_by_503s() -> (Upstream, TestProxy) {
+    let app = spawn_upstream(|_req| async { text_response(503, "down") }).await;
+    let proxy = spawn_proxy(app.addr, |c| {
+        c.retry.retries = 0;
+        c.breaker.consecutive_failures = 3;
+        c.breaker.open_duration = Duration::from_secs(30);
+    })
+    .await;
+    let c = client();
+    let host = app.addr.to_string();
+    for _ in 0..10 {
+        get_via(&c, &proxy, &host, "/").await;
+    }
+    (app, proxy)
+}
+
 /// A route flag, parsed as the CLI would.
 pub fn route(spec: &str) -> breakwater::config::RouteOverride {
     breakwater::config::RouteOverride::parse(spec).expect("valid route")
