@@ -238,10 +238,13 @@ impl Prober {
             metrics.observe(result.ok, result.latency_ms / 1000.0);
             if let Some(state) = tracker.record(result.ok) {
                 metrics.transition(state.as_str(), state == HealthState::Healthy);
+                // The status, when the app answered, and the detail: its body,
+                // or why there was no answer (refused, no answer within the timeout).
+                let status = result.status.unwrap_or(0);
                 if state == HealthState::Healthy {
-                    info!(app = %self.app, detail = %result.detail, "app is healthy");
+                    info!(app = %self.app, status, detail = %result.detail, "app is healthy");
                 } else {
-                    warn!(app = %self.app, detail = %result.detail, "app is unhealthy");
+                    warn!(app = %self.app, status, detail = %result.detail, "app is unhealthy");
                 }
                 health.set(state);
             }
