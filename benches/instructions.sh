@@ -2,7 +2,7 @@
 # benches/instructions.sh - user-space instructions per proxied request, counted
 # by valgrind's callgrind: breakwater's inbound path and HAProxy's, same backend.
 #
-#   benches/instructions.sh [--no-build] [--bin [NAME=]PATH]... [--args NAME=ARGS]... [-n REQUESTS] [--profile DIR]
+#   benches/instructions.sh [--no-build] [--bin [NAME=]PATH]... [--args NAME=ARGS]... [-n REQUESTS] [--h2] [--profile DIR]
 #
 # Instruction counts repeat to within a fraction of a percent whatever else the
 # machine is doing, where req/s on these shared 2-core machines moves by 5-10 %
@@ -14,7 +14,10 @@
 # Each proxy (breakwater `run --threads 1`, HAProxy `nbthread 1`) runs under
 # callgrind in front of one nginx worker answering "ok"; h2load sends 3000
 # warm-up requests, the counters are zeroed, then REQUESTS (default 20000)
-# keep-alive GETs over 20 connections are counted. With --profile DIR the
+# keep-alive GETs over 20 connections are counted. --h2: the clients speak HTTP/2
+# with prior knowledge (h2c, `h2load -m 10`: 10 streams per connection) to both
+# proxies, which forward HTTP/1.1 to nginx (HAProxy detects the preface on its
+# plain bind). With --profile DIR the
 # callgrind files are kept there (callgrind_annotate DIR/breakwater.out.1).
 # --bin PATH counts that binary instead of target/release/breakwater (no build);
 # repeat it as --bin NAME=PATH to count several builds in one run, e.g. before and
@@ -37,6 +40,8 @@ BW_PORT=28501
 HA_PORT=28502
 N=20000
 BUILD=1
+H1_FLAG=--h1
+STREAMS=1
 PROFILE_DIR=
 declare -a BIN_SPECS=()
 declare -A EXTRA_ARGS=()
@@ -51,6 +56,7 @@ while [[ $# -gt 0 ]]; do
     --bin) BIN_SPECS+=("$2"); BUILD=0; shift ;;
     --args) [[ $2 == *=* ]] || die "--args NAME=ARGS"; EXTRA_ARGS[${2%%=*}]=${2#*=}; shift ;;
     -n) N=$2; shift ;;
+    --h2) H1_FLAG=; STREAMS=10 ;;
     --profile) PROFILE_DIR=$2; shift ;;
     -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1" ;;
@@ -149,9 +155,11 @@ count() {
   pid=$!
   STARTED+=("$pid")
   wait_port "$port" "$pid" 60 || die "$name did not start under valgrind (see $WORK/$name.log)"
-  h2load --h1 -n 3000 -c 20 "http://$HOST:$port/" >/dev/null || die "$name: warm-up failed"
+  # shellcheck disable=SC2086 # H1_FLAG is one flag or none
+  h2load $H1_FLAG -n 3000 -c 20 -m "$STREAMS" "http://$HOST:$port/" >/dev/null || die "$name: warm-up failed"
   callgrind_control -z "$pid" >/dev/null 2>&1
-  h2load --h1 -n "$N" -c 20 "http://$HOST:$port/" >"$WORK/$name.h2load" || die "$name: load failed"
+  # shellcheck disable=SC2086
+  h2load $H1_FLAG -n "$N" -c 20 -m "$STREAMS" "http://$HOST:$port/" >"$WORK/$name.h2load" || die "$name: load failed"
   grep -q "$N succeeded" "$WORK/$name.h2load" || die "$name: not every request succeeded"
   callgrind_control -d "$pid" >/dev/null 2>&1
   stop_tree "$pid" 10
@@ -174,7 +182,7 @@ done
 log "HAProxy under callgrind ($N requests)"
 ha=$(count haproxy "$HA_PORT" haproxy -f "$WORK/haproxy.cfg" -db) || exit 1
 
-echo "| proxy | user-space instructions per request |"
+echo "| proxy ($([[ -n $H1_FLAG ]] && echo "HTTP/1.1" || echo "h2c, -m $STREAMS")) | user-space instructions per request |"
 echo "|---|---:|"
 for i in "${!NAMES[@]}"; do echo "| ${NAMES[$i]} | ${COUNTS[$i]} |"; done
 echo "| HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}') | $ha |"
