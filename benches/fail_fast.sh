@@ -19,7 +19,7 @@
 set -uo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
-BIN="${CARGO_TARGET_DIR:-$TOP/target}/release/breakwater"
+BIN=
 BUILD=1
 N=5000
 RATE=1000
@@ -28,7 +28,7 @@ HOST=127.0.0.1
 BACKEND_PORT=28610
 BW_PORT=28611
 
-# log, die, port_free, wait_port, descendants, stop_tree
+# log, die, port_free, wait_port, stop_tree, start_tracked, cleanup_tracked, resolve_bin
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
@@ -44,23 +44,13 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 for tool in nginx h2load curl; do command -v "$tool" >/dev/null || die "$tool not found"; done
-if [[ $BUILD == 1 ]]; then
-  log "cargo build --release --locked"
-  (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed"
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
+resolve_bin
 for p in $BACKEND_PORT $BW_PORT; do port_free "$p" || die "port $p busy"; done
 
 WORK=$(mktemp -d /tmp/breakwater-failfast.XXXXXX)
 chmod 755 "$WORK" # nginx's worker runs as nobody
 declare -a STARTED=()
-cleanup() {
-  local p
-  trap - EXIT INT TERM
-  for p in "${STARTED[@]}"; do stop_tree "$p"; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+trap cleanup_tracked EXIT INT TERM
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -74,15 +64,12 @@ http {
   server { listen $HOST:$BACKEND_PORT; location / { return 503 "down\n"; } }
 }
 EOF
-nginx -p "$WORK/" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" >"$WORK/nginx.out" 2>&1 &
-STARTED+=("$!")
-wait_port "$BACKEND_PORT" "$!" || die "nginx did not start"
+start_tracked "$WORK/nginx.out" nginx -p "$WORK/" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+wait_port "$BACKEND_PORT" "$PID" || die "nginx did not start"
 
-"$BIN" run --threads 1 --log-level warn --inbound-addr 127.0.0.1:0 \
-  --app-addr "$HOST:$BACKEND_PORT" --outbound-addr "$HOST:$BW_PORT" --admin-addr 127.0.0.1:0 \
-  >"$WORK/breakwater.log" 2>&1 &
-STARTED+=("$!")
-wait_port "$BW_PORT" "$!" || die "breakwater did not start"
+start_tracked "$WORK/breakwater.log" "$BIN" run --threads 1 --log-level warn --inbound-addr 127.0.0.1:0 \
+  --app-addr "$HOST:$BACKEND_PORT" --outbound-addr "$HOST:$BW_PORT" --admin-addr 127.0.0.1:0
+wait_port "$BW_PORT" "$PID" || die "breakwater did not start"
 DEST="$HOST:$BACKEND_PORT"
 for _ in $(seq 20); do curl -s -o /dev/null -H "Host: $DEST" "http://$HOST:$BW_PORT/"; done
 reason=$(curl -s -o /dev/null -D - -H "Host: $DEST" "http://$HOST:$BW_PORT/" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-breakwater-reason" {print $2}')
@@ -108,7 +95,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r: direct p50 $d50 p99 $d99, breakwater p50 $b50 p99 $b99 (us)"
   D50+=("$d50"); D99+=("$d99"); B50+=("$b50"); B99+=("$b99")
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+median() { printf '%s\n' "$@" | median_of_lines | xargs printf '%.0f'; }
 d50=$(median "${D50[@]}"); d99=$(median "${D99[@]}"); b50=$(median "${B50[@]}"); b99=$(median "${B99[@]}")
 # The circuit must still be open: otherwise the row measured probes, not refusals.
 reason=$(curl -s -o /dev/null -D - -H "Host: $DEST" "http://$HOST:$BW_PORT/" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-breakwater-reason" {print $2}')

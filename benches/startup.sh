@@ -14,7 +14,7 @@
 set -uo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
-BIN="${CARGO_TARGET_DIR:-$TOP/target}/release/breakwater"
+BIN=
 BUILD=1
 RUNS=10
 HOST=127.0.0.1
@@ -22,7 +22,7 @@ APP_PORT=28600
 IN_PORT=28601
 ADMIN_PORT=28602
 
-# log, die, port_free, wait_port, descendants, stop_tree
+# log, die, port_free, wait_port, stop_tree, resolve_bin
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
@@ -36,11 +36,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if [[ $BUILD == 1 ]]; then
-  log "cargo build --release --locked"
-  (cd "$TOP" && cargo build --release --locked) >&2 || die "release build failed"
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
+resolve_bin
 for p in $APP_PORT $IN_PORT $ADMIN_PORT; do port_free "$p" || die "port $p busy"; done
 
 python3 - "$HOST" "$APP_PORT" >/dev/null 2>&1 <<'PY' &
