@@ -28,7 +28,7 @@ HOST=127.0.0.1
 BACKEND_PORT=28610
 BW_PORT=28611
 
-# log, die, port_free, wait_port, stop_tree, start_tracked, cleanup_tracked, resolve_bin
+# log, die, port_free, wait_port, start_tracked, cleanup_tracked, resolve_bin, write_nginx_backend
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
@@ -52,18 +52,7 @@ chmod 755 "$WORK" # nginx's worker runs as nobody
 declare -a STARTED=()
 trap cleanup_tracked EXIT INT TERM
 
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server { listen $HOST:$BACKEND_PORT; location / { return 503 "down\n"; } }
-}
-EOF
+write_nginx_backend "$WORK" "$BACKEND_PORT" 'location / { return 503 "down\n"; }'
 start_tracked "$WORK/nginx.out" nginx -p "$WORK/" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 wait_port "$BACKEND_PORT" "$PID" || die "nginx did not start"
 

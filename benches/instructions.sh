@@ -47,7 +47,7 @@ declare -a BIN_SPECS=()
 declare -A EXTRA_ARGS=()
 SINK_PORT=28503
 
-# log, die, port_free, wait_port, descendants, stop_tree
+# log, die, port_free, wait_port, stop_tree, write_nginx_backend
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
@@ -96,18 +96,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server { listen $HOST:$BACKEND_PORT; location = / { return 200 "ok\n"; } }
-}
-EOF
+write_nginx_backend "$WORK" "$BACKEND_PORT" 'location = / { return 200 "ok\n"; }'
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1

@@ -77,7 +77,23 @@ cleanup_tracked() { # for `trap cleanup_tracked EXIT`: stop all, newest first; d
 }
 
 # ------------------------------------------------------------------------------
-# Shared by the scripts that measure one breakwater build (rate_limit.sh, hedge.sh).
+# Shared by the scripts that measure one breakwater build (rate_limit.sh, hedge.sh,
+# fail_fast.sh, instructions.sh).
+
+write_nginx_backend() { # write_nginx_backend <dir> <port> <locations>: <dir>/nginx.conf, one worker, no access log
+  cat >"$1/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server { listen $HOST:$2; $3 }
+}
+EOF
+}
 
 median_of_lines() { # the median of the numbers on stdin, one a line
   sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'
