@@ -105,6 +105,7 @@ impl InFlight {
 
     /// Records the request in its destination's recent traffic when it ends.
     pub fn set_recent(&mut self, recent: Arc<RecentTraffic>) {
+        recent.usage().begin();
         self.recent = Some(recent);
     }
 
@@ -146,6 +147,7 @@ impl Drop for InFlight {
                 .failure
                 .or_else(|| (self.status >= 500).then_some("5xx"));
             recent.record(elapsed, failure, now);
+            recent.usage().end(now);
         }
         if let Some(trace) = self.trace.take() {
             trace.finish(self.status);

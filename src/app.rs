@@ -26,7 +26,7 @@ use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::policy::overrides::Overrides;
 use crate::reload::{Initial, LivePolicy};
-use crate::upstream::{EndpointSettings, Registry, RouteTable};
+use crate::upstream::{Caps, EndpointSettings, Registry, RouteTable};
 
 /// Why the proxy could not start; names the flag that chose the address or file.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +267,7 @@ impl Proxy {
                     Direction::Outbound,
                     routes,
                     metrics.clone(),
-                    config.metrics_max_destinations,
+                    Caps::from_config(&config),
                     EndpointSettings {
                         tls: outbound_tls,
                         overrides: overrides.clone(),

@@ -88,6 +88,8 @@ pub struct Config {
     #[serde(serialize_with = "units::serialize_duration")]
     pub slow_start: Duration,
     pub metrics_max_destinations: usize,
+    /// `--max-destinations`: states kept per direction.
+    pub max_destinations: usize,
     /// `--metrics-max-endpoints`.
     pub metrics_max_endpoints: usize,
     /// `--destination-idle-timeout`; `None`: destinations are kept.
@@ -416,6 +418,7 @@ impl Config {
                 .filter(|age| !age.is_zero()),
             slow_start: args.slow_start,
             metrics_max_destinations: args.metrics_max_destinations,
+            max_destinations: args.max_destinations,
             metrics_max_endpoints: args.metrics_max_endpoints,
             destination_idle_timeout: Some(args.destination_idle_timeout)
                 .filter(|idle| !idle.is_zero()),

@@ -22,7 +22,7 @@ use crate::metrics::{Direction, Metrics};
 use crate::trace::{Kind, Tracer};
 use crate::transport::headers;
 use crate::upstream::traffic::RouteTraffic;
-use crate::upstream::{DestinationState, LastDestination, Registry, RouteTable};
+use crate::upstream::{Caps, DestinationState, LastDestination, Registry, RouteTable};
 
 pub struct Inbound {
     forwarder: Forwarder,
@@ -57,7 +57,7 @@ impl Inbound {
             Direction::Inbound,
             Arc::new(RouteTable::inbound(config)),
             metrics.clone(),
-            config.metrics_max_destinations,
+            Caps::from_config(config),
             settings,
         ));
         let app_ip = config.app_addr.ip().to_string();

@@ -175,8 +175,18 @@ pub struct Metrics {
     opaque_connections: IntCounterVec,
     opaque_connect_failures: IntCounterVec,
     opaque_bytes: IntCounterVec,
+    destinations_kept: IntGaugeVec,
+    destinations_forgotten: IntCounterVec,
     /// Who holds which per-destination and per-endpoint series.
     book: Arc<series::Book>,
+}
+
+/// `breakwater_destinations` and `breakwater_destinations_forgotten_total`
+/// of one registry.
+pub struct RegistryCounts {
+    pub kept: IntGauge,
+    pub idle: IntCounter,
+    pub evicted: IntCounter,
 }
 
 /// The version and commit `breakwater_build_info` names: the crate's
@@ -558,6 +568,29 @@ impl Metrics {
                     &["listener", "way"],
                 ),
             ),
+            destinations_kept: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breakwater_destinations",
+                        "Destinations with state kept (breakers, budget, pools), \
+                         at most --max-destinations per direction.",
+                    ),
+                    &["direction"],
+                ),
+            ),
+            destinations_forgotten: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "breakwater_destinations_forgotten_total",
+                        "Destination states dropped: idle past --destination-idle-timeout \
+                         (idle), or the least recently used ones at --max-destinations \
+                         (evicted).",
+                    ),
+                    &["direction", "reason"],
+                ),
+            ),
             registry,
         };
         // Closed label sets are exported from start-up, at zero: an alert on
@@ -577,6 +610,18 @@ impl Metrics {
             metrics.spans_dropped.with_label_values(&[reason]);
         }
         metrics
+    }
+
+    /// The handles a destination registry counts its states in.
+    pub fn registry_counts(&self, direction: Direction) -> RegistryCounts {
+        let d = direction.as_str();
+        RegistryCounts {
+            kept: self.destinations_kept.with_label_values(&[d]),
+            idle: self.destinations_forgotten.with_label_values(&[d, "idle"]),
+            evicted: self
+                .destinations_forgotten
+                .with_label_values(&[d, "evicted"]),
+        }
     }
 
     pub fn opaque(&self, listener: &'static str) -> OpaqueMetrics {

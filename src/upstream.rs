@@ -18,7 +18,7 @@ use crate::config::{
     RouteDirection, RouteOverride,
 };
 use crate::metrics::recent::RecentTraffic;
-use crate::metrics::{DestinationMetrics, Direction, Metrics, TrafficSeries};
+use crate::metrics::{DestinationMetrics, Direction, Metrics, RegistryCounts, TrafficSeries};
 use crate::policy::adaptive::AdaptiveLimit;
 use crate::policy::budget::RetryBudget;
 use crate::policy::bulkhead::Bulkhead;
@@ -502,6 +502,8 @@ pub struct DestinationState {
     observed: [AtomicU64; Observable::ALL.len()],
     /// Set once the registry keeps it (not past the cap).
     kept: AtomicBool,
+    /// Counted under a `destination` label of its own, not `other`.
+    labeled: bool,
     /// Requests ended as of the last idle sweep, and how many sweeps in a
     /// row have found no change ([`Registry::expire_idle`]).
     swept: AtomicU64,
@@ -538,9 +540,10 @@ impl DestinationState {
 
     /// Whether this sweep finds the state idle for the second time in a row.
     fn sweep(&self) -> bool {
-        let ended = self.metrics.duration.get_sample_count();
+        let usage = self.recent.usage();
+        let ended = usage.ended();
         let before = self.swept.swap(ended, Ordering::Relaxed);
-        if ended != before || self.metrics.inflight.get() > 0 {
+        if ended != before || usage.in_flight() {
             self.idle_sweeps.store(0, Ordering::Relaxed);
             return false;
         }
@@ -704,6 +707,7 @@ impl DestinationState {
             retired: AtomicBool::new(false),
             observed: Default::default(),
             kept: AtomicBool::new(false),
+            labeled: false,
             swept: AtomicU64::new(0),
             idle_sweeps: AtomicU8::new(0),
         }
@@ -721,16 +725,60 @@ pub struct Replaced {
 
 type Key = (Destination, Arc<str>);
 
-/// Destinations seen so far, per route. The first `--metrics-max-destinations`
-/// get a state of their own; later ones are built per request and share the
-/// `other` label.
+/// How many destinations a registry keeps, and how many of them count under a
+/// `destination` label of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// `--max-destinations`: states kept (breakers, budget, pools, limits).
+    pub states: usize,
+    /// `--metrics-max-destinations`: the rest share `destination="other"`.
+    pub labels: usize,
+}
+
+impl Caps {
+    /// What the flags say.
+    pub fn from_config(config: &Config) -> Self {
+        Caps {
+            states: config.max_destinations,
+            labels: config.metrics_max_destinations,
+        }
+    }
+}
+
+/// The kept states, and how many of them have a label of their own.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<Key, Arc<DestinationState>>,
+    labeled: usize,
+}
+
+impl Entries {
+    /// Takes a state out of the registry: retired, so that connections which
+    /// remembered it look again, and its label freed. Its series are
+    /// expired with it unless they are the shared overflow's.
+    fn forget(&mut self, state: &DestinationState, expire_series: bool) {
+        state.retired.store(true, Ordering::Relaxed);
+        if state.labeled {
+            self.labeled -= 1;
+            if expire_series {
+                state.metrics.expire();
+            }
+        }
+    }
+}
+
+/// Destinations seen so far, per route. Up to `--max-destinations` are kept,
+/// the first `--metrics-max-destinations` of them under a label of their own
+/// and the rest under `other`; past the cap the least recently used idle ones
+/// make room (a scan of hosts cannot grow memory without bound).
 pub struct Registry {
     direction: Direction,
     routes: ArcSwap<RouteTable>,
     metrics: Arc<Metrics>,
-    entries: RwLock<HashMap<Key, Arc<DestinationState>>>,
-    max_entries: usize,
+    entries: RwLock<Entries>,
+    caps: Caps,
     overflow: Arc<DestinationMetrics>,
+    counts: RegistryCounts,
     settings: EndpointSettings,
 }
 
@@ -739,18 +787,20 @@ impl Registry {
         direction: Direction,
         routes: Arc<RouteTable>,
         metrics: Arc<Metrics>,
-        max_entries: usize,
+        caps: Caps,
         settings: EndpointSettings,
     ) -> Self {
         let overflow = Arc::new(metrics.destination(direction, "other", DEFAULT_ROUTE));
         metrics.traffic_series(direction, routes.traffic_series());
+        let counts = metrics.registry_counts(direction);
         Registry {
             direction,
             routes: ArcSwap::new(routes),
             metrics,
-            entries: RwLock::new(HashMap::new()),
-            max_entries,
+            entries: RwLock::new(Entries::default()),
+            caps,
             overflow,
+            counts,
             settings,
         }
     }
@@ -763,18 +813,22 @@ impl Registry {
     /// The state for `route` to `host:port`.
     pub fn get(&self, host: &str, port: u16, route: Selected<'_>) -> Arc<DestinationState> {
         let key = (Destination::new(host, port), route.name.clone());
-        if let Some(found) = self.read().get(&key) {
+        if let Some(found) = self.read().map.get(&key) {
             return found.clone();
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = entries.get(&key) {
+        if let Some(found) = entries.map.get(&key) {
             return found.clone();
+        }
+        if entries.map.len() >= self.caps.states {
+            self.evict_least_recently_used(&mut entries);
         }
         // Under the lock a reload also takes: a state is kept only if its policy
         // is the current table's, so none built from a replaced table lingers.
         let table = self.routes.load();
         let current = table.named(route.name).filter(|p| *p == route.policy);
-        let labeled = entries.len() < self.max_entries;
+        let kept = current.is_some() && entries.map.len() < self.caps.states;
+        let labeled = kept && entries.labeled < self.caps.labels;
         let metrics = if labeled {
             Arc::new(
                 self.metrics
@@ -783,18 +837,48 @@ impl Registry {
         } else {
             self.overflow.clone()
         };
-        let state = Arc::new(DestinationState::new(
+        let mut state = DestinationState::new(
             key.0.clone(),
             route.name.clone(),
             route.policy.clone(),
             metrics,
             self.settings.clone(),
-        ));
-        if labeled && current.is_some() {
+        );
+        state.labeled = labeled;
+        let state = Arc::new(state);
+        if kept {
             state.kept.store(true, Ordering::Relaxed);
-            entries.insert(key, state.clone());
+            entries.labeled += usize::from(labeled);
+            entries.map.insert(key, state.clone());
+            self.counts.kept.set(entries.map.len() as i64);
         }
         state
+    }
+
+    /// At `--max-destinations`: drops the sixteenth of the states that ended
+    /// their last request longest ago, among those with nothing in flight, so
+    /// that the next destinations find room without a scan each. When every
+    /// state is busy, none goes, and a new destination is served by a state
+    /// of its own request's.
+    fn evict_least_recently_used(&self, entries: &mut Entries) {
+        let mut idle: Vec<(u64, Key)> = entries
+            .map
+            .iter()
+            .filter(|(_, s)| !s.recent.usage().in_flight())
+            .map(|(k, s)| (s.recent.usage().last_ended(), k.clone()))
+            .collect();
+        let n = (self.caps.states / 16).clamp(1, idle.len().max(1));
+        if idle.len() > n {
+            idle.select_nth_unstable_by_key(n - 1, |(at, _)| *at);
+            idle.truncate(n);
+        }
+        for (_, key) in idle {
+            if let Some(state) = entries.map.remove(&key) {
+                entries.forget(&state, true);
+                self.counts.evicted.inc();
+            }
+        }
+        self.counts.kept.set(entries.map.len() as i64);
     }
 
     /// The state a route's copies to its shadow go through: the shadow
@@ -821,22 +905,26 @@ impl Registry {
             .traffic_series(self.direction, table.traffic_series());
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let mut replaced = Replaced::default();
-        entries.retain(|(_, route), state| match table.named(route) {
-            Some(policy) if state.policy.same_but_modes(policy) => {
-                state.modes.set(policy.modes);
-                replaced.kept += 1;
-                true
-            }
-            found => {
-                state.retired.store(true, Ordering::Relaxed);
-                if found.is_none() {
-                    // The route is gone: nothing counts under its label again.
-                    state.metrics.expire();
+        let mut gone = Vec::new();
+        entries
+            .map
+            .retain(|(_, route), state| match table.named(route) {
+                Some(policy) if state.policy.same_but_modes(policy) => {
+                    state.modes.set(policy.modes);
+                    replaced.kept += 1;
+                    true
                 }
-                replaced.rebuilt += 1;
-                false
-            }
-        });
+                found => {
+                    // A route that is gone: nothing counts under its label again.
+                    gone.push((state.clone(), found.is_none()));
+                    replaced.rebuilt += 1;
+                    false
+                }
+            });
+        for (state, route_gone) in &gone {
+            entries.forget(state, *route_gone);
+        }
+        self.counts.kept.set(entries.map.len() as i64);
         self.routes.store(table);
         replaced
     }
@@ -850,15 +938,18 @@ impl Registry {
         let mut gone = Vec::new();
         {
             let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-            entries.retain(|_, state| {
+            entries.map.retain(|_, state| {
                 if !state.sweep() {
                     return true;
                 }
-                state.retired.store(true, Ordering::Relaxed);
-                state.metrics.expire();
                 gone.push(state.clone());
                 false
             });
+            for state in &gone {
+                entries.forget(state, true);
+            }
+            self.counts.idle.inc_by(gone.len() as u64);
+            self.counts.kept.set(entries.map.len() as i64);
         }
         // Dropped outside the lock: removing series reads whole families.
         let n = gone.len();
@@ -886,7 +977,7 @@ impl Registry {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<DestinationState>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
         self.entries.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -894,7 +985,7 @@ impl Registry {
     /// A route's shadow is listed with what became of its copies, before
     /// the first copy too.
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
-        let entries: Vec<Arc<DestinationState>> = self.read().values().cloned().collect();
+        let entries: Vec<Arc<DestinationState>> = self.read().map.values().cloned().collect();
         let mut all: Vec<serde_json::Value> =
             entries.iter().map(|s| s.snapshot(self.direction)).collect();
         let table = self.routes();
@@ -926,7 +1017,7 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -948,15 +1039,25 @@ mod tests {
         config
     }
 
-    fn registry(max: usize, routes: &[&str]) -> Registry {
+    fn registry(labels: usize, routes: &[&str]) -> Registry {
+        capped(10_000, labels, routes)
+    }
+
+    fn capped(states: usize, labels: usize, routes: &[&str]) -> Registry {
         let config = config(routes);
         Registry::new(
             Direction::Outbound,
             Arc::new(RouteTable::new(&config)),
             Arc::new(Metrics::new()),
-            max,
+            Caps { states, labels },
             EndpointSettings::from_config(&config),
         )
+    }
+
+    /// One request through `state`, ended at `now`.
+    fn request(state: &DestinationState, now: tokio::time::Instant) {
+        state.recent.usage().begin();
+        state.recent.usage().end(now);
     }
 
     fn get(r: &Registry, host: &str, port: u16, path: &str) -> Arc<DestinationState> {
@@ -1038,9 +1139,8 @@ mod tests {
         let idle = get(&r, "idle", 80, "/");
         let busy = get(&r, "busy", 80, "/");
         idle.metrics.count_response(200);
-        let held = busy.metrics.inflight.clone();
         assert_eq!(r.expire_idle(), 0, "idle once is not enough");
-        held.inc();
+        busy.recent.usage().begin();
         assert_eq!(r.expire_idle(), 1, "idle twice in a row goes");
         assert!(
             !idle.is("idle", 80, &idle.route),
@@ -1050,13 +1150,16 @@ mod tests {
         drop(idle);
         assert!(!text().contains("idle:80"), "{}", text());
         assert_eq!(get(&r, "next", 80, "/").metrics.label(), "next:80");
-        held.dec();
+        busy.recent.usage().end(tokio::time::Instant::now());
         assert_eq!(r.expire_idle(), 0, "busy: a request was in flight");
         assert_eq!(r.len(), 2);
+        assert!(text().contains(
+            r#"breakwater_destinations_forgotten_total{direction="outbound",reason="idle"} 1"#
+        ));
     }
 
     #[test]
-    fn a_scan_of_hosts_is_capped() {
+    fn destinations_past_the_label_cap_keep_their_own_state() {
         let r = registry(3, &[]);
         for i in 0..1000 {
             let state = get(&r, &format!("host-{i}"), 80, "/");
@@ -1064,10 +1167,72 @@ mod tests {
                 assert_eq!(state.metrics.label(), "other");
             }
         }
-        assert_eq!(r.len(), 3);
-        assert!(Arc::ptr_eq(
-            &get(&r, "host-1", 80, "/"),
-            &get(&r, "host-1", 80, "/")
-        ));
+        assert_eq!(r.len(), 1000);
+        let late = get(&r, "host-900", 80, "/");
+        assert!(
+            Arc::ptr_eq(&late, &get(&r, "host-900", 80, "/")),
+            "the same breakers, budget and pool for each request"
+        );
+        assert_eq!(late.metrics.label(), "other");
+    }
+
+    #[test]
+    fn an_unlabeled_destination_expires_without_taking_the_shared_series() {
+        let r = registry(1, &[]);
+        let text = || String::from_utf8(r.metrics.encode()).unwrap_or_default();
+        let own = get(&r, "own", 80, "/");
+        let shared = get(&r, "shared", 80, "/");
+        shared.metrics.count_response(200);
+        drop((own, shared));
+        assert_eq!(r.expire_idle(), 0);
+        assert_eq!(r.expire_idle(), 2);
+        assert!(
+            text().contains(r#"destination="other""#),
+            "the overflow series stay for the destinations still sharing them"
+        );
+        // The label freed by the first goes to the next destination.
+        assert_eq!(get(&r, "next", 80, "/").metrics.label(), "next:80");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_the_least_recently_used_idle_destinations_make_room() {
+        let r = capped(32, 32, &[]);
+        let start = tokio::time::Instant::now();
+        let states: Vec<_> = (0..32)
+            .map(|i| {
+                let s = get(&r, &format!("host-{i}"), 80, "/");
+                request(&s, start + Duration::from_secs(100 - i));
+                s
+            })
+            .collect();
+        // The oldest two by their last request: host-31 and host-30; host-31
+        // has a request in flight, so host-29 goes in its place.
+        states[31].recent.usage().begin();
+        get(&r, "new", 80, "/");
+        assert_eq!(r.len(), 31, "32/16 = 2 made room for one");
+        for (i, s) in states.iter().enumerate() {
+            let kept = s.is(&format!("host-{i}"), 80, &s.route);
+            assert_eq!(kept, !(i == 30 || i == 29), "host-{i}");
+        }
+        assert_eq!(get(&r, "new", 80, "/").metrics.label(), "new:80");
+        assert!(
+            String::from_utf8(r.metrics.encode())
+                .unwrap_or_default()
+                .contains(r#"reason="evicted"} 2"#)
+        );
+    }
+
+    #[test]
+    fn when_every_destination_is_busy_a_new_one_is_served_but_not_kept() {
+        let r = capped(2, 2, &[]);
+        let a = get(&r, "a", 80, "/");
+        let b = get(&r, "b", 80, "/");
+        a.recent.usage().begin();
+        b.recent.usage().begin();
+        let c = get(&r, "c", 80, "/");
+        assert_eq!(r.len(), 2);
+        assert!(!Arc::ptr_eq(&c, &get(&r, "c", 80, "/")));
+        assert_eq!(c.metrics.label(), "other");
+        assert!(a.is("a", 80, &a.route) && b.is("b", 80, &b.route));
     }
 }

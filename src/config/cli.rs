@@ -330,6 +330,16 @@ pub struct RunArgs {
     )]
     pub metrics_max_destinations: usize,
 
+    /// Destinations whose state (breakers, retry budget, pooled connections,
+    /// limits) is kept; past it, the least recently used idle ones make room.
+    #[arg(
+        long,
+        env = "BREAKWATER_MAX_DESTINATIONS",
+        default_value_t = 10_000,
+        value_parser = parse_max_destinations
+    )]
+    pub max_destinations: usize,
+
     /// Distinct `endpoint` label values of breakwater_circuit_state; further
     /// endpoints share "other" under their destination.
     #[arg(
@@ -411,6 +421,15 @@ fn parse_ratio(s: &str) -> Result<f64, FlagValueError> {
     }
 }
 
+/// `--max-destinations`: at least one, or no destination would keep the
+/// breaker memory and budget it learns.
+fn parse_max_destinations(s: &str) -> Result<usize, FlagValueError> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(FlagValueError::NotACount(s.into())),
+    }
+}
+
 /// A health path is an absolute path: `/healthz`.
 fn parse_health_path(s: &str) -> Result<String, FlagValueError> {
     if !s.starts_with('/') || s.contains(char::is_whitespace) {
@@ -440,6 +459,8 @@ pub enum FlagValueError {
     NotAnEndpoint(String, &'static str),
     #[error("'{0}' is not a ratio from 0 to 1")]
     NotARatio(String),
+    #[error("'{0}' is not a count of at least 1")]
+    NotACount(String),
 }
 
 /// Circuit breaker flags (per endpoint of each destination).

@@ -7,7 +7,8 @@
 //! together: one lock and a few additions per request. The kilobyte they take is
 //! allocated with the first request, so endpoints never used cost a pointer.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -117,6 +118,57 @@ impl Windows {
 /// The recent traffic of one destination or endpoint.
 pub struct RecentTraffic {
     windows: Mutex<Option<Box<Windows>>>,
+    usage: Usage,
+}
+
+/// Requests begun and ended under one destination state, and when the last
+/// one ended: what the registry's idle sweep and its eviction past
+/// `--max-destinations` read. Its own, not the metrics', since destinations
+/// past `--metrics-max-destinations` share their series.
+#[derive(Default)]
+pub struct Usage {
+    begun: AtomicU64,
+    ended: AtomicU64,
+    /// Milliseconds from [`epoch`] to the end of the last request.
+    last_ended: AtomicU64,
+}
+
+/// The moment [`Usage::last_ended`] counts from: the first time asked.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Usage {
+    pub fn begin(&self) {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn end(&self, now: Instant) {
+        let ms = now.saturating_duration_since(epoch()).as_millis();
+        self.last_ended
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many requests have ended so far.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request is in flight. `ended` is read first: a request that
+    /// ends between the two reads is seen as still in flight, never the
+    /// other way round.
+    pub fn in_flight(&self) -> bool {
+        let ended = self.ended.load(Ordering::Relaxed);
+        self.begun.load(Ordering::Relaxed) > ended
+    }
+
+    /// When the last request ended, for least-recently-used eviction: lower
+    /// is longer ago; 0 if none ever did.
+    pub fn last_ended(&self) -> u64 {
+        self.last_ended.load(Ordering::Relaxed)
+    }
 }
 
 /// A reading of [`RecentTraffic`].
@@ -146,7 +198,13 @@ impl RecentTraffic {
     pub fn new() -> Self {
         RecentTraffic {
             windows: Mutex::new(None),
+            usage: Usage::default(),
         }
+    }
+
+    /// What the registry reads to tell an idle destination.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// Runs `f` on the windows, made at `now` if there were none.

@@ -139,6 +139,8 @@ fn bad_flag_values_fail_at_start_up_naming_the_flag() {
         (&["--max-request-headers", "0"], "--max-request-headers"),
         (&["--max-connections", "0"], "--max-connections"),
         (&["--threads", "0"], "--threads"),
+        (&["--max-destinations", "0"], "--max-destinations"),
+        (&["--max-destinations", "lots"], "--max-destinations"),
         (&["--threads", "many"], "--threads"),
         (&["--log-format", "xml"], "--log-format"),
         (&["--rate-limit", "fast"], "--rate-limit"),

@@ -197,3 +197,76 @@ async fn the_binary_exports_process_and_build_info() {
         "commit {commit:?}"
     );
 }
+
+/// Past `--metrics-max-destinations` only the label is shared: each
+/// destination still keeps its own breaker and its pooled connections (they
+/// were built per request before, so a failing destination past the cap
+/// never opened its circuit and every request paid a new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_past_the_label_cap_keeps_its_breaker_and_its_connections() {
+    let labelled = spawn_echo().await;
+    let failing = spawn_upstream(|_req| async { text_response(503, "down") }).await;
+    let healthy = spawn_echo().await;
+    let proxy = spawn_proxy(labelled.addr, |c| {
+        c.metrics_max_destinations = 1;
+        c.retry.retries = 0;
+        c.breaker.consecutive_failures = 3;
+        c.breaker.open_duration = Duration::from_secs(30);
+    })
+    .await;
+    let a = get_via(&client(), &proxy, &labelled.addr.to_string(), "/").await;
+    assert_eq!(a.status, 200);
+
+    // A new client connection each time: nothing the client side holds
+    // carries the state from one request to the next.
+    let mut reasons = Vec::new();
+    for _ in 0..10 {
+        let a = get_via(&client(), &proxy, &failing.addr.to_string(), "/").await;
+        reasons.push((a.status, a.reason().unwrap_or("").to_string()));
+    }
+    assert_eq!(
+        failing.hits(),
+        3,
+        "the circuit opened on the third: {reasons:?}"
+    );
+    assert!(
+        reasons[3..]
+            .iter()
+            .all(|(s, r)| *s == 503 && r == "circuit-open"),
+        "{reasons:?}"
+    );
+
+    for _ in 0..5 {
+        let a = get_via(&client(), &proxy, &healthy.addr.to_string(), "/").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(healthy.hits(), 5);
+    assert_eq!(
+        healthy.connections(),
+        1,
+        "one pooled upstream connection served all five"
+    );
+
+    let m = get(&client(), &proxy.admin("/metrics")).await.body;
+    assert_eq!(
+        destinations(&m),
+        [
+            labelled.addr.to_string(),
+            "other".to_string(),
+            "none".to_string()
+        ]
+        .into_iter()
+        .collect::<BTreeSet<_>>(),
+        "the label is still capped (none: requests without a destination)"
+    );
+    let kept = series(&m, "breakwater_destinations")
+        .into_iter()
+        .find(|l| l.contains(r#"direction="outbound""#))
+        .and_then(value);
+    assert_eq!(kept, Some(3.0), "{m}");
+    let upstreams = get(&client(), &proxy.admin("/upstreams")).await.body;
+    assert!(
+        upstreams.contains(&failing.addr.to_string()) && upstreams.contains("open"),
+        "/upstreams shows the unlabelled destination's open circuit: {upstreams}"
+    );
+}

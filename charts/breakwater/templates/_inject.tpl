@@ -352,6 +352,7 @@ that needs privileges (root in the pod's network namespace, NET_ADMIN, NET_RAW).
 {{- include "breakwater.flag" (list "upstream-max-connection-age" .upstream.maxConnectionAge) }}
 {{- include "breakwater.flag" (list "slow-start" .upstream.slowStart) }}
 {{- include "breakwater.flag" (list "destination-idle-timeout" .upstream.destinationIdleTimeout) }}
+{{- include "breakwater.flag" (list "max-destinations" .upstream.maxDestinations) }}
 {{- include "breakwater.flag" (list "otlp-endpoint" .tracing.otlpEndpoint) }}
 {{- include "breakwater.flag" (list "trace-sample-ratio" .tracing.sampleRatio) }}
 {{- include "breakwater.flag" (list "trace-errors" .tracing.errors) }}
