@@ -28,6 +28,7 @@ pub(crate) mod discovery;
 pub mod drain;
 pub mod error;
 pub mod exchange;
+pub(crate) mod executor;
 pub(crate) mod fault;
 pub(crate) mod forward;
 pub(crate) mod health;

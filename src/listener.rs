@@ -14,7 +14,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::executor::BoxingExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -117,7 +119,7 @@ pub struct Listener<H> {
 /// What every connection of a listener shares: one `Arc` per connection.
 struct Shared<H> {
     name: &'static str,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<BoxingExecutor>,
     handler: Arc<H>,
     limits: Limits,
     metrics: ListenerMetrics,
@@ -199,8 +201,8 @@ impl<H: Handler> Listener<H> {
     }
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http_builder(limits: &Limits) -> auto::Builder<BoxingExecutor> {
+    let mut builder = auto::Builder::new(BoxingExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())

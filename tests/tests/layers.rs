@@ -23,6 +23,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("error", 0),
     ("units", 0),
     ("drain", 0),
+    ("executor", 0),
     ("telemetry", 0),
     ("metrics", 1),
     ("policy", 2),
