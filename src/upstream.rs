@@ -482,11 +482,14 @@ pub struct DestinationState {
     pub endpoints: Endpoints,
     pub bulkhead: Option<Arc<Bulkhead>>,
     /// Moves the bulkhead's limit with `--max-concurrent auto`.
-    pub adaptive: Option<Mutex<AdaptiveLimit>>,
+    /// (Boxed, as the two below: most destinations have none, and a state is
+    /// kept for each of up to `--max-destinations`.)
+    pub adaptive: Option<Box<Mutex<AdaptiveLimit>>>,
     /// `rate-limit` (outbound) or `inbound-rate-limit`: tokens per second.
-    pub rate_limiter: Option<RateLimiter>,
-    /// `hedge-after`: its budget and, for `pNN`, the latency it follows.
-    pub hedging: Option<Hedging>,
+    pub rate_limiter: Option<Box<RateLimiter>>,
+    /// `hedge-after`: its budget and, for `pNN`, the latency it follows
+    /// (1.3 KB inline).
+    pub hedging: Option<Box<Hedging>>,
     /// Endpoints whose circuit is open or half-open, for `--max-ejection-percent`.
     pub ejected: Arc<AtomicUsize>,
     /// The last half minute to minute of requests, for `breakwater status`.
@@ -678,11 +681,17 @@ impl DestinationState {
         let adaptive = policy
             .bulkhead
             .filter(|b| b.max_concurrent == ConcurrencyLimit::Auto)
-            .map(|b| Mutex::new(AdaptiveLimit::new(b.min, b.max, b.initial_limit())));
+            .map(|b| {
+                Box::new(Mutex::new(AdaptiveLimit::new(
+                    b.min,
+                    b.max,
+                    b.initial_limit(),
+                )))
+            });
         let rate_limiter = policy
             .rate_limit
-            .map(|l| RateLimiter::new(l, policy.rate_limit_key.clone()));
-        let hedging = policy.hedge.map(Hedging::new);
+            .map(|l| Box::new(RateLimiter::new(l, policy.rate_limit_key.clone())));
+        let hedging = policy.hedge.map(|h| Box::new(Hedging::new(h)));
         if hedging.is_some() {
             metrics.hedge_series();
         }
@@ -1234,5 +1243,15 @@ mod tests {
         assert!(!Arc::ptr_eq(&c, &get(&r, "c", 80, "/")));
         assert_eq!(c.metrics.label(), "other");
         assert!(a.is("a", 80, &a.route) && b.is("b", 80, &b.route));
+    }
+}
+#[cfg(test)]
+mod size {
+    /// A state is kept for each of up to `--max-destinations` (10,000)
+    /// destinations: what most of them do not use stays out of line.
+    #[test]
+    fn a_destination_state_stays_under_a_kilobyte() {
+        let size = size_of::<super::DestinationState>();
+        assert!(size <= 1024, "DestinationState is {size} bytes");
     }
 }
