@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/destinations.sh - memory of many known outbound destinations.
 #
-#   benches/destinations.sh [--no-build] [--bin PATH] [-n DESTINATIONS] [--args "FLAGS"]
+#   benches/destinations.sh [--no-build] [--bin PATH] [-n DESTINATIONS] [--args "FLAGS"] [--backend-closes]
 #
 # One nginx worker listens on the wildcard address, so that every 127.x.y.z
 # reaches it; a Python client sends one GET to each of N (default 10000)
@@ -16,6 +16,10 @@
 #   expired      once --destination-idle-timeout (20 s here) has dropped the
 #                states (what the allocator gave back)
 # and /metrics' breakwater_destinations, to check how many were kept.
+# --backend-closes: nginx closes every connection after its answer
+# (keepalive_timeout 0), so no upstream connection stays pooled and what is
+# left is the destination states alone (glibc keeps freed memory in its
+# arenas, so "pools closed" does not show that by itself).
 # Target (issue 20): 10,000 destinations <= 64 MiB. --args adds flags to
 # `breakwater run` (word-split), e.g. --args "--metrics-max-destinations 10000".
 # Needs nginx, python3, curl. Ports 28620-28622 on 127.0.0.1 (28620 on 0.0.0.0).
@@ -27,6 +31,7 @@ BIN=
 BUILD=1
 N=10000
 EXTRA=
+KEEPALIVE=120s
 HOST=127.0.0.1
 BACKEND_PORT=28620
 OUT_PORT=28621
@@ -41,6 +46,7 @@ while [[ $# -gt 0 ]]; do
     --bin) BIN=$2; shift ;;
     -n) N=$2; shift ;;
     --args) EXTRA=$2; shift ;;
+    --backend-closes) KEEPALIVE=0 ;;
     -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
@@ -66,7 +72,7 @@ events { worker_connections 40000; }
 http {
   access_log off;
   keepalive_requests 10000000;
-  keepalive_timeout 120s;
+  keepalive_timeout $KEEPALIVE;
   server { listen 0.0.0.0:$BACKEND_PORT; location / { return 200 "ok\n"; } }
 }
 EOF
@@ -82,10 +88,10 @@ BW=$PID
 wait_port "$ADMIN_PORT" "$BW" || die "breakwater did not start: $(cat "$WORK/breakwater.log")"
 sleep 0.5
 
-python3 - "$BW" "$N" "$HOST" "$OUT_PORT" "$ADMIN_PORT" "$BACKEND_PORT" "$EXTRA" <<'EOF'
+python3 - "$BW" "$N" "$HOST" "$OUT_PORT" "$ADMIN_PORT" "$BACKEND_PORT" "$EXTRA" "$KEEPALIVE" <<'EOF'
 import http.client, re, sys, time
 
-pid, n, host, out_port, admin_port, backend_port, extra = sys.argv[1:]
+pid, n, host, out_port, admin_port, backend_port, extra, keepalive = sys.argv[1:]
 n, out_port, admin_port = int(n), int(out_port), int(admin_port)
 
 def memory():
@@ -121,7 +127,8 @@ time.sleep(35)
 rows.append(("expired", memory(), kept()))
 
 print(f"\n{n} destinations, one GET each ({ok} answered 200, {took:.1f} s); flags: {extra or '(defaults)'}")
-print("--upstream-idle-timeout 5s, --destination-idle-timeout 20s\n")
+print("--upstream-idle-timeout 5s, --destination-idle-timeout 20s; backend keep-alive "
+      + ("off: no upstream connection pooled" if keepalive == "0" else keepalive) + "\n")
 print("| moment | VmRSS MiB | RssAnon MiB | per destination KiB (RssAnon over idle) | breakwater_destinations |")
 print("|---|---:|---:|---:|---:|")
 idle_anon = rows[0][1][1]
