@@ -829,13 +829,13 @@ impl Registry {
         if let Some(found) = entries.map.get(&key) {
             return found.clone();
         }
-        if entries.map.len() >= self.caps.states {
-            self.evict_least_recently_used(&mut entries);
-        }
         // Under the lock a reload also takes: a state is kept only if its policy
         // is the current table's, so none built from a replaced table lingers.
         let table = self.routes.load();
         let current = table.named(route.name).filter(|p| *p == route.policy);
+        if current.is_some() && entries.map.len() >= self.caps.states {
+            self.evict_least_recently_used(&mut entries);
+        }
         let kept = current.is_some() && entries.map.len() < self.caps.states;
         let labeled = kept && entries.labeled < self.caps.labels;
         let metrics = if labeled {
