@@ -47,7 +47,7 @@ declare -a BIN_SPECS=()
 declare -A EXTRA_ARGS=()
 SINK_PORT=28503
 
-# log, die, port_free, wait_port, stop_tree, write_nginx_backend
+# log, die, port_free, wait_port, stop_tree, write_nginx_backend, start_otlp_sink
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
@@ -117,22 +117,7 @@ STARTED+=("$!")
 wait_port "$BACKEND_PORT" "$!" || die "nginx did not start"
 
 if [[ ${#EXTRA_ARGS[@]} -gt 0 ]]; then
-  python3 - "$HOST" "$SINK_PORT" >"$WORK/sink.log" 2>&1 <<'PY' &
-import http.server, sys
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
-PY
-  STARTED+=("$!")
-  wait_port "$SINK_PORT" "$!" || die "the OTLP sink did not start"
+  start_otlp_sink "$SINK_PORT" "$WORK/sink.log"
 fi
 
 # count <name> <port> cmd...: prints instructions per request

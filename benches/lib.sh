@@ -140,3 +140,23 @@ resolve_bin() { # sets BIN: as given, else target/release/breakwater of TOP (bui
   fi
   [[ -x $BIN ]] || die "no breakwater binary at $BIN"
 }
+
+start_otlp_sink() { # start_otlp_sink <port> <logfile>: an OTLP/HTTP sink (reads each export, answers 200); sets PID
+  python3 - "$HOST" "$1" >"$2" 2>&1 <<'PY' &
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
+PY
+  PID=$!
+  STARTED+=("$PID")
+  wait_port "$1" "$PID" || die "the OTLP sink did not start"
+}

@@ -149,14 +149,14 @@ pub async fn send(
                 if let (Some(t), Some(won)) = (trace.as_deref_mut(), hedged) {
                     t.span.event(
                         "hedge",
-                        vec![
+                        &[
                             (
                                 "breakwater.hedge_after_ms",
                                 Value::Int(delay.as_millis() as i64),
                             ),
                             (
                                 "breakwater.hedge_winner",
-                                Value::Static(if won { "hedge" } else { "first" }),
+                                Value::Str(if won { "hedge" } else { "first" }),
                             ),
                         ],
                     );
@@ -350,14 +350,14 @@ fn record_attempt(t: &mut Traced, result: &Result<Answer, ProxyError>, seen: See
     };
     t.span.end_attempt(end, seen.peer);
     if let Err(ProxyError::CircuitOpen { .. }) = result {
-        t.span.event("breaker.refused", Vec::new());
+        t.span.event("breaker.refused", &[]);
     }
     if let (Some(to), Some(peer)) = (seen.circuit, seen.peer) {
         t.span.event(
             "breaker.transition",
-            vec![
-                ("breakwater.endpoint", Value::Str(peer.to_string())),
-                ("breakwater.to", Value::Static(to.as_str())),
+            &[
+                ("breakwater.endpoint", Value::Addr(peer)),
+                ("breakwater.to", Value::Str(to.as_str())),
             ],
         );
     }

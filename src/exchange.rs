@@ -123,7 +123,7 @@ pub async fn send(
         let ms = i64::try_from(budget.as_millis()).unwrap_or(i64::MAX);
         t.span.event(
             "deadline.adopted",
-            vec![("breakwater.deadline_ms", Value::Int(ms))],
+            &[("breakwater.deadline_ms", Value::Int(ms))],
         );
     }
     let slot = match point {
@@ -212,29 +212,20 @@ pub fn start_trace<B>(
         return;
     };
     let span = &mut t.span;
-    span.set("http.request.method", Value::Method(req.method().clone()));
-    span.set("url.path", req.uri().path().to_string());
+    span.set("http.request.method", req.method().as_str());
+    span.set("url.path", req.uri().path());
     let version = match req.version() {
         http::Version::HTTP_2 => "2",
         http::Version::HTTP_10 => "1.0",
         _ => "1.1",
     };
     span.set("network.protocol.version", version);
-    span.set(
-        "breakwater.direction",
-        match kind {
-            Kind::Server => "inbound",
-            Kind::Client => "outbound",
-        },
-    );
+    // Inbound or outbound is the span's kind (SERVER, CLIENT): no attribute.
     if let Some(state) = state {
-        span.set("server.address", Value::Shared(state.host_name.clone()));
+        span.set("server.address", &*state.host_name);
         span.set("server.port", i64::from(state.dest.port()));
-        span.set(
-            "breakwater.destination",
-            Value::Shared(state.dest_name.clone()),
-        );
-        span.set("breakwater.route", Value::Shared(state.route.clone()));
+        span.set("breakwater.destination", &*state.dest_name);
+        span.set("breakwater.route", &*state.route);
     }
     in_flight.set_trace(t);
 }
@@ -325,7 +316,7 @@ pub async fn take_slot(
     if let (Some(_), Some(t)) = (waited, in_flight.trace_mut())
         && bulkhead.queues()
     {
-        t.span.event("bulkhead.queued", Vec::new());
+        t.span.event("bulkhead.queued", &[]);
     }
     let slot = bulkhead.acquire().await;
     // Sampled as requests pass: the gauge lags, /upstreams is exact.
@@ -338,7 +329,7 @@ pub async fn take_slot(
             Err(Refusal::QueueTimeout) => "bulkhead.timed-out",
         };
         t.span
-            .event(event, vec![("breakwater.wait_ms", Value::Int(ms))]);
+            .event(event, &[("breakwater.wait_ms", Value::Int(ms))]);
     }
     match slot {
         Ok(slot) => {

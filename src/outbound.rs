@@ -182,12 +182,12 @@ impl Outbound {
                 };
                 t.span.event(
                     "mirror",
-                    vec![
+                    &[
                         (
                             "breakwater.shadow",
-                            Value::Str(shadow.plan.target.to_string()),
+                            Value::Str(&shadow.plan.target.to_string()),
                         ),
-                        ("breakwater.mirror", Value::Static(copied)),
+                        ("breakwater.mirror", Value::Str(copied)),
                     ],
                 );
             }
@@ -229,7 +229,10 @@ impl Outbound {
         if let (Some(_), Some(t)) = (moved, in_flight.trace_mut()) {
             t.span.event(
                 "split",
-                vec![("breakwater.destination", Value::Str(state.dest.to_string()))],
+                &[(
+                    "breakwater.destination",
+                    Value::Str(&state.dest.to_string()),
+                )],
             );
         }
         if moved.is_some() && !traffic.keep_host {

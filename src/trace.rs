@@ -4,8 +4,9 @@
 //! (bulkhead waits, breaker refusals and changes, an adopted deadline, a
 //! split or a mirror). Exported over OTLP/HTTP (`export`).
 //!
-//! Our own span model, written out in OTLP's protobuf encoding (`otlp`) and
-//! sent with the hyper client breakwater already has, rather than the
+//! Our own span model, written in OTLP's protobuf encoding as the request
+//! goes (`span`, `otlp`) and sent with the hyper client breakwater already
+//! has, rather than the
 //! OpenTelemetry SDK: the SDK's exporters bring reqwest or tonic (a second
 //! HTTP stack), and what is recorded here is specific to the proxy (attempts,
 //! reasons, policy events), as in linkerd2-proxy. Off (`--otlp-endpoint`
@@ -93,6 +94,13 @@ impl Tracer {
     }
 }
 
+impl Drop for Tracer {
+    /// The exporter sends what is pending and stops.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
 impl Traced {
     /// breakwater answered the request itself with an error (`reason`).
     pub fn fail(&mut self, reason: &'static str) {
@@ -110,8 +118,7 @@ impl Traced {
     /// are to be kept.
     pub fn finish(self: Box<Self>, status: u16) {
         if self.recording || self.failed {
-            let queue = self.queue.clone();
-            queue.push(self.span.finish(status));
+            self.queue.push(self.span.finish(status));
         }
     }
 

@@ -1,50 +1,44 @@
 //! One request's spans as they are recorded: the request's span (server
 //! inbound, client outbound), a child per attempt, and events for what the
-//! policies did to it. Kept compact (static keys, values as they come) so
-//! that a traced request costs little; `otlp` writes them out.
+//! policies did to it. Written in OTLP's encoding as they happen (`otlp`):
+//! the request's span is an open message in one buffer from the start, its
+//! attributes and events go in as they are set, and at the end its times,
+//! its status and the attempts' spans follow. A traced request so allocates
+//! one buffer, clones nothing shared and hands the exporter bytes, not
+//! records to free on its thread.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use tokio::time::Instant;
 
 use super::context::{Form, Parent, SpanId, TraceId};
+use super::otlp;
 
-/// A value of an attribute, kept as it came: formatted only when exported.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Str(String),
-    Static(&'static str),
-    Shared(Arc<str>),
+/// A value of an attribute, borrowed for as long as it takes to encode it;
+/// addresses and numbers are formatted straight into the buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
     /// A status code as text, as `error.type` wants it.
     Code(u16),
     Ip(IpAddr),
-    Method(Method),
+    Addr(SocketAddr),
 }
 
-impl From<&'static str> for Value {
-    fn from(s: &'static str) -> Self {
-        Value::Static(s)
-    }
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Self {
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Self {
         Value::Str(s)
     }
 }
 
-impl From<i64> for Value {
+impl From<i64> for Value<'_> {
     fn from(n: i64) -> Self {
         Value::Int(n)
     }
 }
-
-/// One attribute: its semantic-convention (or `breakwater.*`) key and value.
-pub type Attr = (&'static str, Value);
 
 /// Which side of the exchange breakwater's span is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,29 +49,25 @@ pub enum Kind {
     Client,
 }
 
-/// A point in a span's time.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EventRecord {
-    pub at: u64,
-    pub name: &'static str,
-    pub attributes: Vec<Attr>,
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug)]
+pub enum AttemptEnd {
+    /// A response head with this status.
+    Answered(u16),
+    /// No response: breakwater's reason for it.
+    Failed(&'static str),
 }
 
-/// A finished span, ready for export.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpanRecord {
-    pub trace: TraceId,
-    pub id: SpanId,
-    pub parent: Option<SpanId>,
-    pub name: Method,
-    pub kind: Kind,
-    pub start: u64,
-    pub end: u64,
-    pub attributes: Vec<Attr>,
-    pub events: Vec<EventRecord>,
-    /// An error's message: the span's status is ERROR with it.
-    pub error: Option<Value>,
+/// A request's finished spans, encoded: `ScopeSpans.spans` messages one
+/// after another, ready to be put in an export as they are.
+pub struct Finished {
+    pub spans: usize,
+    pub encoded: Vec<u8>,
 }
+
+/// Room for a request's spans without growing: the request's attributes,
+/// one attempt, a couple of events.
+const USUAL_BYTES: usize = 640;
 
 /// A request being recorded.
 pub struct RequestSpan {
@@ -92,26 +82,32 @@ pub struct RequestSpan {
     /// monotonic clock.
     wall: u64,
     mono: Instant,
-    attributes: Vec<Attr>,
-    events: Vec<EventRecord>,
-    /// Attempts that ended, and the one under way.
-    attempts: Vec<SpanRecord>,
+    /// The request's span so far (attributes and events), an open message.
+    out: Vec<u8>,
+    open: otlp::Open,
+    /// Attempts that ended, the first kept inline (most requests have one),
+    /// and the one under way; encoded when the request ends.
+    first: Option<Ended>,
+    retries: Vec<Ended>,
     current: Option<Attempt>,
     error: Option<&'static str>,
 }
 
+#[derive(Clone, Copy)]
 struct Attempt {
     id: SpanId,
+    n: u32,
     started: Instant,
-    attributes: Vec<Attr>,
+    /// The wait before it and the retry budget's say; `None` for the first.
+    waited: Option<(Duration, &'static str)>,
 }
 
-/// How an attempt ended.
-pub enum AttemptEnd {
-    /// A response head with this status.
-    Answered(u16),
-    /// No response: breakwater's reason for it.
-    Failed(&'static str),
+#[derive(Clone, Copy)]
+struct Ended {
+    attempt: Attempt,
+    at: Instant,
+    end: AttemptEnd,
+    peer: Option<SocketAddr>,
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -130,6 +126,8 @@ impl RequestSpan {
         let now = Instant::now();
         let wall = unix_nanos(SystemTime::now())
             .saturating_sub(u64::try_from((now - started).as_nanos()).unwrap_or(0));
+        let mut out = Vec::with_capacity(USUAL_BYTES);
+        let open = otlp::open(&mut out, otlp::SPAN);
         RequestSpan {
             trace: parent.map_or_else(TraceId::random, |p| p.trace),
             id: SpanId::random(),
@@ -139,9 +137,10 @@ impl RequestSpan {
             name: method.clone(),
             wall,
             mono: started,
-            attributes: Vec::with_capacity(12),
-            events: Vec::new(),
-            attempts: Vec::new(),
+            out,
+            open,
+            first: None,
+            retries: Vec::new(),
             current: None,
             error: None,
         }
@@ -153,18 +152,15 @@ impl RequestSpan {
             .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.attributes.push((key, value.into()));
+    /// An attribute of the request's span.
+    pub fn set<'a>(&mut self, key: &str, value: impl Into<Value<'a>>) {
+        otlp::attribute(&mut self.out, otlp::SPAN_ATTRIBUTE, key, &value.into());
     }
 
     /// An event now, with its attributes.
-    pub fn event(&mut self, name: &'static str, attributes: Vec<Attr>) {
+    pub fn event(&mut self, name: &str, attributes: &[(&str, Value<'_>)]) {
         let at = self.at(Instant::now());
-        self.events.push(EventRecord {
-            at,
-            name,
-            attributes,
-        });
+        otlp::event(&mut self.out, at, name, attributes);
     }
 
     /// The request failed with breakwater's own `reason`.
@@ -178,133 +174,126 @@ impl RequestSpan {
     /// the parent the attempt's `traceparent` names.
     pub fn begin_attempt(&mut self, n: u32, waited: Option<(Duration, &'static str)>) -> SpanId {
         let id = SpanId::random();
-        let mut attributes = Vec::with_capacity(8);
-        attributes.push(("breakwater.attempt", Value::Int(i64::from(n))));
-        if let Some((wait, budget)) = waited {
-            attributes.push(("http.request.resend_count", Value::Int(i64::from(n - 1))));
-            attributes.push(("breakwater.retry.wait_ms", Value::Int(ms(wait))));
-            attributes.push(("breakwater.retry.budget", Value::Static(budget)));
-        }
         self.current = Some(Attempt {
             id,
+            n,
             started: Instant::now(),
-            attributes,
+            waited,
         });
         id
     }
 
     /// Ends the attempt under way, at `peer` if one was picked.
     pub fn end_attempt(&mut self, end: AttemptEnd, peer: Option<SocketAddr>) {
-        let Some(mut a) = self.current.take() else {
+        let Some(attempt) = self.current.take() else {
             return;
         };
-        if let Some(peer) = peer {
-            a.attributes
-                .push(("network.peer.address", Value::Ip(peer.ip())));
-            a.attributes
-                .push(("network.peer.port", Value::Int(i64::from(peer.port()))));
-        }
-        let error = match end {
-            AttemptEnd::Answered(code) => {
-                a.attributes
-                    .push(("http.response.status_code", Value::Int(i64::from(code))));
-                (code >= 500).then(|| {
-                    a.attributes.push(("error.type", Value::Code(code)));
-                    Value::Code(code)
-                })
-            }
-            AttemptEnd::Failed(reason) => {
-                a.attributes
-                    .push(("breakwater.reason", Value::Static(reason)));
-                a.attributes.push(("error.type", Value::Static(reason)));
-                Some(Value::Static(reason))
-            }
-        };
-        let end = self.at(Instant::now());
-        self.attempts.push(SpanRecord {
-            trace: self.trace,
-            id: a.id,
-            parent: Some(self.id),
-            name: self.name.clone(),
-            kind: Kind::Client,
-            start: self.at(a.started),
+        let ended = Ended {
+            attempt,
+            at: Instant::now(),
             end,
-            attributes: a.attributes,
-            events: Vec::new(),
-            error,
-        });
+            peer,
+        };
+        if self.first.is_none() {
+            self.first = Some(ended);
+        } else {
+            self.retries.push(ended);
+        }
     }
 
-    /// The finished spans, the request's last, ending now with `status`.
-    pub fn finish(mut self, status: u16) -> Vec<SpanRecord> {
+    /// The finished spans, the request's first, ending now with `status`.
+    pub fn finish(mut self, status: u16) -> Finished {
         if self.current.is_some() {
             // An attempt whose end nobody saw: the request ended under it.
             self.end_attempt(AttemptEnd::Failed("cancelled"), None);
         }
         let end = self.at(Instant::now());
-        self.attributes
-            .push(("http.response.status_code", Value::Int(i64::from(status))));
+        self.set("http.response.status_code", i64::from(status));
         let error = match self.error {
-            Some(reason) => Some(Value::Static(reason)),
+            Some(reason) => Some(Value::Str(reason)),
             None if status >= 500 => Some(Value::Code(status)),
             None => None,
         };
         if let Some(e) = &error {
-            self.attributes.push(("error.type", e.clone()));
+            self.set("error.type", *e);
         }
-        let mut spans = std::mem::take(&mut self.attempts);
-        spans.push(SpanRecord {
-            trace: self.trace,
-            id: self.id,
-            parent: self.parent,
-            name: self.name,
-            kind: self.kind,
-            start: self.wall,
-            end,
-            attributes: self.attributes,
-            events: self.events,
-            error,
-        });
-        spans
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn attempts_are_children_of_the_request_and_end_before_it() {
-        let parent = Parent {
-            trace: TraceId([7; 16]),
-            span: SpanId([9; 8]),
-            sampled: true,
-            form: Form::W3c,
-        };
-        let mut span = RequestSpan::new(Some(&parent), Kind::Client, &Method::GET, Instant::now());
-        let first = span.begin_attempt(1, None);
-        span.end_attempt(AttemptEnd::Answered(503), "10.1.2.3:80".parse().ok());
-        let second = span.begin_attempt(2, Some((Duration::from_millis(20), "allowed")));
-        span.end_attempt(AttemptEnd::Failed("reset"), None);
-        span.event(
-            "bulkhead.granted",
-            vec![("breakwater.wait_ms", 3i64.into())],
+        let mut out = std::mem::take(&mut self.out);
+        otlp::span_fields(
+            &mut out,
+            &otlp::SpanFields {
+                trace: self.trace,
+                id: self.id,
+                parent: self.parent,
+                name: self.name.as_str(),
+                kind: self.kind,
+                start: self.wall,
+                end,
+                error,
+            },
         );
-        let spans = span.finish(502);
-        assert_eq!(spans.len(), 3);
-        let request = &spans[2];
-        assert_eq!(request.parent, Some(SpanId([9; 8])));
-        assert_eq!(request.trace, TraceId([7; 16]));
-        assert_eq!(request.events.len(), 1);
-        for (attempt, id) in spans[..2].iter().zip([first, second]) {
-            assert_eq!(attempt.parent, Some(request.id));
-            assert_eq!(attempt.id, id);
-            assert!(attempt.start >= request.start);
-            assert!(attempt.end <= request.end);
-            assert!(attempt.error.is_some());
+        otlp::close(&mut out, self.open);
+        let mut spans = 1;
+        for ended in self.first.iter().chain(&self.retries) {
+            self.attempt_span(&mut out, ended);
+            spans += 1;
         }
-        let keys: Vec<&str> = spans[1].attributes.iter().map(|(k, _)| *k).collect();
-        assert!(keys.contains(&"http.request.resend_count"), "{keys:?}");
-        assert!(keys.contains(&"breakwater.reason"), "{keys:?}");
+        Finished {
+            spans,
+            encoded: out,
+        }
+    }
+
+    /// An attempt's span: a client span under the request's.
+    fn attempt_span(&self, out: &mut Vec<u8>, ended: &Ended) {
+        let a = &ended.attempt;
+        let span = otlp::open(out, otlp::SPAN);
+        let attr = |out: &mut Vec<u8>, k: &str, v: Value<'_>| {
+            otlp::attribute(out, otlp::SPAN_ATTRIBUTE, k, &v);
+        };
+        attr(out, "breakwater.attempt", Value::Int(i64::from(a.n)));
+        if let Some((wait, budget)) = a.waited {
+            attr(
+                out,
+                "http.request.resend_count",
+                Value::Int(i64::from(a.n.saturating_sub(1))),
+            );
+            attr(out, "breakwater.retry.wait_ms", Value::Int(ms(wait)));
+            attr(out, "breakwater.retry.budget", Value::Str(budget));
+        }
+        if let Some(peer) = ended.peer {
+            attr(out, "network.peer.address", Value::Ip(peer.ip()));
+            attr(out, "network.peer.port", Value::Int(i64::from(peer.port())));
+        }
+        let error = match ended.end {
+            AttemptEnd::Answered(code) => {
+                attr(
+                    out,
+                    "http.response.status_code",
+                    Value::Int(i64::from(code)),
+                );
+                (code >= 500).then_some(Value::Code(code))
+            }
+            AttemptEnd::Failed(reason) => {
+                attr(out, "breakwater.reason", Value::Str(reason));
+                Some(Value::Str(reason))
+            }
+        };
+        if let Some(e) = error {
+            attr(out, "error.type", e);
+        }
+        otlp::span_fields(
+            out,
+            &otlp::SpanFields {
+                trace: self.trace,
+                id: a.id,
+                parent: Some(self.id),
+                name: self.name.as_str(),
+                kind: Kind::Client,
+                start: self.at(a.started),
+                end: self.at(ended.at),
+                error,
+            },
+        );
+        otlp::close(out, span);
     }
 }
