@@ -15,8 +15,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-
-use crate::executor::BoxingExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::config::Limits;
 use crate::drain::DrainWatch;
+use crate::executor::BoxingExecutor;
 use crate::interception::{self, detect, relay};
 use crate::metrics::{ListenerMetrics, OpaqueMetrics};
 use crate::tls::ServerTls;

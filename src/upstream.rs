@@ -1244,14 +1244,12 @@ mod tests {
         assert_eq!(c.metrics.label(), "other");
         assert!(a.is("a", 80, &a.route) && b.is("b", 80, &b.route));
     }
-}
-#[cfg(test)]
-mod size {
+
     /// A state is kept for each of up to `--max-destinations` (10,000)
     /// destinations: what most of them do not use stays out of line.
     #[test]
     fn a_destination_state_stays_under_a_kilobyte() {
-        let size = size_of::<super::DestinationState>();
+        let size = size_of::<DestinationState>();
         assert!(size <= 1024, "DestinationState is {size} bytes");
     }
 }

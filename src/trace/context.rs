@@ -201,10 +201,9 @@ fn hex_to(bytes: &[u8], out: &mut [u8]) {
 }
 
 fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
-    }
+    let at = out.len();
+    out.resize(at + 2 * bytes.len(), 0);
+    hex_to(bytes, &mut out[at..]);
 }
 
 /// Lower-case hex of an id, for messages.

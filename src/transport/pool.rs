@@ -37,6 +37,7 @@ use h2_set::{Choice, H2Set};
 
 use super::replay::ReplayBody;
 use super::speaks::{ServerPreface, Speaks};
+use crate::executor::BoxingExecutor;
 use crate::tls::{Alpn, Origin, UpstreamIo};
 
 /// Idle HTTP/1.1 connections kept per endpoint at most.
@@ -614,7 +615,7 @@ impl EndpointPool {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let mut builder = http2::Builder::new(crate::executor::BoxingExecutor);
+        let mut builder = http2::Builder::new(BoxingExecutor);
         builder.timer(TokioTimer::new()).adaptive_window(true);
         let (sender, conn) = builder.handshake(io).await.map_err(ConnectError::Http)?;
 
